@@ -1,0 +1,40 @@
+"""The one error boundary every console script shares."""
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+from refine_control.errors import RefineError
+
+logger = logging.getLogger("refine_control")
+
+
+def setup_logging(verbosity: int = 0) -> None:
+    level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    # Libraries we build on are chatty at INFO; keep their warnings only.
+    for name in ("diffusers", "transformers", "accelerate", "httpx", "PIL"):
+        logging.getLogger(name).setLevel(logging.WARNING if verbosity <= 0 else logging.INFO)
+
+
+def offline_env() -> None:
+    """Never reach a model hub: every model is loaded from a local directory or the local cache."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("DISABLE_TELEMETRY", "1")
+
+
+def run_cli(body: Callable[[], int]) -> int:
+    """Run a command body; a `RefineError` becomes `error: ...` (and `hint: ...`) with its exit code."""
+    try:
+        return body()
+    except RefineError as err:
+        print(f"error: {err}", file=sys.stderr)  # noqa: T201 - the CLI boundary talks to the user
+        if err.hint:
+            print(f"hint: {err.hint}", file=sys.stderr)  # noqa: T201
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)  # noqa: T201
+        return 130

@@ -1,0 +1,1 @@
+"""Methods of four weak-label papers (torch only; no diffusers)."""

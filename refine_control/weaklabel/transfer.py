@@ -1,0 +1,86 @@
+"""Partial parameter transfer between two torch modules, with a report of what was copied.
+
+Background: "Towards Understanding Feature Learning in Parameter Transfer" studies inheriting only part of
+an upstream model's parameters. This routine is the general mechanism: for every target parameter or buffer
+whose name exists in the source, copy it when the shapes match, or copy the leading slice along every dimension
+when the target is smaller (channel slicing for a narrower student); `fraction` < 1 inherits only that share of
+the output units (filters) of each tensor and leaves the rest at their current (random) values.
+"""
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass
+class TransferReport:
+    """Names of target tensors by what happened to them."""
+
+    copied: list[str] = field(default_factory=list)  # same shape, copied whole (or `fraction` of it)
+    sliced: list[str] = field(default_factory=list)  # target smaller: leading slice of the source copied
+    skipped: list[str] = field(default_factory=list)  # in both, but the target is larger in some dimension
+    missing: list[str] = field(default_factory=list)  # not in the source: left as initialised
+    elements_copied: int = 0
+    elements_total: int = 0
+
+    @property
+    def fraction_copied(self) -> float:
+        return self.elements_copied / max(1, self.elements_total)
+
+    def summary(self) -> str:
+        return (
+            f"transferred {self.fraction_copied:.1%} of target elements: {len(self.copied)} tensors copied, "
+            f"{len(self.sliced)} sliced, {len(self.skipped)} skipped (shape), {len(self.missing)} not in source"
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "copied": self.copied,
+            "sliced": self.sliced,
+            "skipped": self.skipped,
+            "missing": self.missing,
+            "elements_copied": self.elements_copied,
+            "elements_total": self.elements_total,
+        }
+
+
+@torch.no_grad()
+def transfer_parameters(
+    source: nn.Module,
+    target: nn.Module,
+    *,
+    fraction: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> TransferReport:
+    """Copy matching tensors (parameters and buffers) of `source` into `target`; return what was done.
+
+    Args:
+        source: the upstream model (e.g. the teacher).
+        target: the downstream model (e.g. the student); modified in place.
+        fraction: share of output units (dim 0) of each tensor to inherit, chosen at random with `generator`
+            when < 1. Scalars and 1-element tensors are inherited whole or not at all.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"`fraction` must be in [0, 1], got {fraction}")
+    src = dict(source.state_dict(keep_vars=True))
+    report = TransferReport()
+    for name, dst in target.state_dict(keep_vars=True).items():
+        report.elements_total += dst.numel()
+        if name not in src:
+            report.missing.append(name)
+            continue
+        s = src[name]
+        if s.dim() != dst.dim() or any(d > e for d, e in zip(dst.shape, s.shape, strict=True)):
+            report.skipped.append(name)
+            continue
+        piece = s[tuple(slice(0, d) for d in dst.shape)].to(dst.dtype)
+        if fraction < 1.0 and dst.dim() > 0:
+            rows = torch.rand(dst.shape[0], generator=generator) < fraction
+            dst.data[rows] = piece[rows]
+            report.elements_copied += int(rows.sum()) * (dst.numel() // max(1, dst.shape[0]))
+        else:
+            dst.data.copy_(piece)
+            report.elements_copied += dst.numel()
+        (report.copied if tuple(s.shape) == tuple(dst.shape) else report.sliced).append(name)
+    return report
