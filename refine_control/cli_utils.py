@@ -16,6 +16,12 @@ def setup_logging(verbosity: int = 0) -> None:
     # Libraries we build on are chatty at INFO; keep their warnings only.
     for name in ("diffusers", "transformers", "accelerate", "httpx", "PIL"):
         logging.getLogger(name).setLevel(logging.WARNING if verbosity <= 0 else logging.INFO)
+    if verbosity <= 0:
+        # Read by transformers/diffusers/huggingface_hub when they are imported: no advisory warnings (e.g. about
+        # torchvision) and no per-file loading bars; our own progress bars stay.
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def offline_env() -> None:

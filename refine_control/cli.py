@@ -1,0 +1,121 @@
+"""`refine-distill`: distil a diffusers ControlNet teacher into a small student (Refine-Control recipe)."""
+
+import argparse
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from refine_control.cli_utils import offline_env, run_cli, setup_logging
+from refine_control.config import DistillConfig
+from refine_control.models.presets import STUDENT_PRESETS
+from refine_control.preprocess import PREPROCESSORS
+
+logger = logging.getLogger(__name__)
+D = DistillConfig.__dataclass_fields__
+
+
+def _default(name: str) -> object:
+    return D[name].default
+
+
+def _weights(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three numbers task,out,feat, got {text!r}") from None
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected three numbers task,out,feat, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    presets = "\n".join(f"  {name:20s} {STUDENT_PRESETS.get(name).description}" for name in STUDENT_PRESETS)
+    parser = argparse.ArgumentParser(
+        prog="refine-distill",
+        description="Distil a ControlNet teacher (UNet + ControlNet, diffusers format) into a small student with the "
+        "tri-level knowledge fusion loss (task, output, feature) and a semi-supervised second stage.",
+        epilog=f"student presets:\n{presets}\n\nExample: refine-distill --teacher builtin --output-dir runs/demo",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p = parser.add_argument
+    p("--teacher", default=_default("teacher"),
+      help="`builtin` (the shipped shapes teacher), a StableDiffusionControlNetPipeline directory, or a hub id that "
+      "is already in the local cache (never downloaded). Default: %(default)s")
+    p("--controlnet", default=None, help="ControlNetModel directory, when --teacher is a base text-to-image pipeline")
+    p("--student", default=_default("student"), choices=STUDENT_PRESETS.names(), metavar="PRESET",
+      help="student preset (see below). Default: %(default)s")
+    p("--output-dir", "-o", required=True, type=Path, help="run directory to create (student/, checkpoints/, logs)")
+    p("--init", default=_default("init"), choices=["random", "transfer"],
+      help="student initialisation: random, or transfer (copy matching teacher parameters, channel-sliced)")
+    p("--labelled", default=None, metavar="DIR",
+      help="image folder (metadata.jsonl with file_name and text); images without text count as unlabelled. "
+      "Default with --teacher builtin: generated shapes")
+    p("--unlabelled", default=None, metavar="DIR", help="extra image folder of unlabelled images for stage 2")
+    p("--builtin-labelled", type=int, default=_default("builtin_labelled"), metavar="N",
+      help="labelled shapes to generate for the builtin teacher. Default: %(default)s")
+    p("--builtin-unlabelled", type=int, default=_default("builtin_unlabelled"), metavar="N",
+      help="unlabelled shapes to generate for the builtin teacher. Default: %(default)s")
+    p("--preprocessor", default=_default("preprocessor"), metavar="NAME",
+      help=f"control-image preprocessor: {', '.join(PREPROCESSORS.names())}, or aux:<detector> with controlnet-aux. "
+      "Default: %(default)s")
+    p("--resolution", type=int, default=None, help="training image size. Default: the teacher's native size")
+    p("--max-steps", type=int, default=_default("max_steps"), help="stage-1 optimizer steps. Default: %(default)s")
+    p("--stage2-steps", type=int, default=None,
+      help="stage-2 (semi-supervised) steps; 0 skips it. Default: half of --max-steps when unlabelled images exist")
+    p("--loss-weights", type=_weights, default=_default("loss_weights"), metavar="TASK,OUT,FEAT",
+      help="weights of the task, output and feature terms; e.g. 1,0,0 trains from scratch. Default: 1,1,1")
+    p("--no-normalize-features", dest="normalize_features", action="store_false",
+      help="do not divide each feature tap's error by the teacher feature's mean square")
+    p("--batch-size", type=int, default=_default("batch_size"), help="per-process batch size. Default: %(default)s")
+    p("--grad-accum", type=int, default=_default("grad_accum"), help="gradient accumulation steps. Default: %(default)s")
+    p("--learning-rate", type=float, default=_default("learning_rate"), help="AdamW learning rate. Default: %(default)s")
+    p("--stage2-lr-scale", type=float, default=_default("stage2_lr_scale"),
+      help="stage-2 learning rate as a multiple of stage 1's. Default: %(default)s")
+    p("--warmup-steps", type=int, default=_default("warmup_steps"), help="linear warm-up per stage. Default: %(default)s")
+    p("--weight-decay", type=float, default=_default("weight_decay"), help="AdamW weight decay. Default: %(default)s")
+    p("--max-grad-norm", type=float, default=_default("max_grad_norm"), help="gradient clipping. Default: %(default)s")
+    p("--mixed-precision", default=_default("mixed_precision"), choices=["no", "bf16", "fp16"],
+      help="accelerate mixed precision (fp16 needs a GPU). Default: %(default)s")
+    p("--prompt-dropout", type=float, default=_default("prompt_dropout"),
+      help="probability of an empty caption, for classifier-free guidance. Default: %(default)s")
+    p("--replay-ratio", type=float, default=_default("replay_ratio"),
+      help="share of labelled samples replayed in each stage-2 batch. Default: %(default)s")
+    p("--ema-decay", type=float, default=None, help="keep an EMA of the student with this decay (e.g. 0.999)")
+    p("--checkpoint-every", type=int, default=_default("checkpoint_every"), help="steps between checkpoints")
+    p("--keep-checkpoints", type=int, default=_default("keep_checkpoints"), help="checkpoints to keep")
+    p("--log-every", type=int, default=_default("log_every"), help="steps between metrics.jsonl rows")
+    p("--seed", type=int, default=_default("seed"), help="seed for data order, noise and init. Default: %(default)s")
+    p("--resume", action="store_true", help="continue an unfinished run from its newest checkpoint")
+    p("--overwrite", action="store_true", help="replace an existing run in --output-dir")
+    p("--verbose", "-v", action="count", default=0, help="more logging")
+    p("--quiet", "-q", action="store_true", help="warnings only")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> DistillConfig:
+    values = {k: v for k, v in vars(args).items() if k in D}
+    return DistillConfig(**values)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(-1 if args.quiet else args.verbose)
+    offline_env()
+
+    def body() -> int:
+        cfg = config_from_args(args)
+        from refine_control.trainer import train  # noqa: PLC0415 - keeps --help fast
+
+        run = train(cfg)
+        if os.environ.get("RANK", "0") == "0":  # one message, also under `accelerate launch` / torchrun
+            logger.info("done: student saved to %s/student", run)
+            logger.info("next: refine-eval %s  |  refine-export %s --output-dir %s/model --int8", run, run, run)
+        return 0
+
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+

@@ -1,0 +1,103 @@
+"""`DistillConfig`: every option of `refine-distill`, validated once, saved with the run."""
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from refine_control.errors import ConfigError
+from refine_control.models.presets import STUDENT_PRESETS
+from refine_control.preprocess import get_preprocessor
+
+# Options that may differ between a run and its `--resume` without changing what is computed.
+RESUME_FREE_FIELDS = ("resume", "overwrite", "checkpoint_every", "keep_checkpoints", "log_every")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    output_dir: Path
+    teacher: str = "builtin"
+    controlnet: str | None = None
+    student: str = "compact-tiny"
+    init: str = "random"
+    labelled: str | None = None
+    unlabelled: str | None = None
+    builtin_labelled: int = 1000
+    builtin_unlabelled: int = 5000
+    preprocessor: str = "canny"
+    resolution: int | None = None  # None: the teacher's native size
+    max_steps: int = 1000
+    stage2_steps: int | None = None  # None: max_steps // 2 when unlabelled images exist, else 0
+    loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    normalize_features: bool = True
+    batch_size: int = 16
+    grad_accum: int = 1
+    learning_rate: float = 1e-4
+    stage2_lr_scale: float = 0.5
+    warmup_steps: int = 50
+    weight_decay: float = 1e-2
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"
+    prompt_dropout: float = 0.1
+    replay_ratio: float = 0.5
+    ema_decay: float | None = None
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    seed: int = 0
+    resume: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        STUDENT_PRESETS.get(self.student)  # raises with the list of presets
+        if not self.preprocessor.startswith("aux:"):  # aux: detectors are checked when first used
+            get_preprocessor(self.preprocessor)
+        checks = [
+            (self.init in ("random", "transfer"), "--init", self.init, "random or transfer"),
+            (self.max_steps >= 0, "--max-steps", self.max_steps, ">= 0"),
+            (self.stage2_steps is None or self.stage2_steps >= 0, "--stage2-steps", self.stage2_steps, ">= 0"),
+            (len(self.loss_weights) == 3, "--loss-weights", self.loss_weights, "three numbers task,out,feat"),
+            (all(w >= 0 for w in self.loss_weights), "--loss-weights", self.loss_weights, "non-negative weights"),
+            (any(w > 0 for w in self.loss_weights), "--loss-weights", self.loss_weights, "at least one weight > 0"),
+            (self.batch_size >= 1, "--batch-size", self.batch_size, ">= 1"),
+            (self.grad_accum >= 1, "--grad-accum", self.grad_accum, ">= 1"),
+            (self.learning_rate > 0, "--learning-rate", self.learning_rate, "> 0"),
+            (self.stage2_lr_scale > 0, "--stage2-lr-scale", self.stage2_lr_scale, "> 0"),
+            (self.warmup_steps >= 0, "--warmup-steps", self.warmup_steps, ">= 0"),
+            (self.max_grad_norm > 0, "--max-grad-norm", self.max_grad_norm, "> 0"),
+            (self.mixed_precision in ("no", "bf16", "fp16"), "--mixed-precision", self.mixed_precision, "no, bf16, fp16"),
+            (0 <= self.prompt_dropout <= 1, "--prompt-dropout", self.prompt_dropout, "in [0, 1]"),
+            (0 <= self.replay_ratio < 1, "--replay-ratio", self.replay_ratio, "in [0, 1)"),
+            (self.ema_decay is None or 0 < self.ema_decay < 1, "--ema-decay", self.ema_decay, "in (0, 1)"),
+            (self.checkpoint_every >= 1, "--checkpoint-every", self.checkpoint_every, ">= 1"),
+            (self.keep_checkpoints >= 1, "--keep-checkpoints", self.keep_checkpoints, ">= 1"),
+            (self.log_every >= 1, "--log-every", self.log_every, ">= 1"),
+            (self.builtin_labelled >= 1, "--builtin-labelled", self.builtin_labelled, ">= 1"),
+            (self.builtin_unlabelled >= 0, "--builtin-unlabelled", self.builtin_unlabelled, ">= 0"),
+            (self.resolution is None or self.resolution >= 8, "--resolution", self.resolution, ">= 8"),
+            (not (self.resume and self.overwrite), "--resume", "with --overwrite", "one of the two"),
+        ]
+        for ok, flag, value, allowed in checks:
+            if not ok:
+                raise ConfigError(f"`{flag}` must be {allowed}, got {value}")
+        if self.teacher != "builtin" and self.labelled is None:
+            raise ConfigError("`--labelled DIR` is required with a teacher other than builtin")
+
+    @property
+    def uses_teacher_signals(self) -> bool:
+        return self.loss_weights[1] > 0 or self.loss_weights[2] > 0
+
+    def to_json(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["output_dir"] = str(self.output_dir)
+        out["loss_weights"] = list(self.loss_weights)
+        return out
+
+    def resume_differences(self, saved: dict[str, Any]) -> list[str]:
+        """Fields whose saved value differs from this config (ignoring those that may change on resume)."""
+        current = self.to_json()
+        return [
+            f"{key}: saved {saved.get(key)!r}, now {value!r}"
+            for key, value in current.items()
+            if key not in RESUME_FREE_FIELDS and key != "output_dir" and saved.get(key) != value
+        ]

@@ -1,0 +1,104 @@
+"""Image-folder data: the Hugging Face imagefolder convention, checked up front.
+
+A folder holds images and an optional `metadata.jsonl` with one `{"file_name": ..., "text": ...}` per line.
+Records with a `text` are labelled (image + caption); records without one, and images in a folder without
+metadata, are unlabelled. Every image is decoded once when the folder is read, so a truncated or unreadable
+file is reported by name before training starts.
+"""
+
+import json
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+from refine_control.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    path: Path
+    text: str | None  # None: unlabelled
+
+
+def _read_metadata(root: Path) -> list[ImageRecord]:
+    records = []
+    for number, line in enumerate((root / "metadata.jsonl").read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            name = row["file_name"]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ConfigError(
+                f"{root / 'metadata.jsonl'} line {number} is not a JSON object with a `file_name`: {line[:80]!r}"
+            ) from err
+        text = row.get("text")
+        if text is not None and not isinstance(text, str):
+            raise ConfigError(f"{root / 'metadata.jsonl'} line {number}: `text` must be a string, got {text!r}")
+        path = (root / name).resolve()
+        if root.resolve() not in path.parents:
+            raise ConfigError(f"{root / 'metadata.jsonl'} line {number}: {name!r} points outside the folder")
+        records.append(ImageRecord(path, text if text and text.strip() else None))
+    return records
+
+
+def _check_image(path: Path) -> None:
+    if not path.is_file():
+        raise ConfigError(f"image {path} listed in metadata.jsonl does not exist")
+    try:
+        with Image.open(path) as im:
+            im.load()  # a full decode catches truncated files, which `verify()` can miss
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
+        raise ConfigError(f"image {path} cannot be read ({err})", hint="remove or replace the file") from err
+
+
+def read_image_folder(root: str | Path) -> list[ImageRecord]:
+    """List (and decode once, to validate) every image of an image folder."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise ConfigError(f"image folder {root} does not exist or is not a directory")
+    if (root / "metadata.jsonl").is_file():
+        records = _read_metadata(root)
+    else:
+        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        records = [ImageRecord(p, None) for p in files]
+    if not records:
+        raise ConfigError(f"image folder {root} holds no images", hint="add images (and a metadata.jsonl)")
+    for record in tqdm(records, desc=f"checking {root.name}", leave=False, disable=len(records) < 500):
+        _check_image(record.path)
+    return records
+
+
+def load_image(path: Path, resolution: int) -> np.ndarray:
+    """RGB uint8 (resolution, resolution, 3): shorter side resized to `resolution`, then centre-cropped."""
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        scale = resolution / min(im.size)
+        if scale != 1.0:
+            size = (max(resolution, round(im.width * scale)), max(resolution, round(im.height * scale)))
+            im = im.resize(size, Image.Resampling.BICUBIC)
+        left, top = (im.width - resolution) // 2, (im.height - resolution) // 2
+        return np.asarray(im.crop((left, top, left + resolution, top + resolution)), dtype=np.uint8)
+
+
+def epoch_index(position: int, size: int, seed: int) -> int:
+    """Dataset index at `position` of an endless stream of seeded per-epoch permutations.
+
+    A pure function of (position, seed): resuming at any step replays exactly the same data order.
+    """
+    epoch, offset = divmod(position, size)
+    return int(_permutation(size, seed, epoch)[offset])
+
+
+@lru_cache(maxsize=8)
+def _permutation(size: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(size)

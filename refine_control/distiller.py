@@ -1,0 +1,115 @@
+"""One distillation step's model side: turn a data batch into denoiser inputs, run teacher and student on the
+same noisy latents, timesteps, text embeddings and conditions, and score the student with the fused loss."""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from refine_control.losses import LossOutput, TriLevelLoss
+from refine_control.models.denoiser import ControlledDenoiser, DenoiserOutput
+from refine_control.models.teacher import Teacher
+
+
+@dataclass
+class DenoiserInputs:
+    """sample (B, 4, h, w) noisy latents, timestep (B,), encoder_hidden_states (B, L, D),
+    controlnet_cond (B, 3, H, W), target (B, 4, h, w) the task-level regression target."""
+
+    sample: torch.Tensor
+    timestep: torch.Tensor
+    encoder_hidden_states: torch.Tensor
+    controlnet_cond: torch.Tensor
+    target: torch.Tensor
+
+
+class Conditioner:
+    """The frozen, shared parts (VAE, text encoder, tokenizer, noise schedule) that prepare denoiser inputs."""
+
+    def __init__(self, teacher: Teacher, device: torch.device, dtype: torch.dtype) -> None:
+        self.vae = teacher.vae
+        self.text_encoder = teacher.text_encoder
+        self.tokenizer = teacher.tokenizer
+        self.noise_scheduler = teacher.noise_scheduler()
+        self.device = device
+        self.dtype = dtype
+
+    @torch.no_grad()
+    def encode_text(self, captions: list[str]) -> torch.Tensor:
+        ids = self.tokenizer(
+            captions, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        return self.text_encoder(ids.to(self.device))[0]
+
+    @torch.no_grad()
+    def make_inputs(
+        self, images: np.ndarray, captions: list[str], controls: np.ndarray, generator: torch.Generator
+    ) -> DenoiserInputs:
+        """images (B, H, W, 3) uint8, controls (B, H, W, 3) float32 → noisy latents and targets for one step."""
+        pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+        pixels = pixels.to(self.device, self.dtype)
+        vae_cfg = self.vae.config
+        latents = self.vae.encode(pixels).latent_dist.sample(generator=generator)
+        latents = (latents - (getattr(vae_cfg, "shift_factor", None) or 0.0)) * vae_cfg.scaling_factor
+        noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype).to(self.device)
+        steps = self.noise_scheduler.config.num_train_timesteps
+        timestep = torch.randint(0, steps, (latents.shape[0],), generator=generator).to(self.device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timestep)
+        prediction_type = self.noise_scheduler.config.prediction_type
+        if prediction_type == "epsilon":
+            target = noise
+        elif prediction_type == "v_prediction":
+            target = self.noise_scheduler.get_velocity(latents, noise, timestep)
+        else:
+            target = latents
+        cond = torch.from_numpy(controls).permute(0, 3, 1, 2).to(self.device, self.dtype)
+        return DenoiserInputs(noisy, timestep, self.encode_text(captions), cond, target)
+
+
+@torch.no_grad()
+def run_teacher(teacher: ControlledDenoiser, inputs: DenoiserInputs, taps: list[str]) -> DenoiserOutput:
+    return teacher.forward_features(
+        inputs.sample, inputs.timestep, inputs.encoder_hidden_states, inputs.controlnet_cond, taps
+    )
+
+
+@torch.no_grad()
+def probe_channels(denoiser: ControlledDenoiser, taps: list[str], teacher: Teacher) -> dict[str, int]:
+    """Channels of each tap, from one forward pass at the smallest size the UNet accepts."""
+    stages = len(denoiser.unet.config.block_out_channels)
+    latent = 2**stages
+    size = latent * teacher.vae_scale_factor
+    param = next(denoiser.controlnet.parameters())
+    sample = torch.zeros(1, denoiser.unet.config.in_channels, latent, latent, device=param.device, dtype=param.dtype)
+    text = torch.zeros(1, 1, denoiser.unet.config.cross_attention_dim, device=param.device, dtype=param.dtype)
+    cond_channels = denoiser.controlnet.config.conditioning_channels
+    cond = torch.zeros(1, cond_channels, size, size, device=param.device, dtype=param.dtype)
+    modes = {m: m.training for m in denoiser.modules()}
+    denoiser.eval()
+    try:
+        out = denoiser.forward_features(sample, torch.zeros(1, dtype=torch.long, device=param.device), text, cond, taps)
+    finally:
+        for m, mode in modes.items():
+            m.train(mode)
+    return {name: int(t.shape[1]) for name, t in out.features.items()}
+
+
+class DistillationModule(nn.Module):
+    """Everything that trains: the student denoiser and the loss (whose projectors learn with it).
+
+    This is the module accelerate wraps (DDP etc.); the frozen teacher stays outside it.
+    """
+
+    def __init__(self, student: ControlledDenoiser, loss: TriLevelLoss, taps: list[str]) -> None:
+        super().__init__()
+        self.student = student
+        self.loss = loss
+        self.taps = taps
+
+    def forward(self, inputs: DenoiserInputs, teacher_out: DenoiserOutput | None) -> LossOutput:
+        student_out = self.student.forward_features(
+            inputs.sample, inputs.timestep, inputs.encoder_hidden_states, inputs.controlnet_cond, self.taps
+        )
+        return self.loss(student_out, teacher_out, inputs.target)

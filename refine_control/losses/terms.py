@@ -1,0 +1,74 @@
+"""The three terms of the tri-level knowledge fusion loss (Refine-Control, arXiv 2509.22139).
+
+The paper names the levels (task, output, feature with asymmetric alignment); its formulas could not be read,
+so these follow the BK-SDM template (arXiv 2305.15798) adapted to a ControlNet — a reconstruction, see
+docs/method.md. All distances are mean squared errors; teacher tensors are always detached targets.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from refine_control.models.denoiser import DenoiserOutput
+
+
+class TaskLoss(nn.Module):
+    """L_task = ‖ε̂_S − target‖²: the usual denoising objective (target = ε, or v for v-prediction teachers)."""
+
+    def forward(self, student: DenoiserOutput, teacher: DenoiserOutput | None, target: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(student.noise_pred.float(), target.float())
+
+
+class OutputLoss(nn.Module):
+    """L_out = ‖ε̂_S − sg(ε̂_T)‖²: mimic the teacher's prediction on the same noisy latents and conditions."""
+
+    def forward(self, student: DenoiserOutput, teacher: DenoiserOutput | None, target: torch.Tensor) -> torch.Tensor:
+        if teacher is None:
+            raise ValueError("the output term needs the teacher's prediction")
+        return F.mse_loss(student.noise_pred.float(), teacher.noise_pred.detach().float())
+
+
+def _projector(c_student: int, c_teacher: int) -> nn.Module:
+    if c_student == c_teacher:
+        return nn.Identity()
+    conv = nn.Conv2d(c_student, c_teacher, kernel_size=1)
+    nn.init.normal_(conv.weight, std=0.02)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+class FeatureLoss(nn.Module):
+    """L_feat = mean_k ‖A_k(h^S_k) − sg(h^T_k)‖² over the aligned taps k, with asymmetric alignment.
+
+    Asymmetric: only the student is projected (a trainable 1×1 conv A_k from its width to the teacher's, identity
+    when the widths already match); the teacher's features stay fixed, detached targets. The projectors live here,
+    are trained with the student and are discarded after training. With `normalize`, each tap's error is divided
+    by the teacher tensor's mean square so that deep, large-norm residuals do not drown the rest.
+    """
+
+    def __init__(self, channels: dict[str, tuple[int, int]], normalize: bool = False) -> None:
+        """channels: tap name → (student channels, teacher channels)."""
+        super().__init__()
+        self.taps = list(channels)
+        self.normalize = normalize
+        self.projectors = nn.ModuleDict({_key(name): _projector(cs, ct) for name, (cs, ct) in channels.items()})
+
+    def forward(self, student: DenoiserOutput, teacher: DenoiserOutput | None, target: torch.Tensor) -> torch.Tensor:
+        if teacher is None:
+            raise ValueError("the feature term needs the teacher's features")
+        losses = []
+        for name in self.taps:
+            s = self.projectors[_key(name)](student.features[name].float())
+            t = teacher.features[name].detach().float()
+            if s.shape[-2:] != t.shape[-2:]:
+                s = F.interpolate(s, size=t.shape[-2:], mode="bilinear", align_corners=False)
+            loss = F.mse_loss(s, t)
+            if self.normalize:
+                loss = loss / (t.pow(2).mean() + 1e-6)
+            losses.append(loss)
+        return torch.stack(losses).mean()
+
+
+def _key(tap: str) -> str:
+    # ModuleDict keys may not contain dots.
+    return tap.replace(".", "__")

@@ -1,0 +1,158 @@
+"""Load a frozen diffusers ControlNet teacher from a local directory, the local hub cache, or `builtin`.
+
+One code path for all of them: the components of a `StableDiffusionControlNetPipeline` layout are loaded one by
+one with `local_files_only=True` (never a download), so a base text-to-image pipeline plus a separate
+`--controlnet DIR` works too.
+"""
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import torch
+from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from refine_control.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+REQUIRED = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
+
+
+@dataclass
+class Teacher:
+    """The frozen teacher's components; `unet` + `controlnet` are the denoiser, the rest are shared."""
+
+    source: str
+    path: Path
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    unet: UNet2DConditionModel
+    controlnet: ControlNetModel
+    scheduler: Any  # the pipeline's sampling scheduler, saved with the student
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def resolution(self) -> int:
+        """The image size the teacher was built for (512 for SD1.5)."""
+        return int(self.unet.config.sample_size) * self.vae_scale_factor
+
+    def noise_scheduler(self) -> DDPMScheduler:
+        """The training noise schedule (DDPM with the teacher's betas and prediction type)."""
+        return DDPMScheduler.from_config(self.scheduler.config)
+
+    def frozen_modules(self) -> list[torch.nn.Module]:
+        return [self.vae, self.text_encoder, self.unet, self.controlnet]
+
+
+def resolve_teacher_path(spec: str) -> Path:
+    """Map `builtin`, a directory or a hub id (already in the local cache) to a local directory."""
+    if spec == "builtin":
+        from refine_control.builtin import builtin_teacher_dir  # noqa: PLC0415 - keeps import light
+
+        return builtin_teacher_dir()
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ConfigError(f"teacher {spec!r} is a file; pass a diffusers pipeline directory")
+        return path
+    if not HUB_ID.match(spec):
+        raise ConfigError(
+            f"teacher {spec!r} is neither an existing directory nor a hub id (org/name)",
+            hint="pass `--teacher builtin`, a StableDiffusionControlNetPipeline directory, or a cached hub id",
+        )
+    from huggingface_hub import snapshot_download  # noqa: PLC0415
+    from huggingface_hub.errors import LocalEntryNotFoundError  # noqa: PLC0415
+
+    try:
+        return Path(snapshot_download(spec, local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError) as err:
+        raise ConfigError(
+            f"hub id {spec!r} is not in the local cache and nothing is downloaded at run time",
+            hint=f"on a machine with network run `hf download {spec}` (or save the pipeline with save_pretrained) "
+            "and pass the directory with --teacher",
+        ) from err
+
+
+def _load(what: str, path: Path, load: Any) -> Any:
+    try:
+        return load()
+    except Exception as err:  # diffusers/transformers raise many types for a broken dir
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(
+            f"could not load the teacher's {what} from {path}: {first_line}",
+            hint="check that the directory is a complete diffusers pipeline (save_pretrained layout)",
+        ) from err
+
+
+def _model_index(path: Path) -> dict[str, Any]:
+    index_file = path / "model_index.json"
+    if not index_file.is_file():
+        raise ConfigError(
+            f"{path} is not a diffusers pipeline directory (no model_index.json)",
+            hint="save the pipeline with `pipeline.save_pretrained(DIR)` and pass DIR",
+        )
+    try:
+        index = json.loads(index_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{index_file} is not valid JSON: {err}") from err
+    missing = [name for name in REQUIRED if not (path / name).is_dir()]
+    if missing:
+        raise ConfigError(f"teacher directory {path} lacks {', '.join(missing)}/", hint="pass a complete pipeline")
+    return index
+
+
+def load_teacher(
+    spec: str, controlnet: str | None = None, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> Teacher:
+    """Load the teacher frozen (eval mode, no gradients) with the trainer's dtype and device."""
+    path = resolve_teacher_path(spec)
+    index = _model_index(path)
+    opts = {"local_files_only": True}
+    vae = _load("vae", path, lambda: AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype, **opts))
+    text_encoder = _load(
+        "text_encoder", path, lambda: CLIPTextModel.from_pretrained(path, subfolder="text_encoder", dtype=dtype, **opts)
+    )
+    tokenizer = _load("tokenizer", path, lambda: CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", **opts))
+    unet = _load(
+        "unet", path, lambda: UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype, **opts)
+    )
+    scheduler_name = index.get("scheduler", [None, "DDIMScheduler"])[1]
+    scheduler_cls = getattr(diffusers, str(scheduler_name), None)
+    if scheduler_cls is None:
+        raise ConfigError(f"teacher scheduler class {scheduler_name!r} is not a diffusers scheduler")
+    scheduler = _load("scheduler", path, lambda: scheduler_cls.from_pretrained(path, subfolder="scheduler", **opts))
+    if controlnet is not None:
+        cn_path = Path(controlnet).expanduser()
+        if not (cn_path / "config.json").is_file():
+            raise ConfigError(f"--controlnet {controlnet!r} is not a ControlNetModel directory (no config.json)")
+        cn = _load("controlnet", cn_path, lambda: ControlNetModel.from_pretrained(cn_path, torch_dtype=dtype, **opts))
+    elif (path / "controlnet").is_dir():
+        cn = _load(
+            "controlnet", path, lambda: ControlNetModel.from_pretrained(path, subfolder="controlnet", torch_dtype=dtype, **opts)
+        )
+    else:
+        raise ConfigError(
+            f"teacher {spec!r} has no controlnet/ folder",
+            hint="pass the ControlNet with --controlnet DIR (a base text-to-image pipeline plus a ControlNet works)",
+        )
+    if not isinstance(unet.config.cross_attention_dim, int) or cn.config.cross_attention_dim != unet.config.cross_attention_dim:
+        raise ConfigError(
+            f"the ControlNet (cross_attention_dim={cn.config.cross_attention_dim}) does not fit the UNet "
+            f"(cross_attention_dim={unet.config.cross_attention_dim})"
+        )
+    teacher = Teacher(spec, path, vae, text_encoder, tokenizer, unet, cn, scheduler)
+    for module in teacher.frozen_modules():
+        module.to(device).eval().requires_grad_(False)
+    logger.info("teacher %s loaded from %s (%s)", spec, path, dtype)
+    return teacher
