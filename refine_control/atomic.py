@@ -9,12 +9,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
+
 from refine_control.errors import CheckpointError
 
+# safetensors reports I/O failures (disk full, file too large) as SafetensorError, not OSError.
+WRITE_ERRORS = (OSError, SafetensorError)
 
-def _disk_error(path: Path, err: OSError) -> CheckpointError:
+
+def _disk_error(path: Path, err: Exception) -> CheckpointError:
     return CheckpointError(
-        f"could not write {path}: {err.strerror or err}",
+        f"could not write {path}: {getattr(err, 'strerror', None) or err}",
         hint="free some disk space (or choose another output dir) and run the command again",
     )
 
@@ -67,7 +72,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
             raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except OSError as err:
+    except WRITE_ERRORS as err:
         shutil.rmtree(tmp, ignore_errors=True)
         raise _disk_error(path, err) from err
     except BaseException:

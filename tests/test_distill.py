@@ -1,0 +1,198 @@
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from refine_control.cli import build_parser, main
+from refine_control.config import DistillConfig
+
+
+def distill_args(teacher, data, run, *extra):
+    labelled, unlabelled = data
+    return [
+        "--teacher", str(teacher), "--labelled", str(labelled), "--unlabelled", str(unlabelled),
+        "--output-dir", str(run), "--batch-size", "2", "--warmup-steps", "2", "--log-every", "1", "-q", *extra,
+    ]
+
+
+def rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_parser_options_match_the_config_dataclass():
+    dests = {a.dest for a in build_parser()._actions} - {"help", "verbose", "quiet"}
+    assert dests == {f.name for f in dataclasses.fields(DistillConfig)}
+
+
+def test_help_lists_presets(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    assert "compact-tiny" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("preset", ["controlnet-half", "compact-small"])
+def test_two_stage_distillation_end_to_end(tiny_pipeline_dir, tiny_data, tmp_path, preset):
+    from diffusers import StableDiffusionControlNetPipeline
+
+    run = tmp_path / "run"
+    args = distill_args(tiny_pipeline_dir, tiny_data, run, "--student", preset, "--max-steps", "6", "--stage2-steps", "3")
+    assert main(args) == 0
+    log = rows(run)
+    assert [r["stage"] for r in log] == [1] * 6 + [2] * 3
+    assert all({"task", "output", "feature"} <= set(r) for r in log)
+    assert log[-1]["lr"] == pytest.approx(1e-4 * 0.5)  # stage-2 learning rate is halved
+    config = json.loads((run / "config.json").read_text())
+    assert config["student"] == preset and config["resolved"]["stage2_steps"] == 3
+    assert config["resolved"]["feature_taps"]
+    summary = json.loads((run / "metrics.json").read_text())
+    assert summary["student_denoiser_params"] < summary["teacher_denoiser_params"]
+    pipe = StableDiffusionControlNetPipeline.from_pretrained(run / "student")
+    image = pipe(
+        "a red square", image=torch.rand(1, 3, 16, 16), num_inference_steps=2, height=16, width=16,
+        generator=torch.Generator().manual_seed(0), output_type="np",
+    ).images
+    assert image.shape == (1, 16, 16, 3)
+    # The projectors are training-only: nothing of them is in the saved student.
+    assert not any("projector" in k for f in (run / "student").rglob("*.safetensors") for k in load_file(f))
+    # A finished run is never overwritten by accident.
+    assert main(args) == 2
+    assert main([*args, "--overwrite"]) == 0
+
+
+def test_scratch_baseline_trains_on_the_task_term_only(tiny_pipeline_dir, tiny_data, tmp_path):
+    run = tmp_path / "run"
+    assert main(distill_args(tiny_pipeline_dir, tiny_data, run, "--loss-weights", "1,0,0", "--max-steps", "3",
+                             "--stage2-steps", "0")) == 0
+    assert all(set(r) & {"task", "output", "feature"} == {"task"} for r in rows(run))
+
+
+def test_transfer_init_reports_what_was_copied(tiny_pipeline_dir, tiny_data, tmp_path):
+    run = tmp_path / "run"
+    assert main(distill_args(tiny_pipeline_dir, tiny_data, run, "--init", "transfer", "--student", "compact-small",
+                             "--max-steps", "1", "--stage2-steps", "0")) == 0
+    report = json.loads((run / "init_report.json").read_text())
+    assert report["init"] == "transfer"
+    assert report["unet"]["sliced"] and report["controlnet"]["sliced"]
+    assert 0 < report["unet"]["elements_copied"] <= report["unet"]["elements_total"]
+
+
+def test_resume_continues_bit_for_bit(tiny_pipeline_dir, tiny_data, tmp_path):
+    straight = tmp_path / "straight"
+    extra = ("--student", "compact-small", "--max-steps", "4", "--stage2-steps", "2", "--checkpoint-every", "3",
+             "--ema-decay", "0.9")
+    assert main(distill_args(tiny_pipeline_dir, tiny_data, straight, *extra)) == 0
+    assert (straight / "checkpoints" / "step-000003" / "state.json").is_file()
+    # Simulate a crash right after the step-3 checkpoint: keep only what existed then.
+    crashed = tmp_path / "crashed"
+    shutil.copytree(straight, crashed)
+    shutil.rmtree(crashed / "student")
+    (crashed / "metrics.json").unlink()
+    assert main(distill_args(tiny_pipeline_dir, tiny_data, crashed, *extra)) == 2  # unfinished: needs --resume
+    assert main(distill_args(tiny_pipeline_dir, tiny_data, crashed, *extra, "--resume")) == 0
+    for name in ("unet", "controlnet"):
+        a = load_file(next((straight / "student" / name).glob("*.safetensors")))
+        b = load_file(next((crashed / "student" / name).glob("*.safetensors")))
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert rows(straight) == [{**r, "sec_per_step": s["sec_per_step"]} for r, s in zip(rows(crashed), rows(straight))]
+    assert json.loads((crashed / "metrics.json").read_text())["steps"]["resumed_from"] == 3
+
+
+def test_resume_refuses_changed_options(tiny_pipeline_dir, tiny_data, tmp_path):
+    run = tmp_path / "run"
+    base = distill_args(tiny_pipeline_dir, tiny_data, run, "--max-steps", "2", "--stage2-steps", "0",
+                        "--checkpoint-every", "1")
+    assert main(base) == 0
+    shutil.rmtree(run / "student")
+    assert main([*base, "--resume", "--learning-rate", "0.5"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing_teacher", "neither an existing directory nor a hub id"),
+        ("not_a_run_dir", "is not empty and is not a refine-control run dir"),
+        ("truncated_image", "cannot be read"),
+        ("no_captions", "has no captioned images"),
+        ("stage2_without_unlabelled", "needs unlabelled images"),
+        ("bad_weights", "--loss-weights"),
+        ("resume_nothing", "no run to resume"),
+    ],
+)
+def test_bad_input_gives_one_line_and_exit_code_2(tiny_pipeline_dir, tmp_path, capsys, case, message):
+    from conftest import write_image_folder
+
+    labelled = write_image_folder(tmp_path / "labelled", 4)
+    run = tmp_path / "run"
+    teacher = str(tiny_pipeline_dir)
+    extra: list[str] = ["--max-steps", "1"]
+    if case == "missing_teacher":
+        teacher = str(tmp_path / "nowhere")
+    elif case == "not_a_run_dir":
+        run.mkdir()
+        (run / "precious.txt").write_text("keep me")
+    elif case == "truncated_image":
+        data = (labelled / "0001.png").read_bytes()
+        (labelled / "0001.png").write_bytes(data[:40])
+    elif case == "no_captions":
+        labelled = write_image_folder(tmp_path / "unlabelled", 4, labelled=False)
+    elif case == "stage2_without_unlabelled":
+        extra += ["--stage2-steps", "2"]
+    elif case == "bad_weights":
+        extra += ["--loss-weights", "0,0,0"]
+    elif case == "resume_nothing":
+        extra += ["--resume"]
+    code = main(["--teacher", teacher, "--labelled", str(labelled), "--output-dir", str(run), "-q", *extra])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err
+    if case == "not_a_run_dir":
+        assert (run / "precious.txt").read_text() == "keep me"
+    else:
+        assert not (run / "student").exists()
+
+
+def test_disk_full_during_a_checkpoint_leaves_no_half_written_files(tiny_pipeline_dir, tiny_data, tmp_path):
+    """A real write failure: the OS file-size limit (RLIMIT_FSIZE) makes the checkpoint write fail with EFBIG."""
+    run = tmp_path / "run"
+    args = distill_args(tiny_pipeline_dir, tiny_data, run, "--student", "compact-small", "--max-steps", "3",
+                        "--stage2-steps", "0", "--checkpoint-every", "1")
+    script = textwrap.dedent(f"""
+        import resource, signal, sys
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, 150_000))
+        from refine_control.cli import main
+        sys.exit(main({args!r}))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert "could not write" in result.stderr and "hint: free some disk space" in result.stderr
+    assert "Traceback" not in result.stderr
+    leftovers = [p.name for p in (run / "checkpoints").iterdir()] if (run / "checkpoints").exists() else []
+    assert leftovers == []
+    assert not (run / "student").exists()
+
+
+def test_two_processes_keep_replicas_in_sync(tiny_pipeline_dir, tiny_data, tmp_path):
+    """The accelerate path on CPU with two processes (gloo): DDP averages gradients, so the replicas, which see
+    different batches, end with bit-identical weights."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "refine_control.cli", *distill_args(tiny_pipeline_dir, tiny_data, run, "--max-steps", "3",
+                                                     "--stage2-steps", "0")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run / "metrics.json").read_text())
+    assert summary["world_size"] == 2
+    assert summary["replicas_in_sync"] is True
