@@ -123,3 +123,19 @@ def write_image_folder(root, n: int, labelled: bool = True, size: int = 16, seed
 def tiny_data(tmp_path_factory: pytest.TempPathFactory):
     base = tmp_path_factory.mktemp("data")
     return write_image_folder(base / "labelled", 12), write_image_folder(base / "unlabelled", 12, labelled=False, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_run_dir(tiny_pipeline_dir, tiny_data, tmp_path_factory: pytest.TempPathFactory):
+    """A finished `refine-distill` run on the tiny teacher (compact-small student, a few steps)."""
+    from refine_control.cli import main
+
+    labelled, unlabelled = tiny_data
+    run = tmp_path_factory.mktemp("runs") / "run"
+    code = main([
+        "--teacher", str(tiny_pipeline_dir), "--labelled", str(labelled), "--unlabelled", str(unlabelled),
+        "--student", "compact-small", "--output-dir", str(run), "--max-steps", "4", "--stage2-steps", "2",
+        "--batch-size", "2", "-q",
+    ])
+    assert code == 0
+    return run
