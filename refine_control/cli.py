@@ -39,48 +39,122 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p = parser.add_argument
-    p("--teacher", default=_default("teacher"),
-      help="`builtin` (the shipped shapes teacher), a StableDiffusionControlNetPipeline directory, or a hub id that "
-      "is already in the local cache (never downloaded). Default: %(default)s")
+    p(
+        "--teacher",
+        default=_default("teacher"),
+        help="`builtin` (the shipped shapes teacher), a StableDiffusionControlNetPipeline directory, or a hub id that "
+        "is already in the local cache (never downloaded). Default: %(default)s",
+    )
     p("--controlnet", default=None, help="ControlNetModel directory, when --teacher is a base text-to-image pipeline")
-    p("--student", default=_default("student"), choices=STUDENT_PRESETS.names(), metavar="PRESET",
-      help="student preset (see below). Default: %(default)s")
+    p(
+        "--student",
+        default=_default("student"),
+        choices=STUDENT_PRESETS.names(),
+        metavar="PRESET",
+        help="student preset (see below). Default: %(default)s",
+    )
     p("--output-dir", "-o", required=True, type=Path, help="run directory to create (student/, checkpoints/, logs)")
-    p("--init", default=_default("init"), choices=["random", "transfer"],
-      help="student initialisation: random, or transfer (copy matching teacher parameters, channel-sliced)")
-    p("--labelled", default=None, metavar="DIR",
-      help="image folder (metadata.jsonl with file_name and text); images without text count as unlabelled. "
-      "Default with --teacher builtin: generated shapes")
+    p(
+        "--init",
+        default=_default("init"),
+        choices=["random", "transfer"],
+        help="student initialisation: random, or transfer (copy matching teacher parameters, channel-sliced)",
+    )
+    p(
+        "--labelled",
+        default=None,
+        metavar="DIR",
+        help="image folder (metadata.jsonl with file_name and text); images without text count as unlabelled. "
+        "Default with --teacher builtin: generated shapes",
+    )
     p("--unlabelled", default=None, metavar="DIR", help="extra image folder of unlabelled images for stage 2")
-    p("--builtin-labelled", type=int, default=_default("builtin_labelled"), metavar="N",
-      help="labelled shapes to generate for the builtin teacher. Default: %(default)s")
-    p("--builtin-unlabelled", type=int, default=_default("builtin_unlabelled"), metavar="N",
-      help="unlabelled shapes to generate for the builtin teacher. Default: %(default)s")
-    p("--preprocessor", default=_default("preprocessor"), metavar="NAME",
-      help=f"control-image preprocessor: {', '.join(PREPROCESSORS.names())}, or aux:<detector> with controlnet-aux. "
-      "Default: %(default)s")
+    p(
+        "--builtin-labelled",
+        type=int,
+        default=_default("builtin_labelled"),
+        metavar="N",
+        help="labelled shapes to generate for the builtin teacher. Default: %(default)s",
+    )
+    p(
+        "--builtin-unlabelled",
+        type=int,
+        default=_default("builtin_unlabelled"),
+        metavar="N",
+        help="unlabelled shapes to generate for the builtin teacher. Default: %(default)s",
+    )
+    p(
+        "--preprocessor",
+        default=_default("preprocessor"),
+        metavar="NAME",
+        help=f"control-image preprocessor: {', '.join(PREPROCESSORS.names())}, or aux:<detector> with controlnet-aux. "
+        "Default: %(default)s",
+    )
     p("--resolution", type=int, default=None, help="training image size. Default: the teacher's native size")
     p("--max-steps", type=int, default=_default("max_steps"), help="stage-1 optimizer steps. Default: %(default)s")
-    p("--stage2-steps", type=int, default=None,
-      help="stage-2 (semi-supervised) steps; 0 skips it. Default: half of --max-steps when unlabelled images exist")
-    p("--loss-weights", type=_weights, default=_default("loss_weights"), metavar="TASK,OUT,FEAT",
-      help="weights of the task, output and feature terms; e.g. 1,0,0 trains from scratch. Default: 1,1,1")
-    p("--no-normalize-features", dest="normalize_features", action="store_false",
-      help="do not divide each feature tap's error by the teacher feature's mean square")
+    p(
+        "--stage2-steps",
+        type=int,
+        default=None,
+        help="stage-2 (semi-supervised) steps; 0 skips it. Default: half of --max-steps when unlabelled images exist",
+    )
+    p(
+        "--loss-weights",
+        type=_weights,
+        default=_default("loss_weights"),
+        metavar="TASK,OUT,FEAT",
+        help="weights of the task, output and feature terms; e.g. 1,0,0 trains from scratch. Default: 1,1,1",
+    )
+    p(
+        "--no-normalize-features",
+        dest="normalize_features",
+        action="store_false",
+        help="do not divide each feature tap's error by the teacher feature's mean square",
+    )
     p("--batch-size", type=int, default=_default("batch_size"), help="per-process batch size. Default: %(default)s")
-    p("--grad-accum", type=int, default=_default("grad_accum"), help="gradient accumulation steps. Default: %(default)s")
-    p("--learning-rate", type=float, default=_default("learning_rate"), help="AdamW learning rate. Default: %(default)s")
-    p("--stage2-lr-scale", type=float, default=_default("stage2_lr_scale"),
-      help="stage-2 learning rate as a multiple of stage 1's. Default: %(default)s")
-    p("--warmup-steps", type=int, default=_default("warmup_steps"), help="linear warm-up per stage. Default: %(default)s")
+    p(
+        "--grad-accum",
+        type=int,
+        default=_default("grad_accum"),
+        help="gradient accumulation steps. Default: %(default)s",
+    )
+    p(
+        "--learning-rate",
+        type=float,
+        default=_default("learning_rate"),
+        help="AdamW learning rate. Default: %(default)s",
+    )
+    p(
+        "--stage2-lr-scale",
+        type=float,
+        default=_default("stage2_lr_scale"),
+        help="stage-2 learning rate as a multiple of stage 1's. Default: %(default)s",
+    )
+    p(
+        "--warmup-steps",
+        type=int,
+        default=_default("warmup_steps"),
+        help="linear warm-up per stage. Default: %(default)s",
+    )
     p("--weight-decay", type=float, default=_default("weight_decay"), help="AdamW weight decay. Default: %(default)s")
     p("--max-grad-norm", type=float, default=_default("max_grad_norm"), help="gradient clipping. Default: %(default)s")
-    p("--mixed-precision", default=_default("mixed_precision"), choices=["no", "bf16", "fp16"],
-      help="accelerate mixed precision (fp16 needs a GPU). Default: %(default)s")
-    p("--prompt-dropout", type=float, default=_default("prompt_dropout"),
-      help="probability of an empty caption, for classifier-free guidance. Default: %(default)s")
-    p("--replay-ratio", type=float, default=_default("replay_ratio"),
-      help="share of labelled samples replayed in each stage-2 batch. Default: %(default)s")
+    p(
+        "--mixed-precision",
+        default=_default("mixed_precision"),
+        choices=["no", "bf16", "fp16"],
+        help="accelerate mixed precision (fp16 needs a GPU). Default: %(default)s",
+    )
+    p(
+        "--prompt-dropout",
+        type=float,
+        default=_default("prompt_dropout"),
+        help="probability of an empty caption, for classifier-free guidance. Default: %(default)s",
+    )
+    p(
+        "--replay-ratio",
+        type=float,
+        default=_default("replay_ratio"),
+        help="share of labelled samples replayed in each stage-2 batch. Default: %(default)s",
+    )
     p("--ema-decay", type=float, default=None, help="keep an EMA of the student with this decay (e.g. 0.999)")
     p("--checkpoint-every", type=int, default=_default("checkpoint_every"), help="steps between checkpoints")
     p("--keep-checkpoints", type=int, default=_default("keep_checkpoints"), help="checkpoints to keep")
@@ -105,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> int:
         cfg = config_from_args(args)
-        from refine_control.trainer import train  # noqa: PLC0415 - keeps --help fast
+        from refine_control.trainer import train
 
         run = train(cfg)
         if os.environ.get("RANK", "0") == "0":  # one message, also under `accelerate launch` / torchrun
@@ -118,4 +192,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-

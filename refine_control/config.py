@@ -65,7 +65,12 @@ class DistillConfig:
             (self.stage2_lr_scale > 0, "--stage2-lr-scale", self.stage2_lr_scale, "> 0"),
             (self.warmup_steps >= 0, "--warmup-steps", self.warmup_steps, ">= 0"),
             (self.max_grad_norm > 0, "--max-grad-norm", self.max_grad_norm, "> 0"),
-            (self.mixed_precision in ("no", "bf16", "fp16"), "--mixed-precision", self.mixed_precision, "no, bf16, fp16"),
+            (
+                self.mixed_precision in ("no", "bf16", "fp16"),
+                "--mixed-precision",
+                self.mixed_precision,
+                "no, bf16, fp16",
+            ),
             (0 <= self.prompt_dropout <= 1, "--prompt-dropout", self.prompt_dropout, "in [0, 1]"),
             (0 <= self.replay_ratio < 1, "--replay-ratio", self.replay_ratio, "in [0, 1)"),
             (self.ema_decay is None or 0 < self.ema_decay < 1, "--ema-decay", self.ema_decay, "in (0, 1)"),

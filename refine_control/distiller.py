@@ -38,7 +38,10 @@ class Conditioner:
     @torch.no_grad()
     def encode_text(self, captions: list[str]) -> torch.Tensor:
         ids = self.tokenizer(
-            captions, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
+            captions,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
             return_tensors="pt",
         ).input_ids
         return self.text_encoder(ids.to(self.device))[0]
@@ -89,7 +92,9 @@ def probe_channels(denoiser: ControlledDenoiser, taps: list[str], teacher: Teach
     modes = {m: m.training for m in denoiser.modules()}
     denoiser.eval()
     try:
-        out = denoiser.forward_features(sample, torch.zeros(1, dtype=torch.long, device=param.device), text, cond, taps)
+        out = denoiser.forward_features(
+            sample, torch.zeros(1, dtype=torch.long, device=param.device), text, cond, taps
+        )
     finally:
         for m, mode in modes.items():
             m.train(mode)

@@ -100,15 +100,22 @@ PREPROCESSORS.register(
 # controlnet-aux detectors that need model weights; used only when the package imports and the user has
 # the weights locally (`--preprocessor aux:hed` etc.). controlnet-aux needs torchvision, which this
 # project's pinned CPU torch cannot load, so it is an optional extra.
-AUX_DETECTORS = {"hed": "HEDdetector", "midas": "MidasDetector", "openpose": "OpenposeDetector", "pidi": "PidiNetDetector"}
+AUX_DETECTORS = {
+    "hed": "HEDdetector",
+    "midas": "MidasDetector",
+    "openpose": "OpenposeDetector",
+    "pidi": "PidiNetDetector",
+}
 
 
 def _aux_preprocessor(name: str) -> Preprocessor:
     detector_name = name.split(":", 1)[1]
     if detector_name not in AUX_DETECTORS:
-        raise ConfigError(f"unknown controlnet-aux detector {detector_name!r}; choose one of: {', '.join(AUX_DETECTORS)}")
+        raise ConfigError(
+            f"unknown controlnet-aux detector {detector_name!r}; choose one of: {', '.join(AUX_DETECTORS)}"
+        )
     try:
-        import controlnet_aux  # noqa: PLC0415 - optional extra
+        import controlnet_aux
     except Exception as err:  # ImportError, or RuntimeError when torchvision is broken
         raise ConfigError(
             f"preprocessor {name!r} needs controlnet-aux, which does not import here ({type(err).__name__})",

@@ -6,7 +6,8 @@ import shutil
 
 from diffusers import StableDiffusionControlNetPipeline
 
-from refine_control.atomic import atomic_dir
+from refine_control.atomic import atomic_dir, write_json
+from refine_control.checkpoint import list_checkpoints
 from refine_control.config import DistillConfig
 from refine_control.errors import ConfigError
 from refine_control.models.denoiser import ControlledDenoiser
@@ -15,47 +16,65 @@ from refine_control.models.teacher import Teacher
 logger = logging.getLogger(__name__)
 
 
-def is_finished(run) -> bool:  # noqa: ANN001 - Path
+def is_finished(run) -> bool:
     return (run / "student" / "model_index.json").is_file()
 
 
 def prepare_run_dir(cfg: DistillConfig) -> None:
-    """Create, continue or (with --overwrite) replace the run dir; never touch a dir that is not a run dir."""
+    """Create, continue or (with --overwrite) replace the run dir; never touch a dir that is not a run dir.
+
+    `config.json` is written first, so even a run that fails early is recognisable as a run dir; one that stopped
+    before its first checkpoint holds nothing worth keeping and is simply started again.
+    """
     run = cfg.output_dir
     if run.exists() and not run.is_dir():
         raise ConfigError(f"--output-dir {run} is a file")
     occupied = run.is_dir() and any(run.iterdir())
-    is_run = (run / "config.json").is_file()
-    if occupied and not is_run:
+    if occupied and not (run / "config.json").is_file():
         raise ConfigError(
             f"--output-dir {run} is not empty and is not a refine-control run dir",
             hint="choose a new or empty directory",
         )
+    has_checkpoints = bool(list_checkpoints(run / "checkpoints"))
     if occupied and cfg.overwrite:
         shutil.rmtree(run)
     elif occupied and is_finished(run):
-        raise ConfigError(f"{run} already holds a finished run", hint="pass --overwrite to replace it, or another --output-dir")
-    elif occupied and not cfg.resume:
-        raise ConfigError(f"{run} holds an unfinished run", hint="pass --resume to continue it or --overwrite to start over")
-    elif occupied:
-        saved = json.loads((run / "config.json").read_text())
-        differences = cfg.resume_differences(saved)
+        raise ConfigError(
+            f"{run} already holds a finished run", hint="pass --overwrite to replace it, or another --output-dir"
+        )
+    elif occupied and cfg.resume:
+        differences = cfg.resume_differences(json.loads((run / "config.json").read_text()))
         if differences:
             raise ConfigError(
                 f"--resume with options that differ from the saved run: {'; '.join(differences)}",
                 hint="resume with the original options, or start over with --overwrite",
             )
+    elif occupied and has_checkpoints:
+        raise ConfigError(
+            f"{run} holds an unfinished run", hint="pass --resume to continue it or --overwrite to start over"
+        )
+    elif occupied:
+        logger.info("%s stopped before its first checkpoint; starting it again", run)
+        shutil.rmtree(run)
     elif cfg.resume:
         raise ConfigError(f"--resume: there is no run to resume in {run}")
     (run / "logs").mkdir(parents=True, exist_ok=True)
+    if not (run / "config.json").is_file():
+        write_json(run / "config.json", cfg.to_json())
 
 
-def save_student(path, teacher: Teacher, student: ControlledDenoiser) -> None:  # noqa: ANN001 - Path
+def save_student(path, teacher: Teacher, student: ControlledDenoiser) -> None:
     """Write the student as a full `StableDiffusionControlNetPipeline` dir (teacher's VAE, text encoder,
     tokenizer and scheduler; the student's UNet and ControlNet), loadable with `from_pretrained`."""
     pipeline = StableDiffusionControlNetPipeline(
-        vae=teacher.vae, text_encoder=teacher.text_encoder, tokenizer=teacher.tokenizer, unet=student.unet,
-        controlnet=student.controlnet, scheduler=teacher.scheduler, safety_checker=None, feature_extractor=None,
+        vae=teacher.vae,
+        text_encoder=teacher.text_encoder,
+        tokenizer=teacher.tokenizer,
+        unet=student.unet,
+        controlnet=student.controlnet,
+        scheduler=teacher.scheduler,
+        safety_checker=None,
+        feature_extractor=None,
         requires_safety_checker=False,
     )
     with atomic_dir(path) as tmp:

@@ -6,11 +6,14 @@ task target), mixed with labelled replay at a lower learning rate. Every random 
 micro-batch, rank), so `--resume` continues bit for bit from a checkpoint.
 """
 
+import contextlib
 import json
 import logging
 import math
 import statistics
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,7 @@ from refine_control.checkpoint import list_checkpoints, load_checkpoint, save_ch
 from refine_control.config import DistillConfig
 from refine_control.data import ImageRecord, epoch_index, load_image, read_image_folder
 from refine_control.distiller import Conditioner, DistillationModule, probe_channels, run_teacher
-from refine_control.errors import ConfigError, RefineError
+from refine_control.errors import CheckpointError, ConfigError, RefineError
 from refine_control.losses import TriLevelLoss
 from refine_control.models.denoiser import ControlledDenoiser
 from refine_control.models.presets import STUDENT_PRESETS, build_student, count_params
@@ -45,12 +48,14 @@ def _seed(*parts: int) -> int:
 class Batches:
     """Deterministic batches: which records a (step, micro-batch, rank) sees is a pure function of them."""
 
-    def __init__(self, labelled: list[ImageRecord], unlabelled: list[ImageRecord], cfg: DistillConfig, world: int):
-        self.labelled, self.unlabelled, self.cfg, self.world = labelled, unlabelled, cfg, world
-        self.resolution = 0
+    def __init__(
+        self, labelled: list[ImageRecord], unlabelled: list[ImageRecord], cfg: DistillConfig, world: int, size: int
+    ) -> None:
+        self.labelled, self.unlabelled, self.cfg, self.world, self.size = labelled, unlabelled, cfg, world, size
         self.preprocessor = get_preprocessor(cfg.preprocessor)
 
     def get(self, step: int, micro: int, rank: int, stage: int) -> tuple[np.ndarray, list[str], np.ndarray]:
+        """images (B, H, W, 3) uint8, captions, controls (B, H, W, 3) float32."""
         cfg = self.cfg
         rng = np.random.default_rng(_seed(cfg.seed, step, micro, rank, 7))
         slot = (step * cfg.grad_accum + micro) * self.world + rank
@@ -63,7 +68,7 @@ class Batches:
         for stream, records, count in parts:
             for j in range(count):
                 record = records[epoch_index(slot * count + j, len(records), _seed(cfg.seed, stream))]
-                images.append(load_image(record.path, self.resolution))
+                images.append(load_image(record.path, self.size))
                 caption = "" if stream == UNLABELLED else (record.text or "")
                 captions.append("" if rng.random() < cfg.prompt_dropout else caption)
         controls = np.stack([self.preprocessor(image, rng) for image in images])
@@ -71,17 +76,16 @@ class Batches:
 
 
 def _builtin_data(cfg: DistillConfig, run: Path) -> tuple[Path, Path | None]:
-    from refine_control.builtin.shapes import write_image_folder  # noqa: PLC0415 - only for the builtin teacher
+    from refine_control.builtin.shapes import write_image_folder
 
-    data = run / "data"
-    labelled = data / "labelled"
+    labelled = run / "data" / "labelled"
     if not (labelled / "metadata.jsonl").is_file():
         write_image_folder(labelled, "train", cfg.builtin_labelled, cfg.seed, captions=True)
-    unlabelled = None
-    if cfg.builtin_unlabelled > 0:
-        unlabelled = data / "unlabelled"
-        if not (unlabelled / "metadata.jsonl").is_file():
-            write_image_folder(unlabelled, "unlabelled", cfg.builtin_unlabelled, cfg.seed, captions=False)
+    if cfg.builtin_unlabelled == 0:
+        return labelled, None
+    unlabelled = run / "data" / "unlabelled"
+    if not (unlabelled / "metadata.jsonl").is_file():
+        write_image_folder(unlabelled, "unlabelled", cfg.builtin_unlabelled, cfg.seed, captions=False)
     return labelled, unlabelled
 
 
@@ -90,8 +94,10 @@ def _load_data(cfg: DistillConfig, run: Path) -> tuple[list[ImageRecord], list[I
     if cfg.teacher == "builtin" and labelled_dir is None:
         labelled_path, unlabelled_path = _builtin_data(cfg, run)
         labelled_dir = str(labelled_path)
-        unlabelled_dir = unlabelled_dir or (str(unlabelled_path) if unlabelled_path else None)
-    assert labelled_dir is not None  # checked by DistillConfig
+        if unlabelled_dir is None and unlabelled_path is not None:
+            unlabelled_dir = str(unlabelled_path)
+    if labelled_dir is None:
+        raise ConfigError("`--labelled DIR` is required with a teacher other than builtin")
     records = read_image_folder(labelled_dir)
     labelled = [r for r in records if r.text is not None]
     unlabelled = [r for r in records if r.text is None]
@@ -118,13 +124,15 @@ def _stage_steps(cfg: DistillConfig, unlabelled: list[ImageRecord]) -> tuple[int
 
 
 def _learning_rate(cfg: DistillConfig, step: int, stage1_steps: int) -> float:
-    in_stage = step if step < stage1_steps else step - stage1_steps
-    scale = 1.0 if step < stage1_steps else cfg.stage2_lr_scale
+    """Linear warm-up at the start of each stage; stage 2 runs at `stage2_lr_scale` × the base rate."""
+    in_stage, scale = (step, 1.0) if step < stage1_steps else (step - stage1_steps, cfg.stage2_lr_scale)
     warmup = min(1.0, (in_stage + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
     return cfg.learning_rate * scale * warmup
 
 
-def _initialise(cfg: DistillConfig, teacher: Teacher, student: ControlledDenoiser, shares_unet: bool) -> dict[str, Any]:
+def _initialise(
+    cfg: DistillConfig, teacher: Teacher, student: ControlledDenoiser, shares_unet: bool
+) -> dict[str, Any]:
     if cfg.init == "random":
         return {"init": "random"}
     reports = {"controlnet": transfer_parameters(teacher.controlnet, student.controlnet)}
@@ -135,82 +143,66 @@ def _initialise(cfg: DistillConfig, teacher: Teacher, student: ControlledDenoise
     return {"init": "transfer", **{name: report.to_dict() for name, report in reports.items()}}
 
 
-def train(cfg: DistillConfig) -> Path:
-    """Distil the teacher into the preset student; return the run dir (its `student/` is the result)."""
-    run = cfg.output_dir
-    accelerator = Accelerator(
-        mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum, cpu=not torch.cuda.is_available()
-    )
-    main = accelerator.is_main_process
-    if main:
-        prepare_run_dir(cfg)
-    accelerator.wait_for_everyone()
-    weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision, torch.float32)
+@dataclass
+class Setup:
+    """Everything built before the first step."""
 
+    teacher: Teacher
+    teacher_denoiser: ControlledDenoiser
+    batches: Batches
+    module: DistillationModule  # possibly wrapped by accelerate (DDP)
+    optimizer: Any
+    params: list[torch.nn.Parameter]
+    trainable_names: list[str]
+    taps: list[str]
+    stage1_steps: int
+    stage2_steps: int
+    resolved: dict[str, Any]
+    init_report: dict[str, Any]
+
+
+def _build(cfg: DistillConfig, accelerator: Accelerator, weight_dtype: torch.dtype) -> Setup:
+    run, main = cfg.output_dir, accelerator.is_main_process
     # 1. Teacher: frozen, in the trainer's dtype and on its device.
     teacher = load_teacher(cfg.teacher, cfg.controlnet, weight_dtype, accelerator.device)
     teacher_denoiser = ControlledDenoiser(teacher.unet, teacher.controlnet)
 
-    # 2. Data (materialised shapes for the builtin teacher), checked before any training.
-    if main:
-        labelled, unlabelled = _load_data(cfg, run)
-    accelerator.wait_for_everyone()
-    if not main:
+    # 2. Data (shapes materialised once for the builtin teacher), every image checked before training.
+    with accelerator.main_process_first():
         labelled, unlabelled = _load_data(cfg, run)
     stage1_steps, stage2_steps = _stage_steps(cfg, unlabelled)
-    total_steps = stage1_steps + stage2_steps
-    batches = Batches(labelled, unlabelled, cfg, accelerator.num_processes)
-    batches.resolution = cfg.resolution or teacher.resolution
-    if batches.resolution % (teacher.vae_scale_factor * 2 ** (len(teacher.unet.config.block_out_channels) - 1)):
-        raise ConfigError(f"`--resolution` {batches.resolution} does not divide into this teacher's latent grid")
+    size = cfg.resolution or teacher.resolution
+    grid = teacher.vae_scale_factor * 2 ** (len(teacher.unet.config.block_out_channels) - 1)
+    if size % grid:
+        raise ConfigError(f"`--resolution` must be a multiple of {grid} for this teacher, got {size}")
+    batches = Batches(labelled, unlabelled, cfg, accelerator.num_processes, size)
 
-    # 3. Student: a preset built from the teacher's configs; the shared UNet (if any) stays frozen.
-    preset = STUDENT_PRESETS.get(cfg.student)
+    # 3. Student: a preset built from the teacher's configs; a shared UNet stays frozen.
     torch.manual_seed(cfg.seed)
-    student_unet, student_controlnet = build_student(teacher.unet, teacher.controlnet, preset)
+    student_unet, student_controlnet = build_student(
+        teacher.unet, teacher.controlnet, STUDENT_PRESETS.get(cfg.student)
+    )
     student = ControlledDenoiser(student_unet, student_controlnet).to(accelerator.device)
     shares_unet = student_unet is teacher.unet
     init_report = _initialise(cfg, teacher, student, shares_unet)
-    student.controlnet.train().requires_grad_(True)
-    if not shares_unet:
-        student.unet.train().requires_grad_(True)
+    for part in [student.controlnet] + ([] if shares_unet else [student.unet]):
+        part.train().requires_grad_(True)
 
-    # 4. Loss: feature taps present in both models, with student→teacher projectors.
-    student_taps = student.feature_names(trainable_unet=not shares_unet)
+    # 4. Loss: the feature taps both models have, with student→teacher projectors.
     teacher_taps = set(teacher_denoiser.feature_names(trainable_unet=not shares_unet))
-    taps = [t for t in student_taps if t in teacher_taps]
+    taps = [t for t in student.feature_names(trainable_unet=not shares_unet) if t in teacher_taps]
     if cfg.loss_weights[2] > 0 and not taps:
         raise ConfigError(f"student preset {cfg.student!r} shares no feature taps with this teacher")
     s_channels = probe_channels(student, taps, teacher)
     t_channels = probe_channels(teacher_denoiser, taps, teacher)
     channels = {t: (s_channels[t], t_channels[t]) for t in taps}
     loss = TriLevelLoss(cfg.loss_weights, channels, cfg.normalize_features).to(accelerator.device)
-    module = DistillationModule(student, loss, taps if cfg.loss_weights[2] > 0 else [])
+    used_taps = taps if cfg.loss_weights[2] > 0 else []
+    module = DistillationModule(student, loss, used_taps)
     params = [p for p in module.parameters() if p.requires_grad]
+    trainable_names = [n for n, p in module.named_parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     module, optimizer = accelerator.prepare(module, optimizer)
-    trainable_names = [n for n, p in accelerator.unwrap_model(module).named_parameters() if p.requires_grad]
-    ema = None
-    if cfg.ema_decay is not None:
-        ema = {n: p.detach().clone() for n, p in accelerator.unwrap_model(module).student.named_parameters() if p.requires_grad}
-
-    # 5. Resume from the newest complete checkpoint.
-    start = 0
-    checkpoints = list_checkpoints(run / "checkpoints")
-    if cfg.resume and checkpoints:
-        state = load_checkpoint(checkpoints[-1])
-        unwrapped = accelerator.unwrap_model(module)
-        named = dict(unwrapped.named_parameters())
-        if set(state["trainable"]) != set(trainable_names):
-            raise RefineError(f"checkpoint {checkpoints[-1]} does not match this student; start over with --overwrite")
-        with torch.no_grad():
-            for name, value in state["trainable"].items():
-                named[name].copy_(value)
-        optimizer.load_state_dict(state["optimizer"])
-        if ema is not None and state["ema"] is not None:
-            ema = {k: v.to(accelerator.device) for k, v in state["ema"].items()}
-        start = int(state["state"]["step"])
-        logger.info("resumed from %s at step %d", checkpoints[-1], start)
 
     counts = {
         "teacher_denoiser_params": count_params(teacher.unet, teacher.controlnet),
@@ -219,101 +211,209 @@ def train(cfg: DistillConfig) -> Path:
     }
     if main:
         logger.info(
-            "teacher %s → student %s: denoiser %.2f M → %.2f M params (%d feature taps, loss %s)",
-            cfg.teacher, cfg.student, counts["teacher_denoiser_params"] / 1e6, counts["student_denoiser_params"] / 1e6,
-            len(taps), accelerator.unwrap_model(module).loss.extra_repr(),
+            "teacher %s → student %s: denoiser %.2f M → %.2f M params; loss %s over %d feature taps",
+            cfg.teacher,
+            cfg.student,
+            counts["teacher_denoiser_params"] / 1e6,
+            counts["student_denoiser_params"] / 1e6,
+            loss.extra_repr(),
+            len(used_taps),
         )
-        write_json(run / "config.json", {**cfg.to_json(), "resolved": {
-            "stage1_steps": stage1_steps, "stage2_steps": stage2_steps, "resolution": batches.resolution,
-            "labelled_images": len(labelled), "unlabelled_images": len(unlabelled), "feature_taps": taps,
-            "world_size": accelerator.num_processes, **counts,
-        }})
-        write_json(run / "init_report.json", init_report)
-        _truncate_metrics(run / "metrics.jsonl", start)
+    resolved = {
+        "stage1_steps": stage1_steps,
+        "stage2_steps": stage2_steps,
+        "resolution": size,
+        "labelled_images": len(labelled),
+        "unlabelled_images": len(unlabelled),
+        "feature_taps": used_taps,
+        "world_size": accelerator.num_processes,
+        **counts,
+    }
+    return Setup(
+        teacher,
+        teacher_denoiser,
+        batches,
+        module,
+        optimizer,
+        params,
+        trainable_names,
+        used_taps,
+        stage1_steps,
+        stage2_steps,
+        resolved,
+        init_report,
+    )
 
-    # 6. The loop.
-    conditioner = Conditioner(teacher, accelerator.device, weight_dtype)
-    needs_teacher = loss.needs_teacher
-    module_taps = taps if cfg.loss_weights[2] > 0 else []
-    step_times: list[float] = []
-    progress = tqdm(range(start, total_steps), initial=start, total=total_steps, disable=not main, desc="distilling")
-    metrics_file = (run / "metrics.jsonl").open("a") if main else None
+
+class EMA:
+    """Exponential moving average of the student's trainable weights (what is saved when enabled)."""
+
+    def __init__(self, student: torch.nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.shadow = {n: p.detach().clone() for n, p in student.named_parameters() if p.requires_grad}
+
+    @torch.no_grad()
+    def update(self, student: torch.nn.Module) -> None:
+        for name, p in student.named_parameters():
+            if name in self.shadow:
+                self.shadow[name].lerp_(p.detach(), 1.0 - self.decay)
+
+    @torch.no_grad()
+    def copy_to(self, student: torch.nn.Module) -> None:
+        for name, p in student.named_parameters():
+            if name in self.shadow:
+                p.copy_(self.shadow[name])
+
+
+def _resume(path: Path, setup: Setup, accelerator: Accelerator, ema: EMA | None) -> int:
+    state = load_checkpoint(path)
+    named = dict(accelerator.unwrap_model(setup.module).named_parameters())
+    if set(state["trainable"]) != set(setup.trainable_names):
+        raise CheckpointError(f"checkpoint {path} does not match this student", hint="start over with --overwrite")
+    with torch.no_grad():
+        for name, value in state["trainable"].items():
+            named[name].copy_(value)
+    setup.optimizer.load_state_dict(state["optimizer"])
+    if ema is not None and state["ema"] is not None:
+        ema.shadow = {k: v.to(accelerator.device) for k, v in state["ema"].items()}
+    step = int(state["state"]["step"])
+    logger.info("resumed from %s at step %d", path, step)
+    return step
+
+
+def _train_step(
+    cfg: DistillConfig, setup: Setup, accelerator: Accelerator, conditioner: Conditioner, step: int, stage: int
+) -> dict[str, float]:
+    """One optimizer step (over `grad_accum` micro-batches); returns the mean of each loss term."""
+    module, rank = setup.module, accelerator.process_index
+    terms: dict[str, float] = {}
+    for micro in range(cfg.grad_accum):
+        generator = torch.Generator().manual_seed(_seed(cfg.seed, step, micro, rank))
+        images, captions, controls = setup.batches.get(step, micro, rank, stage)
+        inputs = conditioner.make_inputs(images, captions, controls, generator)
+        with accelerator.accumulate(module):
+            teacher_out = None
+            if cfg.uses_teacher_signals:
+                with accelerator.autocast():
+                    teacher_out = run_teacher(setup.teacher_denoiser, inputs, setup.taps)
+            out = module(inputs, teacher_out)
+            if not torch.isfinite(out.total):
+                values = {k: float(v) for k, v in out.terms.items()}
+                raise RefineError(
+                    f"the loss became {float(out.total)} at step {step} ({values})",
+                    hint="lower --learning-rate, or use --mixed-precision no",
+                )
+            accelerator.backward(out.total)
+            if accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(setup.params, cfg.max_grad_norm)
+            setup.optimizer.step()
+            setup.optimizer.zero_grad(set_to_none=True)
+        for name, value in out.terms.items():
+            terms[name] = terms.get(name, 0.0) + float(value) / cfg.grad_accum
+    return terms
+
+
+@contextlib.contextmanager
+def _run_log(run: Path, enabled: bool) -> Iterator[None]:
+    """Copy this package's log messages into RUN/logs/train.log."""
+    if not enabled:
+        yield
+        return
+    handler = logging.FileHandler(run / "logs" / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    package_logger = logging.getLogger("refine_control")
+    package_logger.addHandler(handler)
     try:
-        for step in progress:
-            stage = 1 if step < stage1_steps else 2
-            lr = _learning_rate(cfg, step, stage1_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            tic = time.perf_counter()
-            terms_sum: dict[str, float] = {}
-            for micro in range(cfg.grad_accum):
-                generator = torch.Generator().manual_seed(_seed(cfg.seed, step, micro, accelerator.process_index))
-                images, captions, controls = batches.get(step, micro, accelerator.process_index, stage)
-                inputs = conditioner.make_inputs(images, captions, controls, generator)
-                with accelerator.accumulate(module):
-                    teacher_out = None
-                    if needs_teacher:
-                        with accelerator.autocast():
-                            teacher_out = run_teacher(teacher_denoiser, inputs, module_taps)
-                    out = module(inputs, teacher_out)
-                    if not torch.isfinite(out.total):
-                        values = {k: float(v) for k, v in out.terms.items()}
-                        raise RefineError(
-                            f"the loss became {float(out.total)} at step {step} ({values})",
-                            hint="lower --learning-rate, or use --mixed-precision no",
-                        )
-                    accelerator.backward(out.total)
-                    if accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                for name, value in out.terms.items():
-                    terms_sum[name] = terms_sum.get(name, 0.0) + float(value) / cfg.grad_accum
-            if ema is not None:
-                with torch.no_grad():
-                    for name, p in accelerator.unwrap_model(module).student.named_parameters():
-                        if name in ema:
-                            ema[name].lerp_(p.detach(), 1.0 - cfg.ema_decay)
-            step_times.append(time.perf_counter() - tic)
-            done = step + 1
-            progress.set_postfix({k: f"{v:.4f}" for k, v in terms_sum.items()} | {"stage": stage})
-            if main and (done % cfg.log_every == 0 or done == total_steps):
-                row = {"step": done, "stage": stage, "lr": lr, "sec_per_step": step_times[-1], **terms_sum}
-                metrics_file.write(json.dumps(row) + "\n")
-                metrics_file.flush()
-            if done % cfg.checkpoint_every == 0 and done < total_steps:
-                accelerator.wait_for_everyone()
-                if main:
-                    unwrapped = accelerator.unwrap_model(module)
-                    named = dict(unwrapped.named_parameters())
-                    save_checkpoint(
-                        run / "checkpoints", done, {n: named[n] for n in trainable_names}, optimizer.state_dict(),
-                        ema, {"stage": stage, "config": cfg.to_json()}, cfg.keep_checkpoints,
-                    )
+        yield
     finally:
-        if metrics_file is not None:
-            metrics_file.close()
+        package_logger.removeHandler(handler)
+        handler.close()
 
-    # 7. The deployable student: a full pipeline dir (projectors are not part of it).
-    accelerator.wait_for_everyone()
-    in_sync = _replicas_in_sync(accelerator, params)
+
+def train(cfg: DistillConfig) -> Path:
+    """Distil the teacher into the preset student; return the run dir (its `student/` is the result)."""
+    run = cfg.output_dir
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision,
+        gradient_accumulation_steps=cfg.grad_accum,
+        cpu=not torch.cuda.is_available(),
+    )
+    main = accelerator.is_main_process
     if main:
-        final = accelerator.unwrap_model(module).student
-        if ema is not None:
-            with torch.no_grad():
-                for name, p in final.named_parameters():
-                    if name in ema:
-                        p.copy_(ema[name])
-        save_student(run / "student", teacher, final)
-        summary = {
-            "steps": {"stage1": stage1_steps, "stage2": stage2_steps, "resumed_from": start},
-            "sec_per_step_median": statistics.median(step_times) if step_times else None,
-            "final_terms": _last_terms(run / "metrics.jsonl"),
-            "world_size": accelerator.num_processes,
-            "replicas_in_sync": in_sync,
-            **counts,
-        }
-        write_json(run / "metrics.json", summary)
+        prepare_run_dir(cfg)
+    accelerator.wait_for_everyone()
+    weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision, torch.float32)
+    with _run_log(run, main):
+        setup = _build(cfg, accelerator, weight_dtype)
+        student = accelerator.unwrap_model(setup.module).student
+        ema = EMA(student, cfg.ema_decay) if cfg.ema_decay is not None else None
+
+        # 5. Resume from the newest complete checkpoint.
+        checkpoints = list_checkpoints(run / "checkpoints")
+        start = _resume(checkpoints[-1], setup, accelerator, ema) if cfg.resume and checkpoints else 0
+        if main:
+            write_json(run / "config.json", {**cfg.to_json(), "resolved": setup.resolved})
+            write_json(run / "init_report.json", setup.init_report)
+            _truncate_metrics(run / "metrics.jsonl", start)
+
+        # 6. The loop.
+        conditioner = Conditioner(setup.teacher, accelerator.device, weight_dtype)
+        total = setup.stage1_steps + setup.stage2_steps
+        step_times: list[float] = []
+        progress = tqdm(range(start, total), initial=start, total=total, disable=not main, desc="distilling")
+        with contextlib.ExitStack() as stack:
+            metrics = stack.enter_context((run / "metrics.jsonl").open("a")) if main else None
+            for step in progress:
+                stage = 1 if step < setup.stage1_steps else 2
+                lr = _learning_rate(cfg, step, setup.stage1_steps)
+                for group in setup.optimizer.param_groups:
+                    group["lr"] = lr
+                tic = time.perf_counter()
+                terms = _train_step(cfg, setup, accelerator, conditioner, step, stage)
+                if ema is not None:
+                    ema.update(student)
+                step_times.append(time.perf_counter() - tic)
+                done = step + 1
+                progress.set_postfix({k: f"{v:.4f}" for k, v in terms.items()} | {"stage": stage})
+                if metrics is not None and (done % cfg.log_every == 0 or done == total):
+                    row = {"step": done, "stage": stage, "lr": lr, "sec_per_step": step_times[-1], **terms}
+                    metrics.write(json.dumps(row) + "\n")
+                    metrics.flush()
+                if done % cfg.checkpoint_every == 0 and done < total:
+                    accelerator.wait_for_everyone()
+                    if main:
+                        named = dict(accelerator.unwrap_model(setup.module).named_parameters())
+                        save_checkpoint(
+                            run / "checkpoints",
+                            done,
+                            {n: named[n] for n in setup.trainable_names},
+                            setup.optimizer.state_dict(),
+                            ema.shadow if ema else None,
+                            {"stage": stage, "config": cfg.to_json()},
+                            cfg.keep_checkpoints,
+                        )
+
+        # 7. The deployable student: a full pipeline dir (the projectors are not part of it).
+        accelerator.wait_for_everyone()
+        in_sync = _replicas_in_sync(accelerator, setup.params)
+        if main:
+            if ema is not None:
+                ema.copy_to(student)
+            save_student(run / "student", setup.teacher, student)
+            write_json(
+                run / "metrics.json",
+                {
+                    "steps": {"stage1": setup.stage1_steps, "stage2": setup.stage2_steps, "resumed_from": start},
+                    "sec_per_step_median": statistics.median(step_times) if step_times else None,
+                    "final_terms": _last_terms(run / "metrics.jsonl"),
+                    "world_size": accelerator.num_processes,
+                    "replicas_in_sync": in_sync,
+                    **{
+                        k: setup.resolved[k]
+                        for k in ("teacher_denoiser_params", "student_denoiser_params", "trainable_params")
+                    },
+                },
+            )
     accelerator.end_training()
     return run
 
@@ -339,9 +439,9 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def _last_terms(path: Path) -> dict[str, float]:
+    """Mean of each loss term over the last 10% of logged rows."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
     if not rows:
         return {}
     tail = rows[-max(1, math.ceil(len(rows) / 10)) :]
-    keys = [k for k in tail[-1] if k in ("task", "output", "feature")]
-    return {k: statistics.fmean(r[k] for r in tail if k in r) for k in keys}
+    return {k: statistics.fmean(r[k] for r in tail if k in r) for k in ("task", "output", "feature") if k in tail[-1]}

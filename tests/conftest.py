@@ -9,7 +9,6 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 
-
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", help="also run tests marked slow")
 
@@ -72,17 +71,33 @@ def build_tiny_pipeline(seed: int = 0):
     tokenizer = build_clip_tokenizer()
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
-            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-            num_attention_heads=2, max_position_embeddings=77, projection_dim=32,
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            projection_dim=32,
         )
     )
     scheduler = DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
         steps_offset=1,
     )
     return StableDiffusionControlNetPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, controlnet=controlnet,
-        scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        controlnet=controlnet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
 
 
@@ -122,7 +137,9 @@ def write_image_folder(root, n: int, labelled: bool = True, size: int = 16, seed
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory):
     base = tmp_path_factory.mktemp("data")
-    return write_image_folder(base / "labelled", 12), write_image_folder(base / "unlabelled", 12, labelled=False, seed=1)
+    return write_image_folder(base / "labelled", 12), write_image_folder(
+        base / "unlabelled", 12, labelled=False, seed=1
+    )
 
 
 @pytest.fixture(scope="session")
@@ -132,10 +149,26 @@ def tiny_run_dir(tiny_pipeline_dir, tiny_data, tmp_path_factory: pytest.TempPath
 
     labelled, unlabelled = tiny_data
     run = tmp_path_factory.mktemp("runs") / "run"
-    code = main([
-        "--teacher", str(tiny_pipeline_dir), "--labelled", str(labelled), "--unlabelled", str(unlabelled),
-        "--student", "compact-small", "--output-dir", str(run), "--max-steps", "4", "--stage2-steps", "2",
-        "--batch-size", "2", "-q",
-    ])
+    code = main(
+        [
+            "--teacher",
+            str(tiny_pipeline_dir),
+            "--labelled",
+            str(labelled),
+            "--unlabelled",
+            str(unlabelled),
+            "--student",
+            "compact-small",
+            "--output-dir",
+            str(run),
+            "--max-steps",
+            "4",
+            "--stage2-steps",
+            "2",
+            "--batch-size",
+            "2",
+            "-q",
+        ]
+    )
     assert code == 0
     return run

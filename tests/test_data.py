@@ -2,8 +2,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import write_image_folder
+
 from refine_control.data import epoch_index, load_image, read_image_folder
 from refine_control.errors import ConfigError
 from refine_control.preprocess import PREPROCESSORS, get_preprocessor
@@ -28,7 +28,7 @@ def test_truncated_image_is_named(tmp_path):
     root = write_image_folder(tmp_path / "f", 3)
     data = (root / "0002.png").read_bytes()
     (root / "0002.png").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ConfigError, match="0002.png cannot be read"):
+    with pytest.raises(ConfigError, match=r"0002\.png cannot be read"):
         read_image_folder(root)
 
 

@@ -18,8 +18,22 @@ from refine_control.config import DistillConfig
 def distill_args(teacher, data, run, *extra):
     labelled, unlabelled = data
     return [
-        "--teacher", str(teacher), "--labelled", str(labelled), "--unlabelled", str(unlabelled),
-        "--output-dir", str(run), "--batch-size", "2", "--warmup-steps", "2", "--log-every", "1", "-q", *extra,
+        "--teacher",
+        str(teacher),
+        "--labelled",
+        str(labelled),
+        "--unlabelled",
+        str(unlabelled),
+        "--output-dir",
+        str(run),
+        "--batch-size",
+        "2",
+        "--warmup-steps",
+        "2",
+        "--log-every",
+        "1",
+        "-q",
+        *extra,
     ]
 
 
@@ -44,7 +58,9 @@ def test_two_stage_distillation_end_to_end(tiny_pipeline_dir, tiny_data, tmp_pat
     from diffusers import StableDiffusionControlNetPipeline
 
     run = tmp_path / "run"
-    args = distill_args(tiny_pipeline_dir, tiny_data, run, "--student", preset, "--max-steps", "6", "--stage2-steps", "3")
+    args = distill_args(
+        tiny_pipeline_dir, tiny_data, run, "--student", preset, "--max-steps", "6", "--stage2-steps", "3"
+    )
     assert main(args) == 0
     log = rows(run)
     assert [r["stage"] for r in log] == [1] * 6 + [2] * 3
@@ -57,8 +73,13 @@ def test_two_stage_distillation_end_to_end(tiny_pipeline_dir, tiny_data, tmp_pat
     assert summary["student_denoiser_params"] < summary["teacher_denoiser_params"]
     pipe = StableDiffusionControlNetPipeline.from_pretrained(run / "student")
     image = pipe(
-        "a red square", image=torch.rand(1, 3, 16, 16), num_inference_steps=2, height=16, width=16,
-        generator=torch.Generator().manual_seed(0), output_type="np",
+        "a red square",
+        image=torch.rand(1, 3, 16, 16),
+        num_inference_steps=2,
+        height=16,
+        width=16,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
     ).images
     assert image.shape == (1, 16, 16, 3)
     # The projectors are training-only: nothing of them is in the saved student.
@@ -70,15 +91,37 @@ def test_two_stage_distillation_end_to_end(tiny_pipeline_dir, tiny_data, tmp_pat
 
 def test_scratch_baseline_trains_on_the_task_term_only(tiny_pipeline_dir, tiny_data, tmp_path):
     run = tmp_path / "run"
-    assert main(distill_args(tiny_pipeline_dir, tiny_data, run, "--loss-weights", "1,0,0", "--max-steps", "3",
-                             "--stage2-steps", "0")) == 0
+    assert (
+        main(
+            distill_args(
+                tiny_pipeline_dir, tiny_data, run, "--loss-weights", "1,0,0", "--max-steps", "3", "--stage2-steps", "0"
+            )
+        )
+        == 0
+    )
     assert all(set(r) & {"task", "output", "feature"} == {"task"} for r in rows(run))
 
 
 def test_transfer_init_reports_what_was_copied(tiny_pipeline_dir, tiny_data, tmp_path):
     run = tmp_path / "run"
-    assert main(distill_args(tiny_pipeline_dir, tiny_data, run, "--init", "transfer", "--student", "compact-small",
-                             "--max-steps", "1", "--stage2-steps", "0")) == 0
+    assert (
+        main(
+            distill_args(
+                tiny_pipeline_dir,
+                tiny_data,
+                run,
+                "--init",
+                "transfer",
+                "--student",
+                "compact-small",
+                "--max-steps",
+                "1",
+                "--stage2-steps",
+                "0",
+            )
+        )
+        == 0
+    )
     report = json.loads((run / "init_report.json").read_text())
     assert report["init"] == "transfer"
     assert report["unet"]["sliced"] and report["controlnet"]["sliced"]
@@ -87,8 +130,18 @@ def test_transfer_init_reports_what_was_copied(tiny_pipeline_dir, tiny_data, tmp
 
 def test_resume_continues_bit_for_bit(tiny_pipeline_dir, tiny_data, tmp_path):
     straight = tmp_path / "straight"
-    extra = ("--student", "compact-small", "--max-steps", "4", "--stage2-steps", "2", "--checkpoint-every", "3",
-             "--ema-decay", "0.9")
+    extra = (
+        "--student",
+        "compact-small",
+        "--max-steps",
+        "4",
+        "--stage2-steps",
+        "2",
+        "--checkpoint-every",
+        "3",
+        "--ema-decay",
+        "0.9",
+    )
     assert main(distill_args(tiny_pipeline_dir, tiny_data, straight, *extra)) == 0
     assert (straight / "checkpoints" / "step-000003" / "state.json").is_file()
     # Simulate a crash right after the step-3 checkpoint: keep only what existed then.
@@ -103,14 +156,17 @@ def test_resume_continues_bit_for_bit(tiny_pipeline_dir, tiny_data, tmp_path):
         b = load_file(next((crashed / "student" / name).glob("*.safetensors")))
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a), name
-    assert rows(straight) == [{**r, "sec_per_step": s["sec_per_step"]} for r, s in zip(rows(crashed), rows(straight))]
+    assert rows(straight) == [
+        {**r, "sec_per_step": s["sec_per_step"]} for r, s in zip(rows(crashed), rows(straight), strict=True)
+    ]
     assert json.loads((crashed / "metrics.json").read_text())["steps"]["resumed_from"] == 3
 
 
 def test_resume_refuses_changed_options(tiny_pipeline_dir, tiny_data, tmp_path):
     run = tmp_path / "run"
-    base = distill_args(tiny_pipeline_dir, tiny_data, run, "--max-steps", "2", "--stage2-steps", "0",
-                        "--checkpoint-every", "1")
+    base = distill_args(
+        tiny_pipeline_dir, tiny_data, run, "--max-steps", "2", "--stage2-steps", "0", "--checkpoint-every", "1"
+    )
     assert main(base) == 0
     shutil.rmtree(run / "student")
     assert main([*base, "--resume", "--learning-rate", "0.5"]) == 2
@@ -165,8 +221,19 @@ def test_bad_input_gives_one_line_and_exit_code_2(tiny_pipeline_dir, tmp_path, c
 def test_disk_full_during_a_checkpoint_leaves_no_half_written_files(tiny_pipeline_dir, tiny_data, tmp_path):
     """A real write failure: the OS file-size limit (RLIMIT_FSIZE) makes the checkpoint write fail with EFBIG."""
     run = tmp_path / "run"
-    args = distill_args(tiny_pipeline_dir, tiny_data, run, "--student", "compact-small", "--max-steps", "3",
-                        "--stage2-steps", "0", "--checkpoint-every", "1")
+    args = distill_args(
+        tiny_pipeline_dir,
+        tiny_data,
+        run,
+        "--student",
+        "compact-small",
+        "--max-steps",
+        "3",
+        "--stage2-steps",
+        "0",
+        "--checkpoint-every",
+        "1",
+    )
     script = textwrap.dedent(f"""
         import resource, signal, sys
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -187,12 +254,33 @@ def test_two_processes_keep_replicas_in_sync(tiny_pipeline_dir, tiny_data, tmp_p
     """The accelerate path on CPU with two processes (gloo): DDP averages gradients, so the replicas, which see
     different batches, end with bit-identical weights."""
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "refine_control.cli", *distill_args(tiny_pipeline_dir, tiny_data, run, "--max-steps", "3",
-                                                     "--stage2-steps", "0")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "refine_control.cli",
+        *distill_args(tiny_pipeline_dir, tiny_data, run, "--max-steps", "3", "--stage2-steps", "0"),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((run / "metrics.json").read_text())
     assert summary["world_size"] == 2
     assert summary["replicas_in_sync"] is True
+
+
+def test_a_run_that_failed_before_its_first_checkpoint_can_simply_be_rerun(tiny_pipeline_dir, tmp_path):
+    from conftest import write_image_folder
+
+    labelled = write_image_folder(tmp_path / "labelled", 4)
+    good = (labelled / "0001.png").read_bytes()
+    (labelled / "0001.png").write_bytes(good[:40])
+    args = ["--teacher", str(tiny_pipeline_dir), "--labelled", str(labelled), "-o", str(tmp_path / "run"), "-q",
+            "--max-steps", "1", "--batch-size", "2"]
+    assert main(args) == 2
+    (labelled / "0001.png").write_bytes(good)
+    assert main(args) == 0

@@ -1,7 +1,8 @@
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -15,8 +16,11 @@ def test_every_package_folder_is_listed_in_pyproject():
         for init in (ROOT / folder).rglob("__init__.py"):
             parts = init.parent.relative_to(ROOT / folder).parts
             name = ".".join((package, *parts))
-            if not any(name.startswith(other + ".") or name == other for other in mapping if other != package
-                       and other.startswith(package + ".")):
+            if not any(
+                name.startswith(other + ".") or name == other
+                for other in mapping
+                if other != package and other.startswith(package + ".")
+            ):
                 found.add(name)
     assert found == listed
 

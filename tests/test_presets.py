@@ -33,7 +33,10 @@ def test_every_preset_builds_forwards_and_backwards_on_the_tiny_teacher(tiny_tea
     assert (unet is teacher_unet) == (not preset.shrink_unet)
     student = ControlledDenoiser(unet, controlnet)
     teacher = ControlledDenoiser(teacher_unet, teacher_cn)
-    assert count_params(student.unet, student.controlnet) < count_params(teacher_unet, teacher_cn) or not preset.shrink_unet
+    assert (
+        count_params(student.unet, student.controlnet) < count_params(teacher_unet, teacher_cn)
+        or not preset.shrink_unet
+    )
     assert count_params(controlnet) < count_params(teacher_cn)
     sample, t, text, cond = inputs(8, 32, 16)
     out = student.forward_features(sample, t, text, cond, student.feature_names(preset.shrink_unet))
@@ -77,8 +80,12 @@ def test_preset_that_does_not_fit_gives_a_clear_error(tiny_teacher):
     odd = StudentPreset("odd", "narrow", 0.5, True)
     with torch.device("meta"):
         unet = UNet2DConditionModel(
-            block_out_channels=(24, 48), norm_num_groups=24, attention_head_dim=5, cross_attention_dim=32,
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            block_out_channels=(24, 48),
+            norm_num_groups=24,
+            attention_head_dim=5,
+            cross_attention_dim=32,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         )
     with pytest.raises(ConfigError, match="does not fit this teacher"):
         build_student(unet, tiny_teacher[1], odd)
@@ -92,10 +99,19 @@ def test_preset_that_does_not_fit_gives_a_clear_error(tiny_teacher):
 def test_residual_layout_names_align_by_distance_from_stage_end():
     assert residual_widths((4, 8), 2) == [4, 4, 4, 4, 8, 8]
     assert residual_names(2, 2) == [
-        "residual.stem", "residual.0.resnet1", "residual.0.resnet0", "residual.0.downsample",
-        "residual.1.resnet1", "residual.1.resnet0",
+        "residual.stem",
+        "residual.0.resnet1",
+        "residual.0.resnet0",
+        "residual.0.downsample",
+        "residual.1.resnet1",
+        "residual.1.resnet0",
     ]
-    assert residual_names(2, 1) == ["residual.stem", "residual.0.resnet0", "residual.0.downsample", "residual.1.resnet0"]
+    assert residual_names(2, 1) == [
+        "residual.stem",
+        "residual.0.resnet0",
+        "residual.0.downsample",
+        "residual.1.resnet0",
+    ]
 
 
 def test_asym_controlnet_round_trips_and_runs_in_the_pipeline(tiny_pipeline_dir, tmp_path):
@@ -116,7 +132,12 @@ def test_asym_controlnet_round_trips_and_runs_in_the_pipeline(tiny_pipeline_dir,
     reloaded = StableDiffusionControlNetPipeline.from_pretrained(tmp_path / "pipe")
     assert type(reloaded.controlnet) is AsymControlNetModel
     image = reloaded(
-        "a red square", image=torch.rand(1, 3, 16, 16), num_inference_steps=2, height=16, width=16,
-        generator=torch.Generator().manual_seed(0), output_type="np",
+        "a red square",
+        image=torch.rand(1, 3, 16, 16),
+        num_inference_steps=2,
+        height=16,
+        width=16,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
     ).images
     assert image.shape == (1, 16, 16, 3)

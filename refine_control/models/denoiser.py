@@ -86,14 +86,21 @@ class ControlledDenoiser(nn.Module):
         conditioning_scale: torch.Tensor | float,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         down, mid = self.controlnet(
-            sample, timestep, encoder_hidden_states=encoder_hidden_states, controlnet_cond=controlnet_cond,
+            sample,
+            timestep,
+            encoder_hidden_states=encoder_hidden_states,
+            controlnet_cond=controlnet_cond,
             return_dict=False,
         )
         down = [r * conditioning_scale for r in down]
         mid = mid * conditioning_scale
         noise_pred = self.unet(
-            sample, timestep, encoder_hidden_states=encoder_hidden_states,
-            down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False,
+            sample,
+            timestep,
+            encoder_hidden_states=encoder_hidden_states,
+            down_block_additional_residuals=down,
+            mid_block_additional_residual=mid,
+            return_dict=False,
         )[0]
         cfg = self.controlnet.config
         names = residual_names(len(cfg.block_out_channels), cfg.layers_per_block)
@@ -109,7 +116,7 @@ class ControlledDenoiser(nn.Module):
             raise KeyError(f"unknown feature taps {unknown}; known: {sorted(modules)}")
         recorded: dict[str, torch.Tensor] = {}
 
-        def hook(name: str):  # noqa: ANN202
+        def hook(name: str):
             def store(_module: nn.Module, _inputs: object, output: object) -> None:
                 # Down blocks return (hidden_states, residuals); keep the stage output.
                 recorded[name] = output[0] if isinstance(output, tuple) else output

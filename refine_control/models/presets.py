@@ -38,7 +38,10 @@ for _preset in (
     StudentPreset("controlnet-half", "ControlNet at 0.5x width on the teacher's frozen UNet", 0.5, False),
     # SD1.5: ControlNet 26.8 M (widths 96/160/320/320), no attention at the highest resolution.
     StudentPreset(
-        "controlnet-quarter", "ControlNet at 0.25x width, no full-resolution attention", 0.25, False,
+        "controlnet-quarter",
+        "ControlNet at 0.25x width, no full-resolution attention",
+        0.25,
+        False,
         attention_free_stages=1,
     ),
     # SD1.5: UNet 148.0 M + ControlNet 61.4 M: half width, one layer per block.
@@ -88,9 +91,9 @@ def build_student(
 
     For ControlNet-only presets the returned UNet *is* `teacher_unet` (shared, frozen by the caller).
     """
-    from diffusers import ControlNetModel, UNet2DConditionModel  # noqa: PLC0415 - keeps `--help` fast
+    from diffusers import ControlNetModel, UNet2DConditionModel
 
-    from refine_control.models.student import AsymControlNetModel  # noqa: PLC0415
+    from refine_control.models.student import AsymControlNetModel
 
     groups = teacher_unet.config.norm_num_groups or 1
     unet_cfg = _config(teacher_unet)
@@ -129,4 +132,3 @@ def build_student(
 
 def count_params(*modules: Any) -> int:
     return sum(p.numel() for m in modules for p in m.parameters())
-

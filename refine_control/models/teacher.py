@@ -58,7 +58,7 @@ class Teacher:
 def resolve_teacher_path(spec: str) -> Path:
     """Map `builtin`, a directory or a hub id (already in the local cache) to a local directory."""
     if spec == "builtin":
-        from refine_control.builtin import builtin_teacher_dir  # noqa: PLC0415 - keeps import light
+        from refine_control.builtin import builtin_teacher_dir
 
         return builtin_teacher_dir()
     path = Path(spec).expanduser()
@@ -71,8 +71,8 @@ def resolve_teacher_path(spec: str) -> Path:
             f"teacher {spec!r} is neither an existing directory nor a hub id (org/name)",
             hint="pass `--teacher builtin`, a StableDiffusionControlNetPipeline directory, or a cached hub id",
         )
-    from huggingface_hub import snapshot_download  # noqa: PLC0415
-    from huggingface_hub.errors import LocalEntryNotFoundError  # noqa: PLC0415
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
         return Path(snapshot_download(spec, local_files_only=True))
@@ -121,7 +121,9 @@ def load_teacher(
     opts = {"local_files_only": True}
     vae = _load("vae", path, lambda: AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype, **opts))
     text_encoder = _load(
-        "text_encoder", path, lambda: CLIPTextModel.from_pretrained(path, subfolder="text_encoder", dtype=dtype, **opts)
+        "text_encoder",
+        path,
+        lambda: CLIPTextModel.from_pretrained(path, subfolder="text_encoder", dtype=dtype, **opts),
     )
     tokenizer = _load("tokenizer", path, lambda: CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", **opts))
     unet = _load(
@@ -139,14 +141,19 @@ def load_teacher(
         cn = _load("controlnet", cn_path, lambda: ControlNetModel.from_pretrained(cn_path, torch_dtype=dtype, **opts))
     elif (path / "controlnet").is_dir():
         cn = _load(
-            "controlnet", path, lambda: ControlNetModel.from_pretrained(path, subfolder="controlnet", torch_dtype=dtype, **opts)
+            "controlnet",
+            path,
+            lambda: ControlNetModel.from_pretrained(path, subfolder="controlnet", torch_dtype=dtype, **opts),
         )
     else:
         raise ConfigError(
             f"teacher {spec!r} has no controlnet/ folder",
             hint="pass the ControlNet with --controlnet DIR (a base text-to-image pipeline plus a ControlNet works)",
         )
-    if not isinstance(unet.config.cross_attention_dim, int) or cn.config.cross_attention_dim != unet.config.cross_attention_dim:
+    if (
+        not isinstance(unet.config.cross_attention_dim, int)
+        or cn.config.cross_attention_dim != unet.config.cross_attention_dim
+    ):
         raise ConfigError(
             f"the ControlNet (cross_attention_dim={cn.config.cross_attention_dim}) does not fit the UNet "
             f"(cross_attention_dim={unet.config.cross_attention_dim})"
