@@ -279,8 +279,19 @@ def test_a_run_that_failed_before_its_first_checkpoint_can_simply_be_rerun(tiny_
     labelled = write_image_folder(tmp_path / "labelled", 4)
     good = (labelled / "0001.png").read_bytes()
     (labelled / "0001.png").write_bytes(good[:40])
-    args = ["--teacher", str(tiny_pipeline_dir), "--labelled", str(labelled), "-o", str(tmp_path / "run"), "-q",
-            "--max-steps", "1", "--batch-size", "2"]
+    args = [
+        "--teacher",
+        str(tiny_pipeline_dir),
+        "--labelled",
+        str(labelled),
+        "-o",
+        str(tmp_path / "run"),
+        "-q",
+        "--max-steps",
+        "1",
+        "--batch-size",
+        "2",
+    ]
     assert main(args) == 2
     (labelled / "0001.png").write_bytes(good)
     assert main(args) == 0
