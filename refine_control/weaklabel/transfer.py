@@ -52,6 +52,7 @@ def transfer_parameters(
     *,
     fraction: float = 1.0,
     generator: torch.Generator | None = None,
+    exact: bool = False,
 ) -> TransferReport:
     """Copy matching tensors (parameters and buffers) of `source` into `target`; return what was done.
 
@@ -59,7 +60,9 @@ def transfer_parameters(
         source: the upstream model (e.g. the teacher).
         target: the downstream model (e.g. the student); modified in place.
         fraction: share of output units (dim 0) of each tensor to inherit, chosen at random with `generator`
-            when < 1. Scalars and 1-element tensors are inherited whole or not at all.
+            when < 1. 1-element tensors are inherited whole or not at all; 0-dim scalars are always copied.
+        exact: inherit exactly round(fraction · rows) rows of each tensor, drawn without replacement (the
+            paper's "a random α-fraction of the filters"), instead of an independent draw per row.
     """
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"`fraction` must be in [0, 1], got {fraction}")
@@ -76,7 +79,7 @@ def transfer_parameters(
             continue
         piece = s[tuple(slice(0, d) for d in dst.shape)].to(dst.dtype)
         if fraction < 1.0 and dst.dim() > 0:
-            rows = torch.rand(dst.shape[0], generator=generator) < fraction
+            rows = _pick_rows(dst.shape[0], fraction, exact, generator).to(dst.device)
             dst.data[rows] = piece[rows]
             report.elements_copied += int(rows.sum()) * (dst.numel() // max(1, dst.shape[0]))
         else:
@@ -84,3 +87,11 @@ def transfer_parameters(
             report.elements_copied += dst.numel()
         (report.copied if tuple(s.shape) == tuple(dst.shape) else report.sliced).append(name)
     return report
+
+
+def _pick_rows(n: int, fraction: float, exact: bool, generator: torch.Generator | None) -> torch.Tensor:
+    if not exact:
+        return torch.rand(n, generator=generator) < fraction
+    rows = torch.zeros(n, dtype=torch.bool)
+    rows[torch.randperm(n, generator=generator)[: round(fraction * n)]] = True
+    return rows

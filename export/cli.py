@@ -1,0 +1,142 @@
+"""`refine-export RUN --output-dir MODEL`: ONNX (+ INT8 / FP16 / ORT format) export with a parity report.
+
+argparse and `ExportConfig` only; the work is `refine_control.export.exporter.export_model`, imported when the
+command runs, so `refine-export --help` loads neither torch nor onnx.
+"""
+
+import argparse
+import dataclasses
+import logging
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from refine_control.cli_utils import offline_env, run_cli, setup_logging
+from refine_control.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+EXPORTERS = ("dynamo", "torchscript")
+INT8_OP_TYPES = ("Conv", "MatMul", "Gemm")  # must match export.quantize.CANDIDATE_OP_TYPES (a test checks)
+_NOT_CONFIG = ("verbose", "quiet")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    run: Path
+    output_dir: Path
+    int8: bool = False
+    fp16: bool = False
+    ort: bool = False
+    calibration_samples: int = 8
+    parity_samples: int = 4
+    steps: int = 10
+    guidance_scale: float = 7.5
+    int8_op_types: tuple[str, ...] | None = None  # None: measure which types run faster in INT8 here
+    exporter: str = "dynamo"
+    opset: int = 18
+    data: Path | None = None
+    threads: int | None = None
+    overwrite: bool = False
+    allow_degraded: bool = False
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.calibration_samples >= 1, "--calibration-samples", self.calibration_samples, ">= 1"),
+            (self.parity_samples >= 1, "--parity-samples", self.parity_samples, ">= 1"),
+            (self.steps >= 1, "--steps", self.steps, ">= 1"),
+            (
+                math.isfinite(self.guidance_scale) and self.guidance_scale >= 0,
+                "--guidance-scale",
+                self.guidance_scale,
+                "a finite number >= 0",
+            ),
+            (self.exporter in EXPORTERS, "--exporter", self.exporter, " or ".join(EXPORTERS)),
+            (17 <= self.opset <= 21, "--opset", self.opset, "in 17..21"),
+            (self.exporter != "dynamo" or self.opset >= 18, "--opset", self.opset, ">= 18 with the dynamo exporter"),
+            (self.threads is None or self.threads >= 1, "--threads", self.threads, ">= 1"),
+            (
+                self.int8_op_types is None
+                or (bool(self.int8_op_types) and set(self.int8_op_types) <= set(INT8_OP_TYPES)),
+                "--int8-op-types",
+                self.int8_op_types,
+                f"'auto' or a comma list of {', '.join(INT8_OP_TYPES)}",
+            ),
+        ]
+        for ok, flag, value, allowed in checks:
+            if not ok:
+                raise ConfigError(f"`{flag}` must be {allowed}, got {value}")
+        if self.run.resolve() == self.output_dir.resolve():
+            raise ConfigError("`--output-dir` must not be the run dir itself")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "ExportConfig":
+        values: dict[str, Any] = {k: v for k, v in vars(args).items() if k not in _NOT_CONFIG}
+        op_types = values.pop("int8_op_types")
+        values["int8_op_types"] = (
+            None if op_types in (None, "auto") else tuple(t.strip() for t in op_types.split(",") if t.strip())
+        )
+        return cls(**values)
+
+    def to_json(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for key in ("run", "output_dir", "data"):
+            out[key] = None if out[key] is None else str(out[key])
+        out["int8_op_types"] = None if self.int8_op_types is None else list(self.int8_op_types)
+        return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="refine-export",
+        description="Export a distilled student (a refine-distill run dir) to ONNX, with INT8 / FP16 / ORT-format "
+        "variants, and prove parity with the PyTorch student (parity.json).",
+    )
+    parser.add_argument("run", type=Path, help="a finished refine-distill run dir (holds student/)")
+    parser.add_argument("--output-dir", "-o", type=Path, required=True, help="the model dir to write (MODEL)")
+    parser.add_argument("--int8", action="store_true", help="also write denoiser.int8.onnx (static QDQ)")
+    parser.add_argument("--fp16", action="store_true", help="also write denoiser.fp16.onnx (size; slower on CPU)")
+    parser.add_argument("--ort", action="store_true", help="also write every graph in ORT format (mobile runtimes)")
+    parser.add_argument(
+        "--calibration-samples", type=int, default=8, help="pipeline runs on the run's data for INT8 calibration"
+    )
+    parser.add_argument("--parity-samples", type=int, default=4, help="prompt/control/seed triples for parity")
+    parser.add_argument("--steps", type=int, default=10, help="denoising steps of calibration and parity runs")
+    parser.add_argument("--guidance-scale", type=float, default=7.5, help="CFG scale of calibration/parity runs")
+    parser.add_argument(
+        "--int8-op-types",
+        default="auto",
+        help=f"'auto' (keep the node types measured faster in INT8 here) or a list of {','.join(INT8_OP_TYPES)}",
+    )
+    parser.add_argument("--exporter", choices=EXPORTERS, default="dynamo", help="torch.onnx exporter (default dynamo)")
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    parser.add_argument("--data", type=Path, default=None, help="captioned image folder (default: the run's own)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime and PyTorch")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing model dir (only on success)")
+    parser.add_argument(
+        "--allow-degraded", action="store_true", help="keep the export even when parity thresholds are missed"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (exporter output included)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(1 if args.verbose else -1 if args.quiet else 0)
+    offline_env()
+
+    def body() -> int:
+        cfg = ExportConfig.from_args(args)  # validate before the heavy imports
+        from refine_control.export.exporter import export_model
+        from refine_control.export.parity import format_summary
+
+        result = export_model(cfg, verbose=args.verbose)
+        sys.stdout.write(format_summary(result.parity) + "\n")
+        sys.stdout.write(f"model dir: {result.output_dir}\n")
+        return 0
+
+    return run_cli(body)

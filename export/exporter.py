@@ -1,0 +1,260 @@
+"""`export_model(cfg)`: run dir → model dir, every step inside one atomic directory write.
+
+The model dir is built in a sibling temp dir and renamed into place only when everything (graphs, variants,
+parity, manifest) is written and, unless `--allow-degraded`, parity passed; a failed export leaves an existing
+MODEL dir exactly as it was.
+"""
+
+import json
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from refine_control.atomic import atomic_dir, write_json
+from refine_control.errors import ConfigError, ExportError, ParityError
+from refine_control.export.manifest import source_run, write_manifest
+from refine_control.export.onnx_export import (
+    Student,
+    export_denoiser,
+    export_text_encoder,
+    export_vae_decoder,
+    load_student,
+    read_run_config,
+)
+from refine_control.export.ort_format import convert_to_ort
+from refine_control.export.parity import RecordingPipeline, SamplingSettings, Variant, check_parity, generate
+from refine_control.export.quantize import convert_fp16, count_ops, quantize_int8
+from refine_control.export.samples import Sample, load_samples, run_data_dir
+from refine_control.serve.runtime.layout import MANIFEST, PARITY, SCHEDULER, TOKENIZER, graph_file
+from refine_control.serve.runtime.pipeline import PromptEncoder, default_threads
+
+if TYPE_CHECKING:
+    from refine_control.export.cli import ExportConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ExportResult:
+    output_dir: Path
+    manifest: dict[str, Any]
+    parity: dict[str, Any]
+
+
+def check_output_dir(cfg: "ExportConfig") -> None:
+    """Refuse to touch an existing MODEL dir without --overwrite, and any dir that is not a model dir."""
+    out = cfg.output_dir
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ConfigError(f"--output-dir {out} exists and is not a directory")
+    occupied = any(out.iterdir())
+    if occupied and not cfg.overwrite:
+        raise ConfigError(f"model dir {out} already exists", hint="pass --overwrite to replace it (only on success)")
+    if occupied and not (out / MANIFEST).is_file():
+        raise ConfigError(
+            f"--output-dir {out} is not empty and is not a refine-export model dir; refusing to replace it",
+            hint="choose a new or empty directory",
+        )
+
+
+def _pipeline_facts(student: Student, preprocessor: str) -> dict[str, Any]:
+    pipe = student.pipeline
+    facts = {
+        "latent_channels": int(pipe.unet.config.in_channels),
+        "vae_scale_factor": student.vae_scale_factor,
+        "vae_scaling_factor": float(pipe.vae.config.scaling_factor),
+        "vae_shift_factor": getattr(pipe.vae.config, "shift_factor", None),
+        "size_multiple": student.size_multiple,
+        "resolution": student.resolution,
+        "text_max_length": int(pipe.tokenizer.model_max_length),
+        "pad_token_id": int(pipe.tokenizer.pad_token_id),
+        "cross_attention_dim": int(pipe.unet.config.cross_attention_dim),
+        "control_channels": int(pipe.controlnet.config.conditioning_channels),
+        "preprocessor": preprocessor,
+        "scheduler": type(pipe.scheduler).__name__,
+    }
+    if not preprocessor.startswith("aux:"):
+        from refine_control.preprocess import get_preprocessor
+
+        facts["control_value_range"] = list(get_preprocessor(preprocessor).value_range)
+    return facts
+
+
+def _write_tokenizer_and_scheduler(student: Student, tmp: Path, prompts: list[str]) -> None:
+    pipe = student.pipeline
+    pipe.tokenizer.save_pretrained(tmp / "tokenizer")
+    if not (tmp / TOKENIZER).is_file():
+        raise ExportError("the student's tokenizer did not save a tokenizer.json (a fast tokenizer is needed)")
+    write_json(tmp / SCHEDULER, json.loads(pipe.scheduler.to_json_string()))
+    # The runtime tokenises with the `tokenizers` library alone; it must give the ids transformers gives.
+    encoder = PromptEncoder(
+        (tmp / TOKENIZER).read_bytes(), pipe.tokenizer.model_max_length, pipe.tokenizer.pad_token_id
+    )
+    texts = ["", *prompts, "a much longer prompt, " * 20]
+    expected = pipe.tokenizer(texts, padding="max_length", max_length=encoder.max_length, truncation=True).input_ids
+    if not np.array_equal(encoder(texts), np.asarray(expected)):
+        raise ExportError("the exported tokenizer.json does not reproduce the student's tokenizer ids")
+
+
+def _finish_tree(root: Path) -> None:
+    """Give every file and dir the permissions the umask allows (temp files start private), then fsync them."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
+        elif path.is_dir():
+            path.chmod(0o777 & ~umask)
+    root.chmod(0o777 & ~umask)
+    for directory in [root, *(p for p in root.rglob("*") if p.is_dir())]:
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _calibration_feeds(tmp: Path, samples: list[Sample], settings: SamplingSettings, threads: int) -> list[Any]:
+    """Denoiser inputs captured while the exported FP32 pipeline runs on the calibration samples."""
+    recorder = RecordingPipeline(tmp, "fp32", num_threads=threads)
+    generate(recorder, samples, settings)
+    return recorder.records["denoiser"]
+
+
+def quiet_exporter_logs(verbose: bool = False) -> None:
+    """torch configures its loggers when imported; keep the exporter's advisory warnings out of normal runs."""
+    level = logging.DEBUG if verbose else logging.ERROR
+    for name in ("torch.onnx", "torch._dynamo", "torch.export", "torch.fx", "onnxscript", "onnx_ir"):
+        logging.getLogger(name).setLevel(level)
+    if not verbose:
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx.*")
+
+
+def export_model(cfg: "ExportConfig", verbose: bool = False) -> ExportResult:
+    """Export `cfg.run` to `cfg.output_dir`; see the module docstring. Raises `ParityError` on failed parity."""
+    quiet_exporter_logs(verbose)
+    # 1. Cheap checks first: the run, the output dir, the data.
+    config = read_run_config(cfg.run)
+    check_output_dir(cfg)
+    data_dir = run_data_dir(cfg.run, config, cfg.data)
+    threads = cfg.threads or default_threads()
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _export(cfg, config, data_dir, threads)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _export(cfg: "ExportConfig", config: dict[str, Any], data_dir: Path, threads: int) -> ExportResult:
+    preprocessor = str(config.get("preprocessor", "canny"))
+
+    # 2. The student and real inputs from its data (calibration and parity samples are disjoint).
+    student = load_student(cfg.run, config)
+    n_cal = cfg.calibration_samples if cfg.int8 else 0
+    samples = load_samples(data_dir, preprocessor, student.resolution, n_cal + cfg.parity_samples)
+    calibration, parity_samples = samples[:n_cal], samples[n_cal:]
+    settings = SamplingSettings(cfg.steps, cfg.guidance_scale)
+    facts = _pipeline_facts(student, preprocessor)
+    source = source_run(cfg.run, config)
+    export_info = {"config": cfg.to_json(), "exporter": cfg.exporter, "opset": cfg.opset}
+    details: dict[str, dict[str, Any]] = {}
+
+    stages = ["graphs", *(["int8"] if cfg.int8 else []), *(["fp16"] if cfg.fp16 else [])]
+    stages += [*(["ort"] if cfg.ort else []), "parity"]
+    bar = tqdm(total=len(stages), desc="refine-export", unit="stage", disable=None)
+    with atomic_dir(cfg.output_dir) as tmp:
+        # 3. FP32 graphs, tokenizer, scheduler; a provisional manifest lets the runtime load them.
+        bar.set_postfix_str("exporting graphs")
+        for graph, export in (
+            ("text_encoder", export_text_encoder),
+            ("denoiser", export_denoiser),
+            ("vae_decoder", export_vae_decoder),
+        ):
+            started = time.perf_counter()
+            export(student, tmp / graph_file(graph), cfg.exporter, cfg.opset)
+            logger.info("%s exported (%s exporter, %.1f s)", graph, cfg.exporter, time.perf_counter() - started)
+        _write_tokenizer_and_scheduler(student, tmp, [s.prompt for s in samples])
+        write_manifest(tmp, pipeline=facts, source=source, export=export_info)
+        bar.update()
+
+        # 4. INT8: calibration inputs from real pipeline runs, then measured op-type selection.
+        if cfg.int8:
+            bar.set_postfix_str("int8")
+            started = time.perf_counter()
+            feeds = _calibration_feeds(tmp, calibration, settings, threads)
+            int8_path = tmp / graph_file("denoiser", "int8")
+            report = quantize_int8(
+                tmp / graph_file("denoiser"),
+                int8_path,
+                feeds,
+                feeds[len(feeds) // 2],
+                op_types=cfg.int8_op_types,
+                threads=threads,
+            )
+            ops = count_ops(int8_path)
+            report["qdq_nodes"] = {k: v for k, v in ops.items() if k in ("QuantizeLinear", "DequantizeLinear")}
+            details[int8_path.name] = {"precision": "int8", "quantization": report}
+            logger.info(
+                "INT8 denoiser: %d calibration inputs from %d pipeline runs, %s quantised (%.1f s)",
+                len(feeds),
+                len(calibration),
+                ", ".join(report["op_types"]),
+                time.perf_counter() - started,
+            )
+            bar.update()
+        # 5. FP16 (size format on CPU; the note says how many casts the CPU provider adds).
+        if cfg.fp16:
+            bar.set_postfix_str("fp16")
+            fp16_path = tmp / graph_file("denoiser", "fp16")
+            details[fp16_path.name] = {
+                "precision": "fp16",
+                "conversion": convert_fp16(tmp / graph_file("denoiser"), fp16_path),
+            }
+            logger.info("FP16: %s", details[fp16_path.name]["conversion"]["note"])
+            bar.update()
+        # 6. ORT format for every ONNX graph written so far.
+        if cfg.ort:
+            bar.set_postfix_str("ort format")
+            for onnx_file in sorted(tmp.glob("*.onnx")):
+                convert_to_ort(onnx_file, onnx_file.with_suffix(".ort"))
+            bar.update()
+        write_manifest(tmp, pipeline=facts, source=source, export=export_info, details=details)
+
+        # 7. Parity against the PyTorch student, then the final manifest (written last).
+        bar.set_postfix_str("parity")
+        precisions = ["fp32", *(["int8"] if cfg.int8 else []), *(["fp16"] if cfg.fp16 else [])]
+        formats = ["onnx", *(["ort"] if cfg.ort else [])]
+        variants = [Variant(p, f) for f in formats for p in precisions]
+        started = time.perf_counter()
+        report = check_parity(tmp, student, parity_samples, settings, variants, None, threads, preprocessor)
+        logger.info("parity: %d variants checked (%.1f s)", len(variants), time.perf_counter() - started)
+        parity = report.to_json()
+        write_json(tmp / PARITY, parity)
+        export_info["parity_passed"] = report.passed
+        manifest = write_manifest(tmp, pipeline=facts, source=source, export=export_info, details=details)
+        bar.update()
+        bar.close()
+        _finish_tree(tmp)
+        if not report.passed:
+            message = "parity check failed: " + "; ".join(report.failures())
+            if not cfg.allow_degraded:
+                from refine_control.export.parity import format_summary
+
+                logger.error("%s", format_summary(parity))
+                raise ParityError(message, hint="pass --allow-degraded to keep the export anyway")
+            logger.warning("%s (kept: --allow-degraded)", message)
+    logger.info("model dir written: %s", cfg.output_dir)
+    return ExportResult(cfg.output_dir, manifest, parity)

@@ -1,0 +1,284 @@
+"""`evaluate(cfg)`: generate with the model (and its teacher) from the same prompts, controls and noise, and score.
+
+Two benchmarks:
+- **shapes** (built-in teacher and its students): held-out `test`-split shapes, where every metric has an exact
+  ground truth (PSNR/SSIM vs the render, edge P/R/F1 vs the control, mask IoU, colour ΔE, oracle accuracies,
+  domain FID/KID).
+- **folder** (any teacher, `--data DIR`): a captioned image folder; only the metrics that need no ground-truth
+  render (edge P/R/F1 vs the control, fidelity to the teacher, domain FID/KID with a feature net trained on it).
+
+"Domain FID/KID" are Fréchet/kernel distances in the 64-d features of a small net trained on the benchmark's own
+data, not Inception features: they compare models on one benchmark and are not comparable to published FIDs.
+"""
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from refine_control.builtin.shapes import BACKGROUND, RESOLUTION, make_sample, render, sample_specs
+from refine_control.errors import ConfigError
+from refine_control.evaluation import metrics as M
+from refine_control.evaluation.generate import Sampling, generate, initial_noise, load_pipeline
+from refine_control.evaluation.oracle import (
+    SHAPE_TASKS,
+    FeatureNet,
+    load_net,
+    predict,
+    save_net,
+    spec_labels,
+    to_batch,
+    train_folder_net,
+    train_shapes_oracle,
+)
+from refine_control.evaluation.targets import Target, resolve_target
+
+logger = logging.getLogger(__name__)
+
+MIN_FID_SAMPLES = 64  # covariances of the 64-d features need at least as many samples
+EDGE_PREPROCESSORS = ("canny", "lineart")
+FOLDER_NET_IMAGES = 10_000  # at most this many folder images train the feature net
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Options of `refine-eval` (see its `--help`)."""
+
+    target: str
+    num_samples: int = 256
+    seed: int = 0
+    data: str | None = None
+    teacher: str | None = None
+    steps: int = 20
+    guidance_scale: float = 3.0
+    batch_size: int = 32
+    oracle_steps: int = 600
+
+    def __post_init__(self) -> None:
+        if self.num_samples < MIN_FID_SAMPLES:
+            raise ConfigError(
+                f"`--num-samples` {self.num_samples} is too few for the domain FID/KID; use at least {MIN_FID_SAMPLES}"
+            )
+        for name, low in (("steps", 1), ("batch_size", 1), ("oracle_steps", 1)):
+            if getattr(self, name) < low:
+                raise ConfigError(f"`--{name.replace('_', '-')}` must be >= {low}, got {getattr(self, name)}")
+        if self.guidance_scale < 0:
+            raise ConfigError(f"`--guidance-scale` must be >= 0, got {self.guidance_scale}")
+
+    @property
+    def sampling(self) -> Sampling:
+        return Sampling(self.steps, self.guidance_scale, self.batch_size)
+
+
+@dataclass
+class Benchmark:
+    """Prompts, controls and everything needed to score generated images on one benchmark."""
+
+    mode: str  # "shapes" or "folder"
+    prompts: list[str]
+    controls: np.ndarray  # (N, H, W, 3) float32 in [0, 1]
+    truth: np.ndarray  # (N, H, W, 3) uint8: ground-truth renders (shapes) or the real images (folder)
+    reference: np.ndarray  # (M, H, W, 3) uint8: the real side of the domain FID/KID
+    judge: FeatureNet
+    info: dict[str, Any] = field(default_factory=dict)
+    masks: np.ndarray | None = None  # (N, H, W) bool, shapes only
+    labels: dict[str, np.ndarray] | None = None  # oracle targets, shapes only
+    edge_metrics: bool = True
+
+
+def _cached_net(target: Target, name: str, train: Any, tasks: dict[str, int]) -> FeatureNet:
+    """Train a judge, or reuse the one cached (safetensors) in the run dir's eval/ folder."""
+    path = target.run_dir / "eval" / f"{name}.safetensors" if target.run_dir else None
+    if path is not None and (net := load_net(path, tasks)) is not None:
+        logger.info("reusing the cached judge %s", path)
+        return net
+    net = train()
+    if path is not None:
+        save_net(net, path)
+    return net
+
+
+def shapes_benchmark(cfg: EvalConfig, target: Target) -> Benchmark:
+    specs = sample_specs("test", 2 * cfg.num_samples, cfg.seed)
+    samples = [make_sample(s) for s in specs[: cfg.num_samples]]
+    oracle = _cached_net(
+        target, f"shapes-oracle-seed{cfg.seed}-steps{cfg.oracle_steps}",
+        lambda: train_shapes_oracle(cfg.seed, cfg.oracle_steps), SHAPE_TASKS,
+    )  # fmt: skip
+    return Benchmark(
+        mode="shapes",
+        prompts=[s.caption for s in samples],
+        controls=np.stack([s.control for s in samples]),
+        truth=np.stack([s.image for s in samples]),
+        reference=np.stack([render(s)[0] for s in specs[cfg.num_samples :]]),  # other held-out shapes
+        judge=oracle,
+        info={"split": "test", "held_out": True},
+        masks=np.stack([s.mask for s in samples]),
+        labels=spec_labels([s.spec for s in samples]),
+    )
+
+
+def folder_benchmark(cfg: EvalConfig, target: Target, folder: str, resolution: int, held_out: bool) -> Benchmark:
+    from refine_control.data import load_image, read_image_folder
+    from refine_control.preprocess import get_preprocessor
+
+    captioned = [r for r in read_image_folder(folder) if r.text is not None]
+    if not captioned:
+        raise ConfigError(
+            f"image folder {folder} has no captions (metadata.jsonl `text`); refine-eval prompts the model with them",
+            hint='add a metadata.jsonl with {"file_name": ..., "text": ...} per image',
+        )
+    if len(captioned) < cfg.num_samples:
+        raise ConfigError(
+            f"image folder {folder} has {len(captioned)} captioned images, fewer than `--num-samples` {cfg.num_samples}",
+            hint=f"lower --num-samples (at least {MIN_FID_SAMPLES} for the domain FID) or add images",
+        )
+    order = np.random.default_rng(cfg.seed).permutation(len(captioned))
+    chosen = [captioned[i] for i in order[: cfg.num_samples]]
+    rest = [captioned[i] for i in order[cfg.num_samples : 2 * cfg.num_samples]]
+    truth = np.stack([load_image(r.path, resolution) for r in chosen])
+    reference = np.stack([load_image(r.path, resolution) for r in rest]) if len(rest) == len(chosen) else truth
+    name = target.run_config.get("preprocessor", "canny")
+    preprocessor = get_preprocessor(name)
+    controls = np.stack([preprocessor(img, np.random.default_rng([cfg.seed, i])) for i, img in enumerate(truth)])
+    pool = [captioned[i] for i in order[:FOLDER_NET_IMAGES]]
+    digest = hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:10]
+    judge = _cached_net(
+        target, f"folder-net-{digest}-{resolution}px-seed{cfg.seed}-steps{cfg.oracle_steps}",
+        lambda: train_folder_net(
+            np.stack([load_image(r.path, resolution) for r in pool]), [r.text or "" for r in pool], cfg.seed,
+            cfg.oracle_steps,
+        ),
+        _folder_tasks([r.text or "" for r in pool]),
+    )  # fmt: skip
+    info = {"folder": str(folder), "held_out": held_out, "preprocessor": name, "captioned_images": len(captioned)}
+    return Benchmark(
+        "folder", [r.text or "" for r in chosen], controls, truth, reference, judge, info,
+        edge_metrics=name in EDGE_PREPROCESSORS,
+    )  # fmt: skip
+
+
+def _folder_tasks(captions: list[str]) -> dict[str, int]:
+    distinct = set(captions)
+    return {"caption": len(distinct)} if 2 <= len(distinct) <= len(captions) // 4 else {"rotation": 4}
+
+
+@torch.no_grad()
+def _features(net: FeatureNet, images: np.ndarray) -> torch.Tensor:
+    return torch.cat([net(to_batch(images[i : i + 256])) for i in range(0, len(images), 256)]).double()
+
+
+def domain_fid_kid(net: FeatureNet, real: np.ndarray, fake: np.ndarray, seed: int) -> tuple[float, float]:
+    """Domain FID and KID (torchmetrics, with `net`'s 64-d features instead of Inception's)."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    subset = min(100, len(real), len(fake))
+    fid = FrechetInceptionDistance(feature=net, normalize=True)
+    kid = KernelInceptionDistance(feature=net, normalize=True, subset_size=subset, subsets=50)
+    for metric in (fid, kid):
+        for images, is_real in ((real, True), (fake, False)):
+            for i in range(0, len(images), 256):
+                metric.update(to_batch(images[i : i + 256]), real=is_real)
+    torch.manual_seed(seed)  # KID draws its subsets from the global generator
+    return float(fid.compute()), float(kid.compute()[0])
+
+
+def score(images: np.ndarray, bench: Benchmark, seed: int) -> dict[str, float]:
+    """Every metric of the benchmark for one set of generated images (N, H, W, 3) uint8."""
+    out: dict[str, float] = {}
+    if bench.mode == "shapes":
+        out["psnr_gt_db"] = M.finite_mean(M.psnr(images, bench.truth))
+        out["ssim_gt"] = float(M.ssim(images, bench.truth).mean())
+    if bench.edge_metrics:
+        controls = bench.controls[..., 0] > 0.5
+        prf = np.array([M.edge_prf(M.edges(img), ctl) for img, ctl in zip(images, controls, strict=True)])
+        out.update(edge_precision=prf[:, 0].mean(), edge_recall=prf[:, 1].mean(), edge_f1=prf[:, 2].mean())
+    if bench.mode == "shapes" and bench.masks is not None and bench.labels is not None:
+        ious = [M.mask_iou(M.foreground_mask(img, BACKGROUND), m) for img, m in zip(images, bench.masks, strict=True)]
+        out["mask_iou"] = float(np.mean(ious))
+        errors = [M.colour_error(img, t, m) for img, t, m in zip(images, bench.truth, bench.masks, strict=True)]
+        out["colour_delta_e"] = float(np.mean(errors))
+        predicted = predict(bench.judge, images)
+        for task, labels in bench.labels.items():
+            out[f"{task}_acc"] = float((predicted[task] == labels).mean())
+    out["domain_fid"], out["domain_kid"] = domain_fid_kid(bench.judge, bench.reference, images, seed)
+    return {k: float(v) for k, v in out.items()}
+
+
+def _resolution(pipeline: Any, target: Target) -> int:
+    native = int(pipeline.unet.config.sample_size) * int(pipeline.vae_scale_factor)
+    return int(target.run_config.get("resolution") or native)
+
+
+def _benchmark(cfg: EvalConfig, target: Target, resolution: int) -> Benchmark:
+    if cfg.data is not None:
+        return folder_benchmark(cfg, target, cfg.data, resolution, held_out=True)
+    if target.run_dir is not None and target.teacher_spec != "builtin" and target.run_config.get("labelled"):
+        logger.warning("no --data: scoring on the run's own labelled folder (training data, not held out)")
+        return folder_benchmark(cfg, target, target.run_config["labelled"], resolution, held_out=False)
+    if resolution == RESOLUTION:
+        return shapes_benchmark(cfg, target)
+    raise ConfigError(
+        f"{cfg.target} makes {resolution} px images; the built-in shapes benchmark is {RESOLUTION} px",
+        hint="pass --data DIR: a held-out image folder with captions (metadata.jsonl)",
+    )
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    report: dict[str, Any]  # JSON-ready: settings, `columns` (metrics per model) and `metrics` (the model's)
+    images: dict[str, np.ndarray]  # generated images (N, H, W, 3) uint8 per model
+
+
+def evaluate(cfg: EvalConfig) -> EvalResult:
+    """Generate with the model (and its teacher) and score every model on the same benchmark."""
+    target = resolve_target(cfg.target, cfg.teacher)
+    model = load_pipeline(target.model_dir)
+    resolution = _resolution(model, target)
+    bench = _benchmark(cfg, target, resolution)
+    latents = initial_noise(model, cfg.num_samples, resolution, cfg.seed)
+
+    # 1. Generate with the model, then the teacher, from the same prompts, controls and noise.
+    logger.info("generating %d images with the %s", cfg.num_samples, target.label)
+    generated = {target.label: generate(model, bench.prompts, bench.controls, latents, cfg.sampling)}
+    del model
+    if target.teacher_dir is not None:
+        teacher = load_pipeline(target.teacher_dir, target.teacher_controlnet)
+        logger.info("generating %d images with the teacher", cfg.num_samples)
+        generated["teacher"] = generate(teacher, bench.prompts, bench.controls, latents, cfg.sampling)
+        del teacher
+
+    # 2. Score every model, and the real images as the ceiling/floor of each metric.
+    columns = {label: score(images, bench, cfg.seed) for label, images in generated.items()}
+    columns["ground truth" if bench.mode == "shapes" else "real images"] = score(bench.truth, bench, cfg.seed)
+    main = columns[target.label]
+    if "teacher" in generated:
+        main["teacher_psnr_db"] = M.finite_mean(M.psnr(generated[target.label], generated["teacher"]))
+        main["teacher_ssim"] = float(M.ssim(generated[target.label], generated["teacher"]).mean())
+        for name in ("edge_f1", "colour_acc", "texture_acc"):
+            if name in main and columns["teacher"].get(name):
+                main[f"{name}_kept"] = main[name] / columns["teacher"][name]
+    report = {
+        "target": cfg.target,
+        "model": target.label,
+        "teacher": target.teacher_spec,
+        "benchmark": bench.mode,
+        "data": bench.info,
+        "num_samples": cfg.num_samples,
+        "seed": cfg.seed,
+        "sampling": {"steps": cfg.steps, "guidance_scale": cfg.guidance_scale, "scheduler": "the pipeline's own"},
+        "judge": {
+            "tasks": bench.judge.tasks,
+            "training_steps": cfg.oracle_steps,
+            "feature_dim": bench.judge.num_features,
+        },
+        "columns": columns,
+        "metrics": main,
+        "note": "domain FID/KID use the judge net's 64-d features, not Inception: not comparable to published FIDs",
+    }
+    return EvalResult(report, generated)

@@ -1,0 +1,178 @@
+"""`refine-serve MODEL`: serve an exported model on this machine (REST API + web page), private by default.
+
+Settings come from flags, then `REFINE_SERVE_*` environment variables, then defaults (see `ServeSettings`).
+The model is loaded and warmed up before the port is bound, so a broken model dir ends the command at once with
+one `error:` line (exit code 2) instead of leaving a half-alive server.
+"""
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from pydantic import ValidationError
+
+from refine_control import __version__
+from refine_control.errors import ConfigError, RefineError
+
+logger = logging.getLogger("refine_control.serve")
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="refine-serve",
+        description="Serve a refine-export model dir on this machine: REST API under /v1, a web page at /, "
+        "the API reference at /docs. Binds 127.0.0.1 unless told otherwise.",
+        epilog="Every option can also be set as an environment variable REFINE_SERVE_<NAME> "
+        "(e.g. REFINE_SERVE_TOKEN, which keeps the token out of the process list).",
+    )
+    parser.add_argument("model_dir", metavar="MODEL", nargs="?", type=Path, help="a `refine-export` output dir")
+    parser.add_argument("--host", help="address to bind (default 127.0.0.1; anything else needs --token)")
+    parser.add_argument("--port", type=int, help="port to bind (default 8000)")
+    parser.add_argument("--token", help="require `Authorization: Bearer TOKEN` on /v1 (prefer REFINE_SERVE_TOKEN)")
+    parser.add_argument("--token-file", type=Path, help="read the token from the first line of this file")
+    parser.add_argument(
+        "--allowed-host",
+        dest="allowed_hosts",
+        action="append",
+        metavar="NAME",
+        help="also accept this Host header name (repeatable; the loopback names always work)",
+    )
+    parser.add_argument("--precision", choices=("fp32", "int8", "fp16"), help="denoiser precision (default fp32)")
+    parser.add_argument("--model-format", choices=("onnx", "ort"), help="graph format (default onnx)")
+    parser.add_argument("--scheduler", help="override the model's scheduler (ddim, euler, euler_ancestral, lcm)")
+    parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all CPUs)")
+    parser.add_argument("--workers", type=int, help="generations run at once (default 1)")
+    parser.add_argument("--queue-size", type=int, help="generations that may wait (default 4); more get 503")
+    parser.add_argument("--max-queue-wait", dest="max_queue_wait_s", type=float, help="seconds (default 60)")
+    parser.add_argument("--request-timeout", dest="request_timeout_s", type=float, help="seconds (default 120)")
+    parser.add_argument("--max-output-side", type=int, help="largest width/height (default 2 × the model's)")
+    parser.add_argument("--graceful-shutdown", dest="graceful_shutdown_s", type=float, help="seconds (default 30)")
+    parser.add_argument("--no-warmup", dest="warmup", action="store_false", default=None, help="skip the warm-up")
+    parser.add_argument("--no-access-log", dest="access_log", action="store_false", default=None)
+    parser.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"))
+    parser.add_argument("--version", action="version", version=f"refine-serve {__version__}")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Any:
+    """`ServeSettings` from the flags given (None = not given, so the environment or the default applies)."""
+    from refine_control.serve.settings import ServeSettings
+
+    overrides = {k: v for k, v in vars(args).items() if v is not None and k != "token_file"}
+    if args.token_file is not None:
+        try:
+            overrides["token"] = args.token_file.read_text("utf-8").splitlines()[0].strip()
+        except (OSError, IndexError, UnicodeDecodeError) as err:
+            raise ConfigError(
+                f"cannot read a token from --token-file {args.token_file} ({type(err).__name__})"
+            ) from None
+    try:
+        return ServeSettings(**overrides)
+    except ValidationError as err:
+        first = err.errors(include_url=False, include_input=False)[0]
+        name = ".".join(str(p) for p in first["loc"]) or "settings"
+        raise ConfigError(f"`{name}`: {first['msg']}") from None
+
+
+def check_exposure(settings: Any) -> None:
+    """Refuse a non-loopback bind without a token; warn once when one is used."""
+    from refine_control.serve.settings import is_loopback
+
+    if is_loopback(settings.host):
+        return
+    if not settings.token_value:
+        raise ConfigError(
+            f"refusing to listen on {settings.host} without a token: anyone on the network could use the server",
+            hint="set REFINE_SERVE_TOKEN (or --token-file), e.g. to the output of "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`, or bind 127.0.0.1",
+        )
+    if len(settings.token_value) < 16:
+        raise ConfigError("the token must be at least 16 characters long")
+    logger.warning("listening on %s: reachable from other machines; /v1 requires the bearer token", settings.host)
+    if settings.host in ("0.0.0.0", "::") and not settings.allowed_hosts:
+        logger.warning("only loopback Host names are accepted; add --allowed-host NAME for the names clients use")
+
+
+def serve(settings: Any, engine: Any) -> int:
+    import uvicorn
+
+    from refine_control.serve.app import create_app
+
+    app = create_app(settings, engine)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            jobs = getattr(app.state, "jobs", None)
+            if jobs is not None:  # refuse queued work at once; running jobs may finish (graceful shutdown)
+                threading.Thread(target=jobs.begin_shutdown, daemon=True).start()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # our logging setup; uvicorn's loggers propagate to it
+        access_log=settings.access_log,
+        server_header=False,
+        proxy_headers=False,  # never trust X-Forwarded-* from the network
+        limit_concurrency=settings.limit_concurrency,
+        timeout_graceful_shutdown=int(settings.graceful_shutdown_s),
+        timeout_keep_alive=5,
+        lifespan="on",
+    )
+    # uvicorn re-raises the signal it stopped on; with these handlers that ends here with exit code 0.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda s, f: None)
+    try:
+        Server(config).run()
+    except SystemExit as err:  # uvicorn exits 1 when it cannot bind, 3 when startup failed
+        return int(err.code or 0)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    try:
+        settings = settings_from_args(args)
+        logging.getLogger().setLevel(settings.log_level.upper())
+        check_exposure(settings)
+        from refine_control.serve.engine import load_engine, warm_up
+
+        engine = load_engine(
+            settings.model_dir,
+            settings.precision,
+            model_format=settings.model_format,
+            scheduler=settings.scheduler,
+            threads=settings.threads,
+        )
+        if settings.warmup:
+            warm_up(engine)
+    except RefineError as err:
+        logger.error("%s", err)
+        if err.hint:
+            logger.error("hint: %s", err.hint)
+        return err.exit_code
+    except Exception as err:  # ONNX Runtime failing on the warm-up run: say so in one line
+        logger.error("the model failed its warm-up run (%s); is the model dir complete?", type(err).__name__)
+        return 1
+    logger.info(
+        "serving on http://%s:%d (web page at /, API reference at /docs)", _url_host(settings.host), settings.port
+    )
+    return serve(settings, engine)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+if __name__ == "__main__":
+    sys.exit(main())

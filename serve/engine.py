@@ -1,0 +1,169 @@
+"""What the server needs from a model: the `Engine` protocol, and `OnnxEngine`, the one that runs exported models.
+
+The app only talks to an `Engine`, so routing and limit tests can use a stand-in, while every real generation goes
+through `OnnxEngine` → `refine_control.serve.runtime.OnnxControlNetPipeline` (ONNX Runtime, numpy, tokenizers;
+no torch). Engines are called from worker threads; `generate` must be safe to call from several at once.
+"""
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from refine_control.errors import ConfigError
+from refine_control.preprocess import get_preprocessor
+
+logger = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int], None]
+
+
+class CancelToken(Protocol):
+    def is_set(self) -> bool: ...
+
+
+class GenerationCancelledError(Exception):
+    """`generate` stopped because its cancel token was set."""
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """One generation, already validated (sizes fit the model, numbers are in range)."""
+
+    prompt: str
+    negative_prompt: str
+    steps: int
+    guidance_scale: float
+    controlnet_scale: float
+    seed: int
+    width: int
+    height: int
+
+    def __repr__(self) -> str:  # never let a prompt reach a log line through a repr
+        return f"GenerationParams(steps={self.steps}, seed={self.seed}, size={self.width}x{self.height})"
+
+
+class Engine(Protocol):
+    """A loaded model. `resolution` is its trained size; generated sides must be multiples of `size_multiple`."""
+
+    resolution: int
+    size_multiple: int
+    default_preprocessor: str
+
+    def model_card(self) -> dict[str, Any]:
+        """Manifest summary for `GET /v1/models` (fields of `schemas.ModelCard`); no file paths."""
+        ...
+
+    def preprocess(self, image: np.ndarray, name: str, seed: int = 0) -> np.ndarray:
+        """RGB (H, W, 3) uint8 → control map (H, W, 3) float32 with the named built-in preprocessor."""
+        ...
+
+    def generate(
+        self, params: GenerationParams, control: np.ndarray, progress: ProgressFn, cancel: CancelToken
+    ) -> np.ndarray:
+        """Control map (uint8 image or float map, any size) → (height, width, 3) uint8.
+
+        Calls `progress(done, total)` after every step; raises `GenerationCancelledError` once `cancel.is_set()`.
+        """
+        ...
+
+
+def run_preprocessor(image: np.ndarray, name: str, seed: int = 0) -> np.ndarray:
+    """A built-in (numpy + OpenCV) preprocessor; `aux:*` ones are refused because controlnet-aux imports torch."""
+    if name.startswith("aux:"):
+        raise ConfigError(f"preprocessor {name!r} is not available in the server (it needs torch)")
+    return get_preprocessor(name)(image, np.random.default_rng(seed))
+
+
+class OnnxEngine:
+    """An `Engine` over `OnnxControlNetPipeline`; the model dir's manifest and hashes are checked on load."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        precision: str = "fp32",
+        *,
+        model_format: str = "onnx",
+        scheduler: str | None = None,
+        threads: int | None = None,
+    ) -> None:
+        from refine_control.serve.runtime import OnnxControlNetPipeline
+
+        self.pipeline = OnnxControlNetPipeline(
+            model_dir, precision, scheduler=scheduler, model_format=model_format, num_threads=threads
+        )
+        self.resolution = int(self.pipeline.resolution)
+        self.size_multiple = int(self.pipeline.size_multiple)
+        preprocessor = self.pipeline.model.pipeline.get("preprocessor")
+        self.default_preprocessor = preprocessor if isinstance(preprocessor, str) and preprocessor else "canny"
+
+    def model_card(self) -> dict[str, Any]:
+        info = dict(self.pipeline.info())
+        manifest = self.pipeline.model.manifest
+        extra: dict[str, Any] = {
+            key: manifest[key] for key in ("format_version", "versions", "created") if key in manifest
+        }
+        source, export = manifest.get("source_run") or {}, manifest.get("export") or {}
+        if isinstance(source, dict) and isinstance(source.get("student"), str):
+            extra["student"] = source["student"]  # the preset name; the run's paths stay private
+        if isinstance(export, dict) and "parity_passed" in export:
+            extra["parity_passed"] = bool(export["parity_passed"])
+        info["extra"] = extra
+        return info
+
+    def preprocess(self, image: np.ndarray, name: str, seed: int = 0) -> np.ndarray:
+        return run_preprocessor(image, name, seed)
+
+    def generate(
+        self, params: GenerationParams, control: np.ndarray, progress: ProgressFn, cancel: CancelToken
+    ) -> np.ndarray:
+        from refine_control.serve.runtime import Cancelled
+
+        try:
+            return self.pipeline(
+                params.prompt,
+                control,
+                params.negative_prompt,
+                steps=params.steps,
+                guidance_scale=params.guidance_scale,
+                controlnet_scale=params.controlnet_scale,
+                seed=params.seed,
+                width=params.width,
+                height=params.height,
+                callback=progress,
+                cancel=cancel,
+            )
+        except Cancelled as err:
+            raise GenerationCancelledError(str(err)) from None
+
+
+def load_engine(model_dir: Path | None, precision: str = "fp32", **kwargs: Any) -> OnnxEngine:
+    """Load a `refine-export` model dir (raises `ConfigError` with a one-line reason when it cannot)."""
+    if model_dir is None:
+        raise ConfigError(
+            "no model dir given", hint="pass MODEL (a `refine-export` output dir) or set REFINE_SERVE_MODEL_DIR"
+        )
+    engine = OnnxEngine(model_dir, precision, **kwargs)
+    logger.info(
+        "loaded model %s (%s, %d px, sides in multiples of %d)",
+        Path(model_dir).name,
+        precision,
+        engine.resolution,
+        engine.size_multiple,
+    )
+    return engine
+
+
+def warm_up(engine: Engine) -> None:
+    """One 1-step generation at the model's size: proves the graphs run and fills ONNX Runtime's arenas."""
+    side = engine.resolution
+    params = GenerationParams("", "", 1, 1.0, 1.0, 0, side, side)
+    engine.generate(params, np.zeros((side, side, 3), np.uint8), lambda done, total: None, _NeverCancel())
+
+
+class _NeverCancel:
+    def is_set(self) -> bool:
+        return False

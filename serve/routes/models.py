@@ -1,0 +1,36 @@
+"""`GET /v1/models`: the loaded model's manifest summary and the request limits a client must respect."""
+
+from fastapi import APIRouter
+
+from refine_control.preprocess import PREPROCESSORS
+from refine_control.serve.deps import EngineDep, SettingsDep
+from refine_control.serve.routes.generate import output_limits
+from refine_control.serve.schemas import Limits, ModelCard, ModelsResponse, error_responses
+from refine_control.serve.settings import (
+    MAX_CONTROLNET_SCALE,
+    MAX_GUIDANCE_SCALE,
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+)
+
+router = APIRouter(tags=["models"])
+
+
+@router.get("/models", summary="The loaded model and the limits of this server", responses=error_responses(401, 503))
+async def list_models(engine: EngineDep, settings: SettingsDep) -> ModelsResponse:
+    low, high = output_limits(engine, settings)
+    limits = Limits(
+        max_prompt_chars=MAX_PROMPT_CHARS,
+        max_steps=settings.max_steps,
+        max_guidance_scale=MAX_GUIDANCE_SCALE,
+        max_controlnet_scale=MAX_CONTROLNET_SCALE,
+        max_seed=MAX_SEED,
+        min_output_side=low,
+        max_output_side=high,
+        size_multiple=engine.size_multiple,
+        max_body_bytes=settings.max_body_bytes,
+        max_image_bytes=settings.max_image_bytes,
+        max_image_pixels=settings.max_image_pixels,
+        preprocessors=PREPROCESSORS.names(),
+    )
+    return ModelsResponse(models=[ModelCard(**engine.model_card())], limits=limits)

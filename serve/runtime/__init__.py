@@ -1,0 +1,20 @@
+"""The torch-free runtime: run a `refine-export` model dir with ONNX Runtime, numpy, tokenizers and pillow.
+
+`OnnxControlNetPipeline` is the entry point (the server builds on it); `ModelDir` verifies a model dir against
+its manifest; `schedulers` holds the numpy DDIM / Euler / Euler-ancestral / LCM schedulers.
+Nothing here imports torch, diffusers or the `onnx` package.
+"""
+
+from refine_control.serve.runtime.model_dir import ModelDir, ModelDirError
+from refine_control.serve.runtime.pipeline import Cancelled, CancelledError, OnnxControlNetPipeline
+from refine_control.serve.runtime.schedulers import SCHEDULERS, make_scheduler
+
+__all__ = [
+    "SCHEDULERS",
+    "Cancelled",
+    "CancelledError",
+    "ModelDir",
+    "ModelDirError",
+    "OnnxControlNetPipeline",
+    "make_scheduler",
+]

@@ -1,0 +1,93 @@
+"""`python -m refine_control.serve.runtime MODEL --prompt TEXT --control IMAGE --output OUT.png`
+
+Generate one image from an exported model dir without torch (a smoke test of an export on the target device).
+Errors (missing, corrupted or unsafe model files, bad arguments) are one line on stderr with exit code 2.
+"""
+
+import argparse
+import io
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from refine_control.cli_utils import run_cli, setup_logging
+
+logger = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m refine_control.serve.runtime", description=__doc__)
+    parser.add_argument("model_dir", type=Path, help="a refine-export model dir")
+    parser.add_argument("--prompt", default="", help="the text prompt")
+    parser.add_argument("--negative-prompt", default="", help="the negative prompt")
+    parser.add_argument("--control", type=Path, required=True, help="control image (PNG/JPEG)")
+    parser.add_argument(
+        "--preprocess", action="store_true", help="apply the model's preprocessor (e.g. Canny) to --control first"
+    )
+    parser.add_argument("--output", "-o", type=Path, required=True, help="PNG file to write")
+    parser.add_argument("--precision", default="fp32", help="fp32, int8 or fp16 (those exported)")
+    parser.add_argument("--format", dest="model_format", default="onnx", choices=("onnx", "ort"))
+    parser.add_argument("--scheduler", default=None, help="ddim, euler, euler_ancestral or lcm (default: the model's)")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--guidance-scale", type=float, default=7.5)
+    parser.add_argument("--controlnet-scale", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--width", type=int, default=None)
+    parser.add_argument("--height", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("-q", "--quiet", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(-1 if args.quiet else 0)
+
+    def body() -> int:
+        import numpy as np
+        from PIL import Image, UnidentifiedImageError
+
+        from refine_control.atomic import write_bytes
+        from refine_control.errors import ConfigError
+        from refine_control.serve.runtime.pipeline import OnnxControlNetPipeline
+
+        pipe = OnnxControlNetPipeline(
+            args.model_dir,
+            args.precision,
+            scheduler=args.scheduler,
+            model_format=args.model_format,
+            num_threads=args.threads,
+        )
+        try:
+            with Image.open(args.control) as im:
+                control = np.asarray(im.convert("RGB"))
+        except (OSError, UnidentifiedImageError) as err:
+            raise ConfigError(f"cannot read the control image {args.control}: {err}") from err
+        if args.preprocess:
+            from refine_control.preprocess import get_preprocessor
+
+            name = pipe.model.pipeline.get("preprocessor") or "canny"
+            control = get_preprocessor(str(name))(control)
+        image = pipe(
+            args.prompt,
+            control,
+            args.negative_prompt,
+            steps=args.steps,
+            guidance_scale=args.guidance_scale,
+            controlnet_scale=args.controlnet_scale,
+            seed=args.seed,
+            width=args.width,
+            height=args.height,
+        )
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        write_bytes(args.output, buffer.getvalue())
+        logger.info("wrote %s (%dx%d)", args.output, image.shape[1], image.shape[0])
+        return 0
+
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import write_image_folder
+
+from refine_control.evaluation.cli import main
+
+FAST = ["--num-samples", "64", "--steps", "1", "--oracle-steps", "3", "--batch-size", "64", "-q"]
+
+
+def _tiny64_pipeline():
+    """A tiny random pipeline at 64 px, laid out like the builtin teacher (VAE factor 4, no full-resolution
+    attention), so the shapes benchmark runs in seconds."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        ControlNetModel,
+        DDIMScheduler,
+        StableDiffusionControlNetPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from refine_control.builtin.tokenizer import build_clip_tokenizer
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=16, block_out_channels=(16, 32), layers_per_block=1, cross_attention_dim=32,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=2, norm_num_groups=8,
+    )  # fmt: skip
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16, 16), down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3, latent_channels=4, norm_num_groups=8, sample_size=64,
+    )  # fmt: skip
+    tokenizer = build_clip_tokenizer()
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=1,
+            num_attention_heads=2, max_position_embeddings=77,
+        )
+    )  # fmt: skip
+    return StableDiffusionControlNetPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        controlnet=ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 16)),
+        scheduler=DDIMScheduler(clip_sample=False), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny64_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny64") / "pipeline"
+    _tiny64_pipeline().save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def fake_run(tiny64_dir, tmp_path_factory):
+    """A run dir whose student is a copy of its teacher, so fidelity to the teacher is exact."""
+    run = tmp_path_factory.mktemp("evalrun") / "run"
+    shutil.copytree(tiny64_dir, run / "student")
+    (run / "config.json").write_text(json.dumps({"teacher": str(tiny64_dir), "preprocessor": "canny"}))
+    return run
+
+
+def _error_line(capsys) -> str:
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1
+    return errors[0]
+
+
+def test_shapes_benchmark_on_a_pipeline_dir(tiny64_dir, tmp_path, capsys):
+    out = tmp_path / "report.json"
+    assert main([str(tiny64_dir), *FAST, "--json", str(out), "--grid", str(tmp_path / "grid.png")]) == 0
+    table = capsys.readouterr().out
+    assert "edge F1 vs control" in table and "domain FID" in table
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == "shapes" and set(report["columns"]) == {"model", "ground truth"}
+    truth = report["columns"]["ground truth"]
+    assert truth["edge_f1"] == 1.0 and truth["mask_iou"] == 1.0 and truth["colour_delta_e"] == 0.0
+    assert truth["psnr_gt_db"] == "inf" and truth["ssim_gt"] == pytest.approx(1.0)
+    model = report["metrics"]
+    for name in ("psnr_gt_db", "ssim_gt", "edge_f1", "mask_iou", "colour_delta_e", "texture_acc", "domain_fid"):
+        assert isinstance(model[name], float), name
+    from PIL import Image
+
+    assert np.asarray(Image.open(tmp_path / "grid.png")).shape == (64, 16 * 64, 3)
+
+
+def test_same_seed_gives_the_same_report(tiny64_dir, tmp_path):
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    for path in paths:
+        assert main([str(tiny64_dir), *FAST, "--json", str(path)]) == 0
+    first, second = (json.loads(p.read_text()) for p in paths)
+    assert first["columns"] == second["columns"]
+
+
+def test_run_dir_compares_student_and_teacher(fake_run, capsys):
+    assert main([str(fake_run), *FAST]) == 0
+    report = json.loads((fake_run / "eval" / "metrics.json").read_text())
+    assert set(report["columns"]) == {"student", "teacher", "ground truth"}
+    assert report["metrics"]["teacher_psnr_db"] == "inf"  # the student is a copy of the teacher
+    assert report["metrics"]["teacher_ssim"] == pytest.approx(1.0)
+    assert report["columns"]["student"]["edge_f1"] == report["columns"]["teacher"]["edge_f1"]
+    assert list((fake_run / "eval").glob("shapes-oracle-*.safetensors")), "the oracle is cached in the run dir"
+
+
+def test_image_folder_uses_metrics_without_ground_truth(tiny_pipeline_dir, tmp_path, capsys):
+    folder = write_image_folder(tmp_path / "folder", 140, size=16)
+    out = tmp_path / "folder.json"
+    args = [str(tiny_pipeline_dir), "--data", str(folder), "--teacher", str(tiny_pipeline_dir), "--json", str(out)]
+    assert main([*args, *FAST]) == 0
+    report = json.loads(out.read_text())
+    assert report["benchmark"] == "folder" and report["judge"]["tasks"] == {"caption": 3}
+    metrics = report["metrics"]
+    assert {"edge_f1", "domain_fid", "domain_kid", "teacher_psnr_db"} <= set(metrics)
+    assert "psnr_gt_db" not in metrics and "mask_iou" not in metrics
+    assert report["columns"]["real images"]["edge_f1"] == 1.0
+
+
+def test_missing_target_is_a_usage_error(tmp_path, capsys):
+    assert main([str(tmp_path / "nope"), *FAST]) == 2
+    assert "neither `builtin` nor an existing directory" in _error_line(capsys)
+
+
+def test_run_dir_without_student(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"teacher": "builtin"}))
+    assert main([str(run), *FAST]) == 2
+    assert "has no student" in _error_line(capsys)
+
+
+def test_unknown_teacher_in_run_config(fake_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(fake_run / "student", run / "student")
+    (run / "config.json").write_text(json.dumps({"teacher": str(tmp_path / "no-such-teacher")}))
+    assert main([str(run), *FAST]) == 2
+    assert "no-such-teacher" in _error_line(capsys)
+
+
+def test_image_folder_without_captions(tiny_pipeline_dir, tmp_path, capsys):
+    folder = write_image_folder(tmp_path / "plain", 70, labelled=False, size=16)
+    assert main([str(tiny_pipeline_dir), "--data", str(folder), *FAST]) == 2
+    assert "no captions" in _error_line(capsys)
+
+
+def test_image_folder_smaller_than_num_samples(tiny_pipeline_dir, tmp_path, capsys):
+    folder = write_image_folder(tmp_path / "small", 20, size=16)
+    assert main([str(tiny_pipeline_dir), "--data", str(folder), *FAST]) == 2
+    assert "fewer than `--num-samples`" in _error_line(capsys)
+
+
+def test_too_few_samples_for_fid(tiny64_dir, capsys):
+    assert main([str(tiny64_dir), "--num-samples", "10"]) == 2
+    assert "too few for the domain FID" in _error_line(capsys)
+
+
+def test_large_pipeline_without_data_needs_a_folder(tiny_pipeline_dir, capsys):
+    assert main([str(tiny_pipeline_dir), *FAST]) == 2  # 16 px: the shapes benchmark does not apply
+    assert "--data" in capsys.readouterr().err
+
+
+def test_builtin_without_weights_says_how_to_train_them(tmp_path, monkeypatch, capsys):
+    import refine_control.builtin as builtin
+
+    monkeypatch.setattr(builtin, "BUILTIN_TEACHER_DIR", tmp_path / "teacher")
+    assert main(["builtin", *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "weights are missing" in err and "refine-teacher" in err

@@ -1,0 +1,67 @@
+import gzip
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from refine_control.errors import ConfigError
+from refine_control.weaklabel.datasets import load_dataset, split_4_1_1
+from refine_control.weaklabel.safe_pickle import load_numpy_pickle
+
+
+def _write_idx(path, array: np.ndarray) -> None:
+    header = b"\x00\x00\x08" + bytes([array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_split_is_4_1_1_per_class_and_disjoint():
+    x = np.arange(120, dtype=np.float32).reshape(120, 1, 1)
+    y = np.repeat(np.arange(4), 30)
+    train, val, test = split_4_1_1(x, y, np.random.default_rng(0))
+    assert (len(train), len(val), len(test)) == (80, 20, 20)
+    for part in (train, val, test):
+        assert torch.bincount(part.y, minlength=4).tolist() == [len(part) // 4] * 4
+    ids = torch.cat([train.x, val.x, test.x]).flatten().tolist()
+    assert sorted(ids) == list(range(120))
+
+
+def test_synthetic_loader_shapes_and_seed_determinism():
+    a = load_dataset("synthetic", seed=3, max_samples=300)
+    b = load_dataset("synthetic", seed=3, max_samples=300)
+    assert a.image_shape == (1, 8, 8) and a.num_classes == 10
+    assert torch.equal(a.train.x, b.train.x) and torch.equal(a.test.y, b.test.y)
+    assert a.train.x.min() >= 0.0 and a.train.x.max() <= 1.0
+
+
+def test_fashion_mnist_reads_idx_files(tmp_path):
+    rng = np.random.default_rng(0)
+    for part, n in (("train", 48), ("t10k", 12)):
+        _write_idx(tmp_path / f"{part}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(tmp_path / f"{part}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    ds = load_dataset("fashion-mnist", seed=0, fashion_mnist_dir=tmp_path)
+    assert ds.image_shape == (1, 28, 28)
+    assert len(ds.train) + len(ds.val) + len(ds.test) == 60
+    assert ds.train.x.max() <= 1.0
+
+
+def test_missing_fashion_mnist_names_the_install_command(tmp_path):
+    with pytest.raises(ConfigError, match="Fashion-MNIST not found") as err:
+        load_dataset("fashion-mnist", fashion_mnist_dir=tmp_path)
+    assert "apt-get install dataset-fashion-mnist" in err.value.hint
+
+
+def test_unknown_dataset_is_a_config_error():
+    with pytest.raises(ConfigError, match="choose one of"):
+        load_dataset("cifar10")
+
+
+def test_numpy_only_unpickler_round_trips_arrays_and_refuses_other_globals():
+    arrays = ((np.arange(6, dtype=np.float32).reshape(2, 3), np.array([1, 2], dtype=np.int64)),)
+    loaded = load_numpy_pickle(gzip.decompress(gzip.compress(pickle.dumps(arrays, protocol=4))))
+    assert np.array_equal(loaded[0][0], arrays[0][0]) and loaded[0][1].dtype == np.int64
+    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+        load_numpy_pickle(pickle.dumps(print))
+    with pytest.raises(pickle.UnpicklingError):
+        load_numpy_pickle(pickle.dumps(np.array([object()], dtype=object)))

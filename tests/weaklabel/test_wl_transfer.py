@@ -1,0 +1,87 @@
+import pytest
+import torch
+from torch import nn
+
+from refine_control.weaklabel.transfer import transfer_parameters
+from refine_control.weaklabel.transfer_experiment import TransferSettings, run_synthetic
+from refine_control.weaklabel.transfer_model import (
+    GDConfig,
+    TwoLayerReLUCNN,
+    make_directions,
+    sample_task,
+    sign_accuracy,
+    train_gd,
+)
+
+
+class Net(nn.Module):
+    def __init__(self, width: int, extra: bool = False) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, width)
+        self.b = nn.Linear(width, 2)
+        if extra:
+            self.c = nn.Linear(2, 2)
+
+
+def test_report_lists_copied_sliced_skipped_missing():
+    src, dst = Net(8), Net(4, extra=True)
+    report = transfer_parameters(src, dst)
+    assert report.copied == ["b.bias"]
+    assert report.sliced == ["a.weight", "a.bias", "b.weight"]
+    assert report.missing == ["c.weight", "c.bias"] and report.skipped == []
+    assert torch.equal(dst.a.weight, src.a.weight[:4]) and torch.equal(dst.b.weight, src.b.weight[:, :4])
+    assert report.elements_total == 4 * 4 + 4 + 2 * 4 + 2 + 4 + 2
+    assert report.fraction_copied == pytest.approx((16 + 4 + 8 + 2) / report.elements_total)
+    wider = transfer_parameters(Net(4), Net(8))
+    assert wider.skipped == ["a.weight", "a.bias", "b.weight"] and wider.copied == ["b.bias"]
+    assert "3 skipped" in wider.summary()
+    assert set(wider.to_dict()) == {"copied", "sliced", "skipped", "missing", "elements_copied", "elements_total"}
+
+
+def test_exact_fraction_inherits_round_alpha_m_filters():
+    up = TwoLayerReLUCNN(6, 8, 1.0, torch.Generator().manual_seed(0))
+    down = TwoLayerReLUCNN(6, 8, 1.0, torch.Generator().manual_seed(1))
+    before = down.w_pos.detach().clone()
+    report = transfer_parameters(up, down, fraction=0.25, generator=torch.Generator().manual_seed(2), exact=True)
+    same = (down.w_pos == up.w_pos).all(1)
+    assert int(same.sum()) == 2 and bool(((down.w_pos == before).all(1) | same).all())
+    assert report.elements_copied == 2 * 2 * 6
+    untouched = TwoLayerReLUCNN(6, 8, 1.0, torch.Generator().manual_seed(1))
+    transfer_parameters(up, untouched, fraction=0.0, exact=True)
+    assert torch.equal(untouched.w_pos, before)
+
+
+def test_data_model_noise_is_orthogonal_to_the_signals():
+    g = torch.Generator().manual_seed(0)
+    dirs = make_directions(50, shared=2.0, upstream=3.0, downstream=1.0, generator=g)
+    assert dirs.u.norm().item() == pytest.approx(2.0) and abs(float(dirs.u @ dirs.v1)) < 1e-5
+    x, y, y_clean = sample_task(200, dirs.u, dirs.v1, noise_std=1.0, generator=g)
+    assert x.shape == (200, 2, 50) and torch.equal(y, y_clean)
+    assert torch.allclose(x[:, 0], y[:, None] * (dirs.u + dirs.v1)[None])
+    assert float((x[:, 1] @ dirs.u).abs().max()) < 1e-4 and float((x[:, 1] @ dirs.v1).abs().max()) < 1e-4
+
+
+def test_two_layer_cnn_forward_by_hand_and_learns_a_strong_signal():
+    net = TwoLayerReLUCNN(2, 2, 0.0)
+    with torch.no_grad():
+        net.w_pos.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+        net.w_neg.copy_(torch.tensor([[-1.0, 0.0], [0.0, 0.0]]))
+    x = torch.tensor([[[2.0, -1.0], [0.5, 3.0]]])  # patches (2, −1) and (0.5, 3)
+    # F+ = (relu(2)+relu(.5) + relu(−1)+relu(3)) / 2 = 2.75; F− = (relu(−2)+relu(−.5) + 0) / 2 = 0
+    assert net(x).item() == pytest.approx(2.75)
+    g = torch.Generator().manual_seed(0)
+    dirs = make_directions(100, shared=3.0, upstream=1.0, downstream=1.0, generator=g)
+    x, y, _ = sample_task(30, dirs.u, dirs.v2, noise_std=1.0, generator=g)
+    xt, _, yt = sample_task(300, dirs.u, dirs.v2, noise_std=1.0, generator=g)
+    model = TwoLayerReLUCNN(100, 5, 0.01, g)
+    train_gd(model, x, y, GDConfig(lr=0.1, steps=100))
+    assert sign_accuracy(model, xt, yt) > 0.9
+
+
+def test_synthetic_transfer_job_reports_every_alpha():
+    s = TransferSettings(alphas=(0.0, 0.5, 1.0), dim=100, filters=4, n_upstream=60, n_test=100, gd=GDConfig(steps=20))
+    records = run_synthetic(0, 1.0, s)
+    assert [r["alpha"] for r in records] == [0.0, 0.5, 1.0]
+    assert records[0]["gain"] == 0.0 and records[0]["inherited"] == 0.0
+    assert records[2]["inherited"] == 1.0
+    assert all(0.0 <= r["test_acc"] <= 1.0 for r in records)
