@@ -42,7 +42,7 @@ ablation: setup
 	$(BIN)/python benchmarks/ablation.py --output-dir runs/ablation --seeds 0 1
 
 bench: setup
-	$(BIN)/python benchmarks/latency.py --scale builtin --output-dir runs/bench
+	$(BIN)/python benchmarks/latency.py --scale builtin --json runs/bench/latency.json --markdown runs/bench/latency.md
 
 # Optional real datasets of the weak-label reproductions (docs/weaklabel.md); Fashion-MNIST needs root for apt.
 weaklabel-data: setup

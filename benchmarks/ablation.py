@@ -48,10 +48,11 @@ COLUMNS = {
 class AblationConfig:
     output_dir: Path
     seeds: tuple[int, ...] = (0, 1)
-    steps: int = 400
+    steps: int = 600
     labelled: int = 200
     unlabelled: int = 1000
-    student: str = "compact-tiny"
+    student: str = "controlnet-half"
+    learning_rate: float = 5e-4
     eval_samples: int = 128
 
 
@@ -60,7 +61,8 @@ def _distill_argv(cfg: AblationConfig, variant: str, seed: int, run: Path) -> li
     stage2 = cfg.steps // 3 if semi else 0
     return [
         "--teacher", "builtin", "--student", cfg.student, "-o", str(run), "--overwrite", "-q", "--seed", str(seed),
-        "--loss-weights", weights, "--max-steps", str(cfg.steps - stage2), "--stage2-steps", str(stage2),
+        "--loss-weights", weights, "--learning-rate", str(cfg.learning_rate), "--init", "random",
+        "--max-steps", str(cfg.steps - stage2), "--stage2-steps", str(stage2),
         "--builtin-labelled", str(cfg.labelled), "--builtin-unlabelled", str(cfg.unlabelled if semi else 0),
     ]  # fmt: skip
 
@@ -102,7 +104,8 @@ def _table(results: dict[str, Any], cfg: AblationConfig) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(
-        f"Student `{cfg.student}`, {cfg.steps} optimizer steps per run (batch 16), {cfg.labelled} labelled shapes; "
+        f"Student `{cfg.student}` from random initialisation, {cfg.steps} optimizer steps per run (batch 16, "
+        f"learning rate {cfg.learning_rate:g}), {cfg.labelled} labelled shapes; "
         f"(d) spends {cfg.steps // 3} of its steps in stage 2 with {cfg.unlabelled} unlabelled shapes. Mean ± std "
         f"over seeds {', '.join(map(str, cfg.seeds))}; {cfg.eval_samples} held-out shapes, 20 DDIM steps, "
         "guidance 3, the same noise for every model."
@@ -139,12 +142,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labelled", type=int, default=d.labelled)
     parser.add_argument("--unlabelled", type=int, default=d.unlabelled)
     parser.add_argument("--student", default=d.student)
+    parser.add_argument("--learning-rate", type=float, default=d.learning_rate)
     parser.add_argument("--eval-samples", type=int, default=d.eval_samples)
     args = parser.parse_args(argv)
     if args.steps < 3 or args.labelled < 1 or args.unlabelled < 5 * args.labelled:
         parser.error("need --steps >= 3, --labelled >= 1 and --unlabelled >= 5 × --labelled")
     cfg = AblationConfig(
-        args.output_dir, tuple(args.seeds), args.steps, args.labelled, args.unlabelled, args.student, args.eval_samples
+        args.output_dir,
+        tuple(args.seeds),
+        args.steps,
+        args.labelled,
+        args.unlabelled,
+        args.student,
+        args.learning_rate,
+        args.eval_samples,
     )
     results = run_ablation(cfg)
     print(_table(results, cfg))

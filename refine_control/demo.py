@@ -21,6 +21,9 @@ class DemoConfig:
     """Sizes chosen so the whole demo takes minutes on 2 CPU cores; the CLIs' own defaults train longer."""
 
     output_dir: Path = Path("runs/demo")
+    student: str = "controlnet-half"  # the compact presets need thousands of steps (README, "The ablation")
+    init: str = "transfer"
+    learning_rate: float = 5e-4
     max_steps: int = 300
     stage2_steps: int = 150
     builtin_labelled: int = 500
@@ -54,14 +57,22 @@ def _stage(title: str, run: Callable[[list[str]], int], argv: list[str]) -> floa
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, float]:
-    """Run the four stages; return the seconds each took."""
+    """Run the three stages; return the seconds each took."""
     from refine_control.cli import main as distill
     from refine_control.evaluation.cli import main as evaluate
     from refine_control.export.cli import main as export
 
     run, model = cfg.output_dir, cfg.output_dir / "model"
     distill_argv = ["--teacher", "builtin", "-o", str(run), "--overwrite", "--seed", str(cfg.seed), "-q"]
-    for flag in ("max_steps", "stage2_steps", "builtin_labelled", "builtin_unlabelled"):
+    for flag in (
+        "student",
+        "init",
+        "learning_rate",
+        "max_steps",
+        "stage2_steps",
+        "builtin_labelled",
+        "builtin_unlabelled",
+    ):
         distill_argv += [f"--{flag.replace('_', '-')}", str(getattr(cfg, flag))]
     eval_argv = [str(run), "--num-samples", str(cfg.eval_samples), "--seed", str(cfg.seed), "-q"]
     seconds = {
@@ -102,7 +113,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if getattr(args, name) < 1:
                 raise ConfigError(f"`--{name.replace('_', '-')}` must be >= 1, got {getattr(args, name)}")
         cfg = DemoConfig(
-            args.output_dir, args.max_steps, args.stage2_steps, seed=args.seed, eval_samples=args.eval_samples
+            args.output_dir,
+            max_steps=args.max_steps,
+            stage2_steps=args.stage2_steps,
+            seed=args.seed,
+            eval_samples=args.eval_samples,
         )
         print(_summary(cfg, run_demo(cfg)))  # noqa: T201 - the demo's result
         return 0

@@ -1,12 +1,17 @@
 import os
 
 import pytest
+from tiny_models import build_tiny_pipeline, write_image_folder
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+# Two pytest-xdist workers share the cores: one OpenMP thread each, and idle threads sleep instead of spinning.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -28,110 +33,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_gpu)
 
 
-def build_tiny_pipeline(seed: int = 0):
-    """A real StableDiffusionControlNetPipeline with tiny random components (16 px images, 8×8 latents).
-
-    Two stages with cross-attention and two layers per block, so every student preset has something to shrink.
-    """
-    import torch
-    from diffusers import (
-        AutoencoderKL,
-        ControlNetModel,
-        DDIMScheduler,
-        StableDiffusionControlNetPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from refine_control.builtin.tokenizer import build_clip_tokenizer
-
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        block_out_channels=(16, 32),
-        layers_per_block=2,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=2,
-        norm_num_groups=8,
-    )
-    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16))
-    # ControlNet's output convs start at zero; give them weights so the residuals matter in tests.
-    for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
-        torch.nn.init.normal_(conv.weight, std=0.1)
-    vae = AutoencoderKL(
-        block_out_channels=(8, 16),
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=16,
-    )
-    tokenizer = build_clip_tokenizer()
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=77,
-            projection_dim=32,
-        )
-    )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-    return StableDiffusionControlNetPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        controlnet=controlnet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-
-
 @pytest.fixture(scope="session")
 def tiny_pipeline_dir(tmp_path_factory: pytest.TempPathFactory):
     """A tiny random teacher saved in the diffusers pipeline layout (what `--teacher DIR` expects)."""
     path = tmp_path_factory.mktemp("tiny") / "teacher"
     build_tiny_pipeline().save_pretrained(path)
     return path
-
-
-def write_image_folder(root, n: int, labelled: bool = True, size: int = 16, seed: int = 0):
-    """A small image folder of coloured squares with captions (metadata.jsonl)."""
-    import json
-
-    import numpy as np
-    from PIL import Image
-
-    root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    colours = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
-    rows = []
-    for i in range(n):
-        name = list(colours)[i % 3]
-        image = np.full((size, size, 3), 255, np.uint8)
-        x, y = rng.integers(0, size // 2, 2)
-        image[y : y + size // 2, x : x + size // 2] = colours[name]
-        Image.fromarray(image).save(root / f"{i:04d}.png")
-        row = {"file_name": f"{i:04d}.png"}
-        if labelled:
-            row["text"] = f"a {name} square"
-        rows.append(json.dumps(row))
-    (root / "metadata.jsonl").write_text("\n".join(rows) + "\n")
-    return root
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import write_image_folder
+from tiny_models import write_image_folder
 
 from refine_control.data import epoch_index, load_image, read_image_folder
 from refine_control.errors import ConfigError

@@ -185,7 +185,7 @@ def test_resume_refuses_changed_options(tiny_pipeline_dir, tiny_data, tmp_path):
     ],
 )
 def test_bad_input_gives_one_line_and_exit_code_2(tiny_pipeline_dir, tmp_path, capsys, case, message):
-    from conftest import write_image_folder
+    from tiny_models import write_image_folder
 
     labelled = write_image_folder(tmp_path / "labelled", 4)
     run = tmp_path / "run"
@@ -274,7 +274,7 @@ def test_two_processes_keep_replicas_in_sync(tiny_pipeline_dir, tiny_data, tmp_p
 
 
 def test_a_run_that_failed_before_its_first_checkpoint_can_simply_be_rerun(tiny_pipeline_dir, tmp_path):
-    from conftest import write_image_folder
+    from tiny_models import write_image_folder
 
     labelled = write_image_folder(tmp_path / "labelled", 4)
     good = (labelled / "0001.png").read_bytes()

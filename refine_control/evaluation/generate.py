@@ -25,6 +25,8 @@ class Sampling:
 
 def load_pipeline(path: str | Path, controlnet: str | Path | None = None) -> StableDiffusionControlNetPipeline:
     """A `StableDiffusionControlNetPipeline` in fp32 from a local directory (optionally with another ControlNet)."""
+    import refine_control.models.student  # noqa: F401 - registers a student's AsymControlNetModel with diffusers
+
     path = Path(path)
     if not (path / "model_index.json").is_file():
         raise ConfigError(f"{path} is not a diffusers pipeline directory (no model_index.json)")

@@ -3,7 +3,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import write_image_folder
+from tiny_models import write_image_folder
 
 from refine_control.evaluation.cli import main
 
@@ -171,3 +171,20 @@ def test_builtin_without_weights_says_how_to_train_them(tmp_path, monkeypatch, c
     assert main(["builtin", *FAST]) == 2
     err = capsys.readouterr().err
     assert "weights are missing" in err and "refine-teacher" in err
+
+
+def test_asymmetric_student_loads_in_a_fresh_process(tiny_pipeline_dir, tiny_data, tmp_path):
+    """A `controlnet-half` student holds an `AsymControlNetModel`: refine-eval must load it without the caller
+    having imported the project's model module first."""
+    import subprocess
+    import sys
+
+    from refine_control.cli import main as distill
+
+    labelled, _ = tiny_data
+    run = tmp_path / "run"
+    argv = ["--teacher", str(tiny_pipeline_dir), "--labelled", str(labelled), "--student", "controlnet-half"]
+    assert distill([*argv, "-o", str(run), "--max-steps", "1", "--batch-size", "2", "-q"]) == 0
+    code = "import sys; from refine_control.evaluation.generate import load_pipeline; load_pipeline(sys.argv[1])"
+    result = subprocess.run([sys.executable, "-c", code, str(run / "student")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]

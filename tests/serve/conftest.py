@@ -5,13 +5,8 @@ import fcntl
 import os
 
 import pytest
-from fastapi.testclient import TestClient
+from serve_client import make_client
 from serve_fakes import FakeEngine
-
-from refine_control.serve.app import create_app
-from refine_control.serve.settings import ServeSettings
-
-BASE_URL = "http://127.0.0.1:8000"
 
 
 @pytest.fixture(scope="session")
@@ -42,11 +37,6 @@ def _lock(path):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def make_client(engine=None, **settings) -> TestClient:
-    app = create_app(ServeSettings(**{"warmup": False, **settings}), engine)
-    return TestClient(app, base_url=BASE_URL, raise_server_exceptions=False)
 
 
 @pytest.fixture

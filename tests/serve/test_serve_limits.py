@@ -11,8 +11,8 @@ import zlib
 
 import numpy as np
 import pytest
-from conftest import make_client
 from PIL import Image
+from serve_client import make_client
 from serve_fakes import FakeEngine
 from serve_helpers import b64, png_bytes
 

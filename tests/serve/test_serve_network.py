@@ -4,7 +4,7 @@ import asyncio
 import re
 
 import pytest
-from conftest import make_client
+from serve_client import make_client
 from serve_fakes import FakeEngine
 from serve_helpers import b64, png_bytes
 

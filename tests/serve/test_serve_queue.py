@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from conftest import make_client
+from serve_client import make_client
 from serve_fakes import FakeEngine
 from serve_helpers import b64, png_bytes
 
