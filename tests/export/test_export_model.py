@@ -102,7 +102,10 @@ def test_int8_graph_holds_quantized_ops(model: Path, manifest: dict):
         assert row["speedup"] == pytest.approx(row["fp32_ms"] / row["int8_ms"], rel=0.01)
     # Weights shrink (the tiny graph's file is dominated by its QDQ node structure, so compare the weights).
     fp32_weights = sum(len(t.raw_data) for t in onnx.load(str(model / "denoiser.onnx")).graph.initializer)
-    assert sum(len(t.raw_data) for t in graph.initializer) < 0.75 * fp32_weights  # int32 biases, scales stay
+    int8_bytes = sum(len(t.raw_data) for t in int8_weights)
+    assert int8_bytes == sum(int(np.prod(t.dims)) for t in int8_weights)  # one byte per quantised weight
+    # How much the file shrinks depends on the node types measured faster here (Conv weights dominate).
+    assert sum(len(t.raw_data) for t in graph.initializer) < fp32_weights - 2 * int8_bytes
 
 
 def test_fp16_keeps_float32_io_and_notes_cpu_casts(model: Path, manifest: dict):
