@@ -1,6 +1,6 @@
 """`make demo` / `python -m refine_control.demo`: the main job end to end on the built-in default.
 
-Distil the shipped shapes teacher into the default student, score student and teacher with `refine-eval`, export
+Distil the shipped shapes teacher into a `controlnet-half` student, score student and teacher with `refine-eval`, export
 the student to ONNX + INT8 with its parity report, and print where everything is and how to serve it. Each stage
 is the public CLI called in-process, so the demo exercises exactly what a user runs.
 """
@@ -89,7 +89,7 @@ def _summary(cfg: DemoConfig, seconds: dict[str, float]) -> str:
     parity = json.loads((model / "parity.json").read_text())
     latency = parity.get("latency_ms_per_denoiser_step", {})
     lines = ["", "=== done in " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())]
-    lines.append(f"student:      {run / 'student'}  (diffusers format; training log {run / 'train.log'})")
+    lines.append(f"student:      {run / 'student'}  (diffusers format; training log {run / 'logs' / 'train.log'})")
     lines.append(f"evaluation:   {run / 'eval' / 'metrics.json'}")
     if "edge_f1" in metrics:
         kept = metrics.get("edge_f1_kept")
@@ -101,7 +101,10 @@ def _summary(cfg: DemoConfig, seconds: dict[str, float]) -> str:
     lines.append(f"exported:     {model}  (parity report {model / 'parity.json'})")
     if latency:
         lines.append("              denoiser step, ms: " + ", ".join(f"{k} {v:.2f}" for k, v in latency.items()))
-    lines.append(f"serve it:     refine-serve {model} --precision int8   (then open http://127.0.0.1:8000/)")
+    # Serve the faster of the two exported denoisers (INT8 is not faster for every student on every CPU).
+    int8_faster = latency.get("onnxruntime int8", float("inf")) < latency.get("onnxruntime fp32", float("inf"))
+    precision = "int8" if int8_faster else "fp32"
+    lines.append(f"serve it:     refine-serve {model} --precision {precision}   (then open http://127.0.0.1:8000/)")
     return "\n".join(lines)
 
 
