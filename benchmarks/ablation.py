@@ -67,7 +67,7 @@ def _distill_argv(cfg: AblationConfig, variant: str, seed: int, run: Path) -> li
     ]  # fmt: skip
 
 
-def _evaluate(run: Path, cfg: AblationConfig, judge_cache: Path) -> dict[str, float]:
+def _evaluate(run: Path, cfg: AblationConfig, judge_cache: Path) -> dict[str, Any]:
     """`refine-eval` on the run; the judge net is trained once and shared (the cache key holds seed and steps)."""
     from refine_control.evaluation.evaluate import EvalConfig, evaluate
     from refine_control.evaluation.report import write_report
