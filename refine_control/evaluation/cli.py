@@ -37,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--oracle-steps", type=int, default=600, help="training steps of the judge net. Default: %(default)s"
     )
     parser.add_argument(
+        "--split",
+        choices=("val", "test"),
+        default="test",
+        help="built-in shapes: `val` to choose a recipe, `test` to report it. Default: %(default)s",
+    )
+    parser.add_argument(
         "--json",
         type=Path,
         default=None,

@@ -57,6 +57,7 @@ class EvalConfig:
     guidance_scale: float = 3.0
     batch_size: int = 32
     oracle_steps: int = 600
+    split: str = "test"  # shapes only: `val` to choose recipes, `test` to report them
 
     def __post_init__(self) -> None:
         if self.num_samples < MIN_FID_SAMPLES:
@@ -68,6 +69,8 @@ class EvalConfig:
                 raise ConfigError(f"`--{name.replace('_', '-')}` must be >= {low}, got {getattr(self, name)}")
         if self.guidance_scale < 0:
             raise ConfigError(f"`--guidance-scale` must be >= 0, got {self.guidance_scale}")
+        if self.split not in ("val", "test"):
+            raise ConfigError(f"`--split` must be val or test, got {self.split!r}")
 
     @property
     def sampling(self) -> Sampling:
@@ -103,7 +106,7 @@ def _cached_net(target: Target, name: str, train: Any, tasks: dict[str, int]) ->
 
 
 def shapes_benchmark(cfg: EvalConfig, target: Target) -> Benchmark:
-    specs = sample_specs("test", 2 * cfg.num_samples, cfg.seed)
+    specs = sample_specs(cfg.split, 2 * cfg.num_samples, cfg.seed)
     samples = [make_sample(s) for s in specs[: cfg.num_samples]]
     oracle = _cached_net(
         target, f"shapes-oracle-seed{cfg.seed}-steps{cfg.oracle_steps}",
@@ -116,7 +119,7 @@ def shapes_benchmark(cfg: EvalConfig, target: Target) -> Benchmark:
         truth=np.stack([s.image for s in samples]),
         reference=np.stack([render(s)[0] for s in specs[cfg.num_samples :]]),  # other held-out shapes
         judge=oracle,
-        info={"split": "test", "held_out": True},
+        info={"split": cfg.split, "held_out": True},
         masks=np.stack([s.mask for s in samples]),
         labels=spec_labels([s.spec for s in samples]),
     )
