@@ -8,6 +8,7 @@ from pathlib import Path
 
 from refine_control.cli_utils import offline_env, run_cli, setup_logging
 from refine_control.config import DistillConfig
+from refine_control.models.initialise import INIT_METHODS
 from refine_control.models.presets import STUDENT_PRESETS
 from refine_control.preprocess import PREPROCESSORS
 
@@ -57,8 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p(
         "--init",
         default=_default("init"),
-        choices=["random", "transfer"],
-        help="student initialisation: random, or transfer (copy matching teacher parameters, channel-sliced)",
+        choices=INIT_METHODS,
+        help="student initialisation: random; leading (teacher tensors of the same name, first channels); uniform "
+        "(evenly spaced teacher channels, blocks paired by depth). Default: %(default)s",
     )
     p(
         "--labelled",
@@ -134,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=_default("warmup_steps"),
         help="linear warm-up per stage. Default: %(default)s",
+    )
+    p(
+        "--lr-schedule",
+        default=_default("lr_schedule"),
+        choices=["constant", "cosine"],
+        help="after the warm-up: constant, or a cosine decay to zero over each stage. Default: %(default)s",
     )
     p("--weight-decay", type=float, default=_default("weight_decay"), help="AdamW weight decay. Default: %(default)s")
     p("--max-grad-norm", type=float, default=_default("max_grad_norm"), help="gradient clipping. Default: %(default)s")

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from refine_control.errors import ConfigError
+from refine_control.models.initialise import INIT_METHODS
 from refine_control.models.presets import STUDENT_PRESETS
 from refine_control.preprocess import get_preprocessor
 
@@ -35,6 +36,7 @@ class DistillConfig:
     learning_rate: float = 1e-4
     stage2_lr_scale: float = 0.5
     warmup_steps: int = 50
+    lr_schedule: str = "constant"
     weight_decay: float = 1e-2
     max_grad_norm: float = 1.0
     mixed_precision: str = "no"
@@ -53,7 +55,7 @@ class DistillConfig:
         if not self.preprocessor.startswith("aux:"):  # aux: detectors are checked when first used
             get_preprocessor(self.preprocessor)
         checks = [
-            (self.init in ("random", "transfer"), "--init", self.init, "random or transfer"),
+            (self.init in INIT_METHODS, "--init", self.init, ", ".join(INIT_METHODS)),
             (self.max_steps >= 0, "--max-steps", self.max_steps, ">= 0"),
             (self.stage2_steps is None or self.stage2_steps >= 0, "--stage2-steps", self.stage2_steps, ">= 0"),
             (len(self.loss_weights) == 3, "--loss-weights", self.loss_weights, "three numbers task,out,feat"),
@@ -64,6 +66,7 @@ class DistillConfig:
             (self.learning_rate > 0, "--learning-rate", self.learning_rate, "> 0"),
             (self.stage2_lr_scale > 0, "--stage2-lr-scale", self.stage2_lr_scale, "> 0"),
             (self.warmup_steps >= 0, "--warmup-steps", self.warmup_steps, ">= 0"),
+            (self.lr_schedule in ("constant", "cosine"), "--lr-schedule", self.lr_schedule, "constant or cosine"),
             (self.max_grad_norm > 0, "--max-grad-norm", self.max_grad_norm, "> 0"),
             (
                 self.mixed_precision in ("no", "bf16", "fp16"),

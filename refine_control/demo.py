@@ -22,7 +22,7 @@ class DemoConfig:
 
     output_dir: Path = Path("runs/demo")
     student: str = "controlnet-half"  # the compact presets need thousands of steps (README, "The ablation")
-    init: str = "transfer"
+    init: str = "leading"
     learning_rate: float = 5e-4
     max_steps: int = 300
     stage2_steps: int = 150

@@ -30,15 +30,16 @@ from refine_control.distiller import Conditioner, DistillationModule, probe_chan
 from refine_control.errors import CheckpointError, ConfigError, RefineError
 from refine_control.losses import TriLevelLoss
 from refine_control.models.denoiser import ControlledDenoiser
+from refine_control.models.initialise import initialise_student
 from refine_control.models.presets import STUDENT_PRESETS, build_student, count_params
 from refine_control.models.teacher import Teacher, load_teacher
 from refine_control.preprocess import get_preprocessor
 from refine_control.run_dir import prepare_run_dir, save_student
-from refine_control.weaklabel.transfer import transfer_parameters
 
 logger = logging.getLogger(__name__)
 
 LABELLED, UNLABELLED, REPLAY = 0, 1, 2  # data streams, each with its own seeded order
+LATENT_CACHE_BYTES = 1 << 30  # VAE posteriors of the training images are kept in memory up to this size
 
 
 def _seed(*parts: int) -> int:
@@ -54,8 +55,8 @@ class Batches:
         self.labelled, self.unlabelled, self.cfg, self.world, self.size = labelled, unlabelled, cfg, world, size
         self.preprocessor = get_preprocessor(cfg.preprocessor)
 
-    def get(self, step: int, micro: int, rank: int, stage: int) -> tuple[np.ndarray, list[str], np.ndarray]:
-        """images (B, H, W, 3) uint8, captions, controls (B, H, W, 3) float32."""
+    def get(self, step: int, micro: int, rank: int, stage: int) -> tuple[np.ndarray, list[str], np.ndarray, list[str]]:
+        """images (B, H, W, 3) uint8, captions, controls (B, H, W, 3) float32, and the image paths (cache keys)."""
         cfg = self.cfg
         rng = np.random.default_rng(_seed(cfg.seed, step, micro, rank, 7))
         slot = (step * cfg.grad_accum + micro) * self.world + rank
@@ -64,15 +65,16 @@ class Batches:
         else:
             n_replay = round(cfg.batch_size * cfg.replay_ratio)
             parts = [(UNLABELLED, self.unlabelled, cfg.batch_size - n_replay), (REPLAY, self.labelled, n_replay)]
-        images, captions = [], []
+        images, captions, keys = [], [], []
         for stream, records, count in parts:
             for j in range(count):
                 record = records[epoch_index(slot * count + j, len(records), _seed(cfg.seed, stream))]
                 images.append(load_image(record.path, self.size))
+                keys.append(str(record.path))
                 caption = "" if stream == UNLABELLED else (record.text or "")
                 captions.append("" if rng.random() < cfg.prompt_dropout else caption)
         controls = np.stack([self.preprocessor(image, rng) for image in images])
-        return np.stack(images), captions, controls
+        return np.stack(images), captions, controls, keys
 
 
 def _builtin_data(cfg: DistillConfig, run: Path) -> tuple[Path, Path | None]:
@@ -123,24 +125,18 @@ def _stage_steps(cfg: DistillConfig, unlabelled: list[ImageRecord]) -> tuple[int
     return cfg.max_steps, stage2
 
 
-def _learning_rate(cfg: DistillConfig, step: int, stage1_steps: int) -> float:
-    """Linear warm-up at the start of each stage; stage 2 runs at `stage2_lr_scale` × the base rate."""
-    in_stage, scale = (step, 1.0) if step < stage1_steps else (step - stage1_steps, cfg.stage2_lr_scale)
+def _learning_rate(cfg: DistillConfig, step: int, stage1_steps: int, stage2_steps: int) -> float:
+    """Linear warm-up at the start of each stage, then constant or a cosine decay to zero over the stage; stage 2
+    runs at `stage2_lr_scale` × the base rate."""
+    if step < stage1_steps:
+        in_stage, length, scale = step, stage1_steps, 1.0
+    else:
+        in_stage, length, scale = step - stage1_steps, stage2_steps, cfg.stage2_lr_scale
     warmup = min(1.0, (in_stage + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-    return cfg.learning_rate * scale * warmup
-
-
-def _initialise(
-    cfg: DistillConfig, teacher: Teacher, student: ControlledDenoiser, shares_unet: bool
-) -> dict[str, Any]:
-    if cfg.init == "random":
-        return {"init": "random"}
-    reports = {"controlnet": transfer_parameters(teacher.controlnet, student.controlnet)}
-    if not shares_unet:
-        reports["unet"] = transfer_parameters(teacher.unet, student.unet)
-    for name, report in reports.items():
-        logger.info("init transfer, %s: %s", name, report.summary())
-    return {"init": "transfer", **{name: report.to_dict() for name, report in reports.items()}}
+    decay = 1.0
+    if cfg.lr_schedule == "cosine":
+        decay = 0.5 * (1.0 + math.cos(math.pi * min(1.0, in_stage / max(1, length))))
+    return cfg.learning_rate * scale * warmup * decay
 
 
 @dataclass
@@ -184,8 +180,9 @@ def _build(cfg: DistillConfig, accelerator: Accelerator, weight_dtype: torch.dty
     )
     student = ControlledDenoiser(student_unet, student_controlnet).to(accelerator.device)
     shares_unet = student_unet is teacher.unet
-    init_report = _initialise(cfg, teacher, student, shares_unet)
-    for part in [student.controlnet] + ([] if shares_unet else [student.unet]):
+    trained = {"controlnet": student.controlnet} | ({} if shares_unet else {"unet": student.unet})
+    init_report = initialise_student(cfg.init, {"controlnet": teacher.controlnet, "unet": teacher.unet}, trained)
+    for part in trained.values():
         part.train().requires_grad_(True)
 
     # 4. Loss: the feature taps both models have, with student→teacher projectors.
@@ -289,8 +286,8 @@ def _train_step(
     terms: dict[str, float] = {}
     for micro in range(cfg.grad_accum):
         generator = torch.Generator().manual_seed(_seed(cfg.seed, step, micro, rank))
-        images, captions, controls = setup.batches.get(step, micro, rank, stage)
-        inputs = conditioner.make_inputs(images, captions, controls, generator)
+        images, captions, controls, keys = setup.batches.get(step, micro, rank, stage)
+        inputs = conditioner.make_inputs(images, captions, controls, generator, keys)
         with accelerator.accumulate(module):
             teacher_out = None
             if cfg.uses_teacher_signals:
@@ -357,7 +354,7 @@ def train(cfg: DistillConfig) -> Path:
             _truncate_metrics(run / "metrics.jsonl", start)
 
         # 6. The loop.
-        conditioner = Conditioner(setup.teacher, accelerator.device, weight_dtype)
+        conditioner = Conditioner(setup.teacher, accelerator.device, weight_dtype, _fits_latent_cache(setup))
         total = setup.stage1_steps + setup.stage2_steps
         step_times: list[float] = []
         progress = tqdm(range(start, total), initial=start, total=total, disable=not main, desc="distilling")
@@ -365,7 +362,7 @@ def train(cfg: DistillConfig) -> Path:
             metrics = stack.enter_context((run / "metrics.jsonl").open("a")) if main else None
             for step in progress:
                 stage = 1 if step < setup.stage1_steps else 2
-                lr = _learning_rate(cfg, step, setup.stage1_steps)
+                lr = _learning_rate(cfg, step, setup.stage1_steps, setup.stage2_steps)
                 for group in setup.optimizer.param_groups:
                     group["lr"] = lr
                 tic = time.perf_counter()
@@ -416,6 +413,14 @@ def train(cfg: DistillConfig) -> Path:
             )
     accelerator.end_training()
     return run
+
+
+def _fits_latent_cache(setup: Setup) -> bool:
+    """Whether the VAE posteriors (mean and std) of every training image fit `LATENT_CACHE_BYTES`."""
+    batches, teacher = setup.batches, setup.teacher
+    latent = teacher.vae.config.latent_channels * (batches.size // teacher.vae_scale_factor) ** 2
+    images = len(batches.labelled) + len(batches.unlabelled)
+    return images * 2 * latent * 4 <= LATENT_CACHE_BYTES
 
 
 def _replicas_in_sync(accelerator: Accelerator, params: list[torch.nn.Parameter]) -> bool:

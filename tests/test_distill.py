@@ -111,7 +111,7 @@ def test_transfer_init_reports_what_was_copied(tiny_pipeline_dir, tiny_data, tmp
                 tiny_data,
                 run,
                 "--init",
-                "transfer",
+                "uniform",
                 "--student",
                 "compact-small",
                 "--max-steps",
@@ -123,7 +123,7 @@ def test_transfer_init_reports_what_was_copied(tiny_pipeline_dir, tiny_data, tmp
         == 0
     )
     report = json.loads((run / "init_report.json").read_text())
-    assert report["init"] == "transfer"
+    assert report["init"] == "uniform"
     assert report["unet"]["sliced"] and report["controlnet"]["sliced"]
     assert 0 < report["unet"]["elements_copied"] <= report["unet"]["elements_total"]
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from refine_control.models.transfer import transfer_parameters
 from refine_control.weaklabel.datasets import ImageDataset
 from refine_control.weaklabel.jobs import Job, cached_dataset, generator
 from refine_control.weaklabel.report import Record, aggregate, pivot
-from refine_control.weaklabel.transfer import transfer_parameters
 from refine_control.weaklabel.transfer_model import (
     GDConfig,
     TwoLayerReLUCNN,
