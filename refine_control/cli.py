@@ -30,6 +30,15 @@ def _weights(text: str) -> tuple[float, float, float]:
     return values  # type: ignore[return-value]
 
 
+def _optional_float(text: str) -> float | None:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or `none`, got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     presets = "\n".join(f"  {name:20s} {STUDENT_PRESETS.get(name).description}" for name in STUDENT_PRESETS)
     parser = argparse.ArgumentParser(
@@ -112,6 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="do not divide each feature tap's error by the teacher feature's mean square",
     )
+    p(
+        "--snr-gamma",
+        type=_optional_float,
+        default=_default("snr_gamma"),
+        metavar="GAMMA",
+        help="min-SNR-γ timestep weights of the task and output terms (arXiv 2303.09556); `none` weighs every "
+        "timestep equally. Default: %(default)s",
+    )
     p("--batch-size", type=int, default=_default("batch_size"), help="per-process batch size. Default: %(default)s")
     p(
         "--grad-accum",
@@ -156,6 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=_default("prompt_dropout"),
         help="probability of an empty caption, for classifier-free guidance. Default: %(default)s",
+    )
+    p(
+        "--paired-uncond",
+        action="store_true",
+        help="stage 1: half of each batch repeats the other half's noisy latents with an empty prompt, so the "
+        "student learns the teacher's conditional-minus-unconditional direction (what guidance amplifies) from "
+        "matched pairs; replaces --prompt-dropout in stage 1",
     )
     p(
         "--replay-ratio",

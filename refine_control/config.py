@@ -31,6 +31,7 @@ class DistillConfig:
     stage2_steps: int | None = None  # None: max_steps // 2 when unlabelled images exist, else 0
     loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
     normalize_features: bool = True
+    snr_gamma: float | None = 5.0  # min-SNR-γ timestep weights of the task and output terms; None: equal weights
     batch_size: int = 16
     grad_accum: int = 1
     learning_rate: float = 1e-4
@@ -41,6 +42,7 @@ class DistillConfig:
     max_grad_norm: float = 1.0
     mixed_precision: str = "no"
     prompt_dropout: float = 0.1
+    paired_uncond: bool = False  # stage 1: half of each batch repeats the other half with empty prompts
     replay_ratio: float = 0.5
     ema_decay: float | None = None
     checkpoint_every: int = 250
@@ -61,7 +63,9 @@ class DistillConfig:
             (len(self.loss_weights) == 3, "--loss-weights", self.loss_weights, "three numbers task,out,feat"),
             (all(w >= 0 for w in self.loss_weights), "--loss-weights", self.loss_weights, "non-negative weights"),
             (any(w > 0 for w in self.loss_weights), "--loss-weights", self.loss_weights, "at least one weight > 0"),
+            (self.snr_gamma is None or self.snr_gamma > 0, "--snr-gamma", self.snr_gamma, "> 0 (or `none`)"),
             (self.batch_size >= 1, "--batch-size", self.batch_size, ">= 1"),
+            (not self.paired_uncond or self.batch_size >= 2, "--batch-size", self.batch_size, ">= 2 with pairs"),
             (self.grad_accum >= 1, "--grad-accum", self.grad_accum, ">= 1"),
             (self.learning_rate > 0, "--learning-rate", self.learning_rate, "> 0"),
             (self.stage2_lr_scale > 0, "--stage2-lr-scale", self.stage2_lr_scale, "> 0"),

@@ -5,7 +5,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 from refine_control.losses import LossOutput, TriLevelLoss
@@ -18,25 +17,37 @@ TEXT_CACHE_SIZE = 4096  # caption embeddings kept (the built-in data have 145 di
 @dataclass
 class DenoiserInputs:
     """sample (B, 4, h, w) noisy latents, timestep (B,), encoder_hidden_states (B, L, D),
-    controlnet_cond (B, 3, H, W), target (B, 4, h, w) the task-level regression target."""
+    controlnet_cond (B, 3, H, W), target (B, 4, h, w) the task-level regression target, weight (B,) each sample's
+    weight in the task and output terms."""
 
     sample: torch.Tensor
     timestep: torch.Tensor
     encoder_hidden_states: torch.Tensor
     controlnet_cond: torch.Tensor
     target: torch.Tensor
+    weight: torch.Tensor
 
 
 class Conditioner:
     """The frozen, shared parts (VAE, text encoder, tokenizer, noise schedule) that prepare denoiser inputs.
 
-    Caption embeddings, and with `cache_latents` the VAE posterior of each image, are computed once and reused (on
-    the built-in data the VAE encode was ~15% of a compact student's step). Each entry is computed alone (batch 1),
-    so its value never depends on which batch first needed it, and `--resume` stays bit for bit.
+    Images are encoded to the VAE posterior's mean (its mode), not a sample: the built-in teacher was trained on
+    posterior means, and its VAE's posterior std (0.82 in latent units, against a signal std of 1.04) would bury
+    every timestep below ~250 in noise the teacher never saw; students then never learned to finish an image.
+    For SD's VAE, whose posterior std is small, mean and sample differ little.
+
+    Caption embeddings, and with `cache_latents` the latents of each image, are computed once and reused (on the
+    built-in data the VAE encode was ~15% of a compact student's step). Each entry is computed alone (batch 1), so
+    its value never depends on which batch first needed it, and `--resume` stays bit for bit.
     """
 
     def __init__(
-        self, teacher: Teacher, device: torch.device, dtype: torch.dtype, cache_latents: bool = False
+        self,
+        teacher: Teacher,
+        device: torch.device,
+        dtype: torch.dtype,
+        cache_latents: bool = False,
+        snr_gamma: float | None = None,
     ) -> None:
         self.vae = teacher.vae
         self.text_encoder = teacher.text_encoder
@@ -45,7 +56,8 @@ class Conditioner:
         self.device = device
         self.dtype = dtype
         self.cache_latents = cache_latents
-        self._posteriors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.snr_gamma = snr_gamma
+        self._latents: dict[str, torch.Tensor] = {}
         self._texts: dict[str, torch.Tensor] = {}
 
     @torch.no_grad()
@@ -65,21 +77,18 @@ class Conditioner:
         return torch.stack([self._texts[c] for c in captions])
 
     @torch.no_grad()
-    def _posterior(self, images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode(self, images: np.ndarray) -> torch.Tensor:
         pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-        dist = self.vae.encode(pixels.to(self.device, self.dtype)).latent_dist
-        return dist.mean, dist.std
+        return self.vae.encode(pixels.to(self.device, self.dtype)).latent_dist.mode()
 
-    def _posteriors_of(self, images: np.ndarray, keys: list[str] | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean, std) of the VAE posterior of each image, from the cache when enabled."""
+    def _latents_of(self, images: np.ndarray, keys: list[str] | None) -> torch.Tensor:
+        """The VAE posterior mean of each image (unscaled), from the cache when enabled."""
         if keys is None or not self.cache_latents:
-            return self._posterior(images)
+            return self._encode(images)
         for i, key in enumerate(keys):
-            if key not in self._posteriors:
-                mean, std = self._posterior(images[i : i + 1])
-                self._posteriors[key] = (mean[0], std[0])
-        means, stds = zip(*(self._posteriors[k] for k in keys), strict=True)
-        return torch.stack(means), torch.stack(stds)
+            if key not in self._latents:
+                self._latents[key] = self._encode(images[i : i + 1])[0]
+        return torch.stack([self._latents[k] for k in keys])
 
     @torch.no_grad()
     def make_inputs(
@@ -92,10 +101,8 @@ class Conditioner:
     ) -> DenoiserInputs:
         """images (B, H, W, 3) uint8, controls (B, H, W, 3) float32 → noisy latents and targets for one step.
 
-        `keys` name the images (e.g. their paths) so that their VAE posteriors can be cached."""
-        mean, std = self._posteriors_of(images, keys)
-        # The same draw as diffusers' DiagonalGaussianDistribution.sample(generator).
-        latents = mean + std * randn_tensor(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        `keys` name the images (e.g. their paths) so that their latents can be cached."""
+        latents = self._latents_of(images, keys)
         vae_cfg = self.vae.config
         latents = (latents - (getattr(vae_cfg, "shift_factor", None) or 0.0)) * vae_cfg.scaling_factor
         noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype).to(self.device)
@@ -110,7 +117,39 @@ class Conditioner:
         else:
             target = latents
         cond = torch.from_numpy(controls).permute(0, 3, 1, 2).to(self.device, self.dtype)
-        return DenoiserInputs(noisy, timestep, self.encode_text(captions), cond, target)
+        weight = self._timestep_weight(timestep, prediction_type)
+        return DenoiserInputs(noisy, timestep, self.encode_text(captions), cond, target, weight)
+
+    def _timestep_weight(self, timestep: torch.Tensor, prediction_type: str) -> torch.Tensor:
+        """Min-SNR-γ weights ("Efficient Diffusion Training via Min-SNR Weighting Strategy", arXiv 2303.09556),
+        or 1 when `snr_gamma` is None. For ε-prediction w = min(SNR, γ) / SNR; for v-prediction
+        min(SNR, γ) / (SNR + 1); for x0-prediction min(SNR, γ)."""
+        if self.snr_gamma is None:
+            return torch.ones(timestep.shape, device=self.device)
+        alphas = self.noise_scheduler.alphas_cumprod.to(self.device)[timestep]
+        snr = alphas / (1 - alphas)
+        clipped = torch.clamp(snr, max=self.snr_gamma)
+        if prediction_type == "epsilon":
+            return clipped / snr
+        if prediction_type == "v_prediction":
+            return clipped / (snr + 1)
+        return clipped
+
+
+def with_unconditional_pairs(inputs: DenoiserInputs, empty: torch.Tensor) -> DenoiserInputs:
+    """The batch twice: as given, then with the empty prompt's embedding `empty` (L, D) on the same noisy latents,
+    timesteps and controls, so the student learns the teacher's conditional-minus-unconditional direction (what
+    classifier-free guidance amplifies) from matched pairs instead of from independent dropped captions."""
+    twice = lambda t: torch.cat([t, t])  # noqa: E731
+    uncond = empty.to(inputs.encoder_hidden_states).expand_as(inputs.encoder_hidden_states)
+    return DenoiserInputs(
+        twice(inputs.sample),
+        twice(inputs.timestep),
+        torch.cat([inputs.encoder_hidden_states, uncond]),
+        twice(inputs.controlnet_cond),
+        twice(inputs.target),
+        twice(inputs.weight),
+    )
 
 
 @torch.no_grad()
@@ -159,4 +198,4 @@ class DistillationModule(nn.Module):
         student_out = self.student.forward_features(
             inputs.sample, inputs.timestep, inputs.encoder_hidden_states, inputs.controlnet_cond, self.taps
         )
-        return self.loss(student_out, teacher_out, inputs.target)
+        return self.loss(student_out, teacher_out, inputs.target, inputs.weight)

@@ -26,7 +26,13 @@ from refine_control.atomic import write_json, write_text
 from refine_control.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from refine_control.config import DistillConfig
 from refine_control.data import ImageRecord, epoch_index, load_image, read_image_folder
-from refine_control.distiller import Conditioner, DistillationModule, probe_channels, run_teacher
+from refine_control.distiller import (
+    Conditioner,
+    DistillationModule,
+    probe_channels,
+    run_teacher,
+    with_unconditional_pairs,
+)
 from refine_control.errors import CheckpointError, ConfigError, RefineError
 from refine_control.losses import TriLevelLoss
 from refine_control.models.denoiser import ControlledDenoiser
@@ -39,7 +45,7 @@ from refine_control.run_dir import prepare_run_dir, save_student
 logger = logging.getLogger(__name__)
 
 LABELLED, UNLABELLED, REPLAY = 0, 1, 2  # data streams, each with its own seeded order
-LATENT_CACHE_BYTES = 1 << 30  # VAE posteriors of the training images are kept in memory up to this size
+LATENT_CACHE_BYTES = 1 << 30  # the latents of the training images are kept in memory up to this size
 
 
 def _seed(*parts: int) -> int:
@@ -61,7 +67,8 @@ class Batches:
         rng = np.random.default_rng(_seed(cfg.seed, step, micro, rank, 7))
         slot = (step * cfg.grad_accum + micro) * self.world + rank
         if stage == 1:
-            parts = [(LABELLED, self.labelled, cfg.batch_size)]
+            # With paired unconditional samples, the second half of the batch is the first half without captions.
+            parts = [(LABELLED, self.labelled, cfg.batch_size // 2 if cfg.paired_uncond else cfg.batch_size)]
         else:
             n_replay = round(cfg.batch_size * cfg.replay_ratio)
             parts = [(UNLABELLED, self.unlabelled, cfg.batch_size - n_replay), (REPLAY, self.labelled, n_replay)]
@@ -72,7 +79,8 @@ class Batches:
                 images.append(load_image(record.path, self.size))
                 keys.append(str(record.path))
                 caption = "" if stream == UNLABELLED else (record.text or "")
-                captions.append("" if rng.random() < cfg.prompt_dropout else caption)
+                dropout = 0.0 if stage == 1 and cfg.paired_uncond else cfg.prompt_dropout
+                captions.append("" if rng.random() < dropout else caption)
         controls = np.stack([self.preprocessor(image, rng) for image in images])
         return np.stack(images), captions, controls, keys
 
@@ -288,6 +296,8 @@ def _train_step(
         generator = torch.Generator().manual_seed(_seed(cfg.seed, step, micro, rank))
         images, captions, controls, keys = setup.batches.get(step, micro, rank, stage)
         inputs = conditioner.make_inputs(images, captions, controls, generator, keys)
+        if stage == 1 and cfg.paired_uncond:
+            inputs = with_unconditional_pairs(inputs, conditioner.encode_text([""])[0])
         with accelerator.accumulate(module):
             teacher_out = None
             if cfg.uses_teacher_signals:
@@ -354,7 +364,9 @@ def train(cfg: DistillConfig) -> Path:
             _truncate_metrics(run / "metrics.jsonl", start)
 
         # 6. The loop.
-        conditioner = Conditioner(setup.teacher, accelerator.device, weight_dtype, _fits_latent_cache(setup))
+        conditioner = Conditioner(
+            setup.teacher, accelerator.device, weight_dtype, _fits_latent_cache(setup), cfg.snr_gamma
+        )
         total = setup.stage1_steps + setup.stage2_steps
         step_times: list[float] = []
         progress = tqdm(range(start, total), initial=start, total=total, disable=not main, desc="distilling")
@@ -416,11 +428,11 @@ def train(cfg: DistillConfig) -> Path:
 
 
 def _fits_latent_cache(setup: Setup) -> bool:
-    """Whether the VAE posteriors (mean and std) of every training image fit `LATENT_CACHE_BYTES`."""
+    """Whether the latents of every training image fit `LATENT_CACHE_BYTES`."""
     batches, teacher = setup.batches, setup.teacher
     latent = teacher.vae.config.latent_channels * (batches.size // teacher.vae_scale_factor) ** 2
     images = len(batches.labelled) + len(batches.unlabelled)
-    return images * 2 * latent * 4 <= LATENT_CACHE_BYTES
+    return images * latent * 4 <= LATENT_CACHE_BYTES
 
 
 def _replicas_in_sync(accelerator: Accelerator, params: list[torch.nn.Parameter]) -> bool:

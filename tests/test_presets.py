@@ -141,3 +141,19 @@ def test_asym_controlnet_round_trips_and_runs_in_the_pipeline(tiny_pipeline_dir,
         output_type="np",
     ).images
     assert image.shape == (1, 16, 16, 3)
+
+
+def test_a_controlnet_narrower_than_its_compact_unet_reaches_the_unets_widths(tiny_teacher):
+    preset = StudentPreset("narrow-cn", "test", 0.5, True, 1, controlnet_width=0.25, conditioning_width=0.5)
+    unet, controlnet = build_student(*tiny_teacher, preset)
+    assert isinstance(controlnet, AsymControlNetModel)
+    assert tuple(unet.config.block_out_channels) == (8, 16)
+    assert tuple(controlnet.config.block_out_channels) == (8, 8)  # 16·0.25 and 32·0.25, at least one norm group
+    assert tuple(controlnet.config.target_block_out_channels) == (8, 16)
+    assert tuple(controlnet.config.conditioning_embedding_out_channels) == (4, 8)  # the teacher's (8, 16) halved
+    assert controlnet.config.layers_per_block == 1
+    sample, t, text, cond = inputs(8, 32, 16)
+    down, mid = controlnet(sample, t, encoder_hidden_states=text, controlnet_cond=cond, return_dict=False)
+    assert [r.shape[1] for r in down] == [8, 8, 8, 16] and mid.shape[1] == 16
+    out = ControlledDenoiser(unet, controlnet)(sample, t, text, cond)
+    assert out.shape == sample.shape

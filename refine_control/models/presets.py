@@ -30,6 +30,9 @@ class StudentPreset:
     shrink_unet: bool  # False: train a ControlNet only, on the teacher's frozen UNet
     layers_per_block: int | None = None  # None keeps the teacher's depth (required when the UNet is shared)
     attention_free_stages: int = 0  # leading (highest-resolution) stages whose attention is removed
+    controlnet_width: float | None = None  # compact only: the ControlNet's own multiplier (None: mirror the UNet)
+    conditioning_width: float = 1.0  # multiplier on the control-image encoder (conditioning embedding) widths
+    use_when: str = ""  # one line for the preset table and --help: what it is good for (measured)
 
 
 STUDENT_PRESETS: Registry[StudentPreset] = Registry("student preset")
@@ -49,6 +52,17 @@ for _preset in (
     # SD1.5: UNet 145.7 M + ControlNet 60.6 M, and no attention at the highest resolution (the costly part on CPU).
     StudentPreset(
         "compact-tiny", "compact-small without full-resolution attention", 0.5, True, 1, attention_free_stages=1
+    ),
+    # Experimental: a wider UNet with a narrow ControlNet and control encoder at the same cost.
+    StudentPreset(
+        "compact-wide",
+        "UNet at 0.67x width, ControlNet at 0.33x, control encoder at 0.5x, 1 layer per block",
+        2 / 3,
+        True,
+        1,
+        attention_free_stages=1,
+        controlnet_width=1 / 3,
+        conditioning_width=0.5,
     ),
 ):
     STUDENT_PRESETS.register(_preset.name, _preset)
@@ -110,14 +124,30 @@ def build_student(
             tuple(unet_cfg["up_block_types"]), preset.attention_free_stages, up=True
         )
         unet = UNet2DConditionModel.from_config(unet_cfg)
-        # The student ControlNet mirrors the compact UNet, as ControlNetModel.from_unet does.
-        controlnet = ControlNetModel.from_unet(
-            unet,
-            conditioning_embedding_out_channels=tuple(cn_cfg["conditioning_embedding_out_channels"]),
-            load_weights_from_unet=False,
-            conditioning_channels=cn_cfg.get("conditioning_channels", 3),
+        conditioning = _scaled_widths(
+            tuple(cn_cfg["conditioning_embedding_out_channels"]), preset.conditioning_width, 1, None, preset.name
         )
-        return unet, controlnet
+        if preset.controlnet_width is None:
+            # The student ControlNet mirrors the compact UNet, as ControlNetModel.from_unet does.
+            controlnet = ControlNetModel.from_unet(
+                unet,
+                conditioning_embedding_out_channels=conditioning,
+                load_weights_from_unet=False,
+                conditioning_channels=cn_cfg.get("conditioning_channels", 3),
+            )
+            return unet, controlnet
+        # A ControlNet narrower than its UNet: asymmetric output convolutions reach the UNet's widths.
+        student_cn_cfg = dict(cn_cfg)
+        student_cn_cfg.update(
+            layers_per_block=unet.config.layers_per_block,
+            down_block_types=tuple(unet.config.down_block_types),
+            block_out_channels=_scaled_widths(
+                tuple(cn_cfg["block_out_channels"]), preset.controlnet_width, groups, _heads(unet.config), preset.name
+            ),
+            conditioning_embedding_out_channels=conditioning,
+            target_block_out_channels=tuple(unet.config.block_out_channels),
+        )
+        return unet, AsymControlNetModel.from_config(student_cn_cfg)
     if preset.layers_per_block not in (None, teacher_controlnet.config.layers_per_block):
         raise ConfigError(f"student preset {preset.name!r} changes the depth but shares the teacher's UNet")
     cn_cfg["block_out_channels"] = _scaled_widths(
@@ -125,6 +155,9 @@ def build_student(
     )
     cn_cfg["down_block_types"] = _drop_attention(
         tuple(cn_cfg["down_block_types"]), preset.attention_free_stages, up=False
+    )
+    cn_cfg["conditioning_embedding_out_channels"] = _scaled_widths(
+        tuple(cn_cfg["conditioning_embedding_out_channels"]), preset.conditioning_width, 1, None, preset.name
     )
     cn_cfg["target_block_out_channels"] = tuple(teacher_unet.config.block_out_channels)
     return teacher_unet, AsymControlNetModel.from_config(cn_cfg)
