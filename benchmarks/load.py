@@ -63,7 +63,8 @@ def control_png(size: int = 64) -> str:
 
 
 def percentile(values: list[float], q: float) -> float | None:
-    return round(float(np.percentile(values, q)), 4) if values else None
+    """The q-th percentile; an observed value (no interpolation), so a failed probe (inf) reads as inf, not nan."""
+    return round(float(np.percentile(values, q, method="higher")), 4) if values else None
 
 
 class RssSampler:
