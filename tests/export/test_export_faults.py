@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 
 from refine_control.faults import FAULT_ENV
-from refine_control.serve.runtime import ModelDir, ModelDirError
 
-EXPORT_ARGS = ["--exporter", "torchscript", "--parity-samples", "1", "--steps", "2", "--threads", "1", "-q"]
+EXPORT_ARGS = ["--exporter", "torchscript", "--parity-samples", "1", "--steps", "1", "--threads", "1", "-q"]
 VARIANT_ARGS = ["--int8", "--int8-op-types", "MatMul", "--calibration-samples", "1", "--fp16", "--ort"]
 # (phase, extra export flags, whether the temp dir holds the final manifest by then)
 EXPORT_PHASES = [
@@ -31,47 +30,49 @@ VARIANT_PHASES = [("export.int8", VARIANT_ARGS, False), ("export.fp16", VARIANT_
 VARIANT_PHASES += [("export.ort", VARIANT_ARGS, False)]
 
 
-def export(run: Path, model: Path, phase: str | None, extra: list[str]) -> subprocess.CompletedProcess:
+def run_phases(run: Path, model: Path, phases: list, final: list[str], work: Path) -> list[dict]:
+    """Kill an export at each phase, then export once more unharmed (fault_driver.py: one import, forked runs)."""
+    work.mkdir()
+    spec = {"run": str(run), "model": str(model), "args": EXPORT_ARGS}
+    spec["phases"] = [[phase, extra] for phase, extra, _ in phases] + [[None, final]]
+    (work / "spec.json").write_text(json.dumps(spec))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop(FAULT_ENV, None)
-    if phase is not None:
-        env[FAULT_ENV] = phase
-    code = "import sys; from refine_control.export.cli import main; sys.exit(main())"
-    command = [sys.executable, "-c", code, str(run), "--output-dir", str(model), "--overwrite", *EXPORT_ARGS, *extra]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, check=False)
+    command = [sys.executable, str(Path(__file__).with_name("fault_driver.py")), str(work / "spec.json")]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((work / "results.json").read_text())
 
 
-def leftovers(parent: Path) -> list[Path]:
-    return sorted(p for p in parent.iterdir() if p.name.startswith("."))
-
-
-def verified(model: Path) -> dict:
-    """Load `model` as the runtime does and check every listed file against the manifest; its manifest."""
-    md = ModelDir(model)
-    for name in md.files:
-        md.verify(name)
-    return md.manifest
-
-
-def kill_and_check(run: Path, model: Path, phase: str, extra: list[str], temp_complete: bool | None) -> None:
-    before = verified(model)
-    stale = [p for p in leftovers(model.parent) if ".tmp-" in p.name]  # (the lock file is reused, not stale)
-    done = export(run, model, phase, extra)
-    assert done.returncode == -signal.SIGKILL, (phase, done.returncode, done.stderr[-2000:])
-    for path in stale:  # the killed run cleaned up what the previous one left, and said so
-        assert not path.exists() and f"removed {path}" in done.stderr, (phase, path)
-    temps = [p for p in leftovers(model.parent) if ".tmp-" in p.name]
-    assert len(temps) == 1, (phase, leftovers(model.parent))
+def check_killed(result: dict, parent: Path, temp_complete: bool | None) -> None:
+    phase, before, after = result["phase"], result["before"], result["after"]
+    assert result["signal"] == signal.SIGKILL, (phase, result["exit_code"], result["log"][-2000:])
+    for name in before["entries"]:  # the killed run first removed what the previous one left, and said so
+        if ".tmp-" in name:
+            assert name not in after["entries"] and f"removed {parent / name}" in result["log"], (phase, name)
+    temps = [name for name in after["entries"] if ".tmp-" in name]
+    assert len(temps) == 1, (phase, after["entries"])
+    old = before["dirs"]["model"]["manifest"]
     if temp_complete is None:  # killed after the swap: MODEL is the new dir, the old one waits for removal
-        assert verified(model)["created"] >= before["created"] and verified(temps[0]) == before
+        assert after["dirs"]["model"]["manifest"]["complete"] is True and after["dirs"]["model"]["manifest"] != old
+        assert after["dirs"][temps[0]] == {"manifest": old}
         return
-    assert verified(model) == before, phase  # MODEL untouched
+    assert after["dirs"]["model"] == {"manifest": old}, phase  # MODEL untouched, every file verified
     if temp_complete:
-        assert verified(temps[0])["complete"] is True
-    else:
-        assert not (temps[0] / "manifest.json").exists()
-        with pytest.raises(ModelDirError, match=r"no manifest\.json"):
-            ModelDir(temps[0])
+        assert after["dirs"][temps[0]]["manifest"]["complete"] is True, phase
+    else:  # nothing that the runtime would load
+        assert "has no manifest.json" in after["dirs"][temps[0]]["error"], (phase, after["dirs"][temps[0]])
+
+
+def check_final(result: dict, parent: Path) -> dict:
+    assert result["signal"] is None and result["exit_code"] == 0, result["log"][-2000:]
+    for name in result["before"]["entries"]:
+        if ".tmp-" in name:
+            assert f"removed {parent / name}" in result["log"], name
+    assert result["after"]["entries"] == ["model"]  # no temp dir, no lock file
+    manifest = result["after"]["dirs"]["model"]["manifest"]
+    assert manifest["complete"] is True and manifest["export"]["parity_passed"] is True
+    return manifest
 
 
 @pytest.fixture
@@ -83,25 +84,21 @@ def old_model(exported: dict, tmp_path: Path) -> Path:
     return Path(shutil.copytree(exported["model"], tmp_path / "models" / "model"))
 
 
-def test_export_killed_at_each_phase_leaves_model_whole(old_model: Path, tiny_run_dir: Path):
-    for phase, extra, temp_complete in EXPORT_PHASES:
-        kill_and_check(tiny_run_dir, old_model, phase, extra, temp_complete)
-    stale = leftovers(old_model.parent)
-    done = export(tiny_run_dir, old_model, None, [])
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert all(f"removed {p}" in done.stderr for p in stale if ".tmp-" in p.name)
-    assert leftovers(old_model.parent) == []  # no temp dir, no lock file
-    manifest = verified(old_model)
-    assert manifest["complete"] is True and manifest["export"]["parity_passed"] is True
+def test_export_killed_at_each_phase_leaves_model_whole(old_model: Path, tiny_run_dir: Path, tmp_path: Path):
+    results = run_phases(tiny_run_dir, old_model, EXPORT_PHASES, [], tmp_path / "driver")
+    for result, (_, _, temp_complete) in zip(results[:-1], EXPORT_PHASES, strict=True):
+        check_killed(result, old_model.parent, temp_complete)
+    check_final(results[-1], old_model.parent)
     assert json.loads((old_model / "parity.json").read_text())["passed"] is True
 
 
 @pytest.mark.slow
-def test_export_with_variants_killed_at_each_phase(old_model: Path, tiny_run_dir: Path):
-    for phase, extra, temp_complete in VARIANT_PHASES:
-        kill_and_check(tiny_run_dir, old_model, phase, extra, temp_complete)
-    assert export(tiny_run_dir, old_model, None, VARIANT_ARGS).returncode == 0
-    assert leftovers(old_model.parent) == [] and {"int8", "fp16"} <= set(ModelDir(old_model).precisions())
+def test_export_with_variants_killed_at_each_phase(old_model: Path, tiny_run_dir: Path, tmp_path: Path):
+    results = run_phases(tiny_run_dir, old_model, VARIANT_PHASES, VARIANT_ARGS, tmp_path / "driver")
+    for result, (_, _, temp_complete) in zip(results[:-1], VARIANT_PHASES, strict=True):
+        check_killed(result, old_model.parent, temp_complete)
+    manifest = check_final(results[-1], old_model.parent)
+    assert {"int8", "fp16"} <= set(manifest["graphs"]["denoiser"])
 
 
 ATOMIC_SCRIPT = """
