@@ -194,6 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     p("--seed", type=int, default=_default("seed"), help="seed for data order, noise and init. Default: %(default)s")
     p("--resume", action="store_true", help="continue an unfinished run from its newest checkpoint")
     p("--overwrite", action="store_true", help="replace an existing run in --output-dir")
+    p(
+        "--allow-pickle-weights",
+        action="store_true",
+        help="load teacher weights from pickle files (.bin, .pt, ...) when a component has no safetensors file; "
+        "unpickling can run code, so only for files you trust (default: safetensors only)",
+    )
     p("--verbose", "-v", action="count", default=0, help="more logging")
     p("--quiet", "-q", action="store_true", help="warnings only")
     return parser
@@ -211,9 +217,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> int:
         cfg = config_from_args(args)
+        from refine_control.models.teacher import pickle_weights_allowed
         from refine_control.trainer import train
 
-        run = train(cfg)
+        with pickle_weights_allowed(cfg.allow_pickle_weights):
+            run = train(cfg)
         if os.environ.get("RANK", "0") == "0":  # one message, also under `accelerate launch` / torchrun
             logger.info("done: student saved to %s/student", run)
             logger.info("next: refine-eval %s  |  refine-export %s --output-dir %s/model --int8", run, run, run)

@@ -11,7 +11,14 @@ from refine_control.models.presets import STUDENT_PRESETS
 from refine_control.preprocess import get_preprocessor
 
 # Options that may differ between a run and its `--resume` without changing what is computed.
-RESUME_FREE_FIELDS = ("resume", "overwrite", "checkpoint_every", "keep_checkpoints", "log_every")
+RESUME_FREE_FIELDS = (
+    "resume",
+    "overwrite",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "log_every",
+    "allow_pickle_weights",
+)
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,7 @@ class DistillConfig:
     seed: int = 0
     resume: bool = False
     overwrite: bool = False
+    allow_pickle_weights: bool = False  # teacher weights as pickle files (.bin, ...) when no safetensors exist
 
     def __post_init__(self) -> None:
         STUDENT_PRESETS.get(self.student)  # raises with the list of presets
