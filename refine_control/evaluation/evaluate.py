@@ -23,7 +23,13 @@ import torch
 from refine_control.builtin.shapes import BACKGROUND, RESOLUTION, make_sample, render, sample_specs
 from refine_control.errors import ConfigError
 from refine_control.evaluation import metrics as M
-from refine_control.evaluation.generate import Sampling, generate, initial_noise, load_pipeline
+from refine_control.evaluation.generate import (
+    Sampling,
+    generate,
+    initial_noise,
+    load_pipeline,
+    recommended_sampling,
+)
 from refine_control.evaluation.oracle import (
     SHAPE_TASKS,
     FeatureNet,
@@ -53,8 +59,10 @@ class EvalConfig:
     seed: int = 0
     data: str | None = None
     teacher: str | None = None
-    steps: int = 20
-    guidance_scale: float = 3.0
+    steps: int | None = None  # the model's; None: its own recommendation (student/sampling.json), else 20
+    guidance_scale: float | None = None  # the model's; None: its own recommendation, else 3.0
+    teacher_steps: int = 20
+    teacher_guidance_scale: float = 3.0
     batch_size: int = 32
     oracle_steps: int = 600
     split: str = "test"  # shapes only: `val` to choose recipes, `test` to report them
@@ -64,17 +72,29 @@ class EvalConfig:
             raise ConfigError(
                 f"`--num-samples` {self.num_samples} is too few for the domain FID/KID; use at least {MIN_FID_SAMPLES}"
             )
-        for name, low in (("steps", 1), ("batch_size", 1), ("oracle_steps", 1)):
-            if getattr(self, name) < low:
-                raise ConfigError(f"`--{name.replace('_', '-')}` must be >= {low}, got {getattr(self, name)}")
-        if self.guidance_scale < 0:
-            raise ConfigError(f"`--guidance-scale` must be >= 0, got {self.guidance_scale}")
+        for name, low in (("steps", 1), ("teacher_steps", 1), ("batch_size", 1), ("oracle_steps", 1)):
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise ConfigError(f"`--{name.replace('_', '-')}` must be >= {low}, got {value}")
+        for name in ("guidance_scale", "teacher_guidance_scale"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"`--{name.replace('_', '-')}` must be >= 0, got {value}")
         if self.split not in ("val", "test"):
             raise ConfigError(f"`--split` must be val or test, got {self.split!r}")
 
+    def model_sampling(self, model_dir: Path) -> Sampling:
+        """The model's settings: the options given, else its recommendation, else the teacher's defaults."""
+        own = recommended_sampling(model_dir)
+        steps = self.steps or (own.steps if own else self.teacher_steps)
+        guidance = self.guidance_scale
+        if guidance is None:
+            guidance = own.guidance_scale if own else self.teacher_guidance_scale
+        return Sampling(steps, guidance, self.batch_size)
+
     @property
-    def sampling(self) -> Sampling:
-        return Sampling(self.steps, self.guidance_scale, self.batch_size)
+    def teacher_sampling(self) -> Sampling:
+        return Sampling(self.teacher_steps, self.teacher_guidance_scale, self.batch_size)
 
 
 @dataclass
@@ -246,14 +266,16 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     bench = _benchmark(cfg, target, resolution)
     latents = initial_noise(model, cfg.num_samples, resolution, cfg.seed)
 
-    # 1. Generate with the model, then the teacher, from the same prompts, controls and noise.
-    logger.info("generating %d images with the %s", cfg.num_samples, target.label)
-    generated = {target.label: generate(model, bench.prompts, bench.controls, latents, cfg.sampling)}
+    # 1. Generate with the model (its own sampling settings), then the teacher, from the same prompts, controls and
+    # initial noise.
+    sampling = cfg.model_sampling(target.model_dir)
+    logger.info("generating %d images with the %s (%d steps)", cfg.num_samples, target.label, sampling.steps)
+    generated = {target.label: generate(model, bench.prompts, bench.controls, latents, sampling)}
     del model
     if target.teacher_dir is not None:
         teacher = load_pipeline(target.teacher_dir, target.teacher_controlnet)
         logger.info("generating %d images with the teacher", cfg.num_samples)
-        generated["teacher"] = generate(teacher, bench.prompts, bench.controls, latents, cfg.sampling)
+        generated["teacher"] = generate(teacher, bench.prompts, bench.controls, latents, cfg.teacher_sampling)
         del teacher
 
     # 2. Score every model, and the real images as the ceiling/floor of each metric.
@@ -274,7 +296,13 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         "data": bench.info,
         "num_samples": cfg.num_samples,
         "seed": cfg.seed,
-        "sampling": {"steps": cfg.steps, "guidance_scale": cfg.guidance_scale, "scheduler": "the pipeline's own"},
+        "sampling": {
+            "steps": sampling.steps,
+            "guidance_scale": sampling.guidance_scale,
+            "scheduler": "the pipeline's own",
+            "teacher_steps": cfg.teacher_steps,
+            "teacher_guidance_scale": cfg.teacher_guidance_scale,
+        },
         "judge": {
             "tasks": bench.judge.tasks,
             "training_steps": cfg.oracle_steps,
