@@ -17,18 +17,12 @@ at sampling time, so the trained student samples with the stock pipeline and sch
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+
+from refine_control.models.denoiser import ControlledDenoiser
 
 SIGMA_DATA = 0.5
 TIMESTEP_SCALING = 10.0  # LCMScheduler's default
-
-
-def guidance_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
-    """(B,) guidance scales minus one → (B, dim) sinusoidal embedding, as the ControlNet pipeline computes it."""
-    half = dim // 2
-    freqs = torch.exp(torch.arange(half, dtype=torch.float32) * -(torch.log(torch.tensor(10000.0)) / (half - 1)))
-    angles = (w.float() * 1000.0)[:, None] * freqs.to(w.device)[None, :]
-    emb = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
-    return torch.nn.functional.pad(emb, (0, 1)) if dim % 2 else emb
 
 
 def boundary_scalings(
@@ -90,3 +84,85 @@ class DDIMSolver:
 def huber(a: torch.Tensor, b: torch.Tensor, c: float = 1e-3) -> torch.Tensor:
     """Pseudo-Huber loss, element-wise then averaged: sqrt((a − b)² + c²) − c."""
     return (torch.sqrt((a.float() - b.float()) ** 2 + c**2) - c).mean()
+
+
+@dataclass
+class ConsistencyBatch:
+    """One LCD batch: x_t on the solver grid, its timesteps, the guidance scales (1 + w), the conditions, and the
+    target f_θ⁻(x̂_{t−k}, t − k) of the target network after one guided teacher step."""
+
+    sample: torch.Tensor
+    timestep: torch.Tensor
+    encoder_hidden_states: torch.Tensor
+    controlnet_cond: torch.Tensor
+    guidance_scale: torch.Tensor
+    target: torch.Tensor
+
+
+def consistency_output(
+    denoiser: ControlledDenoiser,
+    sample: torch.Tensor,
+    t: torch.Tensor,
+    text: torch.Tensor,
+    control: torch.Tensor,
+    guidance_scale: torch.Tensor,
+    alphas: torch.Tensor,
+    kind: str,
+) -> torch.Tensor:
+    """f(x_t, t) = c_skip(t)·x_t + c_out(t)·x̂₀: the consistency function a guidance-embedded denoiser defines."""
+    prediction = denoiser(sample, t, text, control, 1.0, guidance_scale)
+    c_skip, c_out = (c.view(-1, 1, 1, 1).to(sample) for c in boundary_scalings(t))
+    return c_skip * sample + c_out * predicted_x0(prediction, t, sample, alphas, kind)
+
+
+@torch.no_grad()
+def consistency_batch(
+    teacher: ControlledDenoiser,
+    target_net: ControlledDenoiser,
+    solver: DDIMSolver,
+    kind: str,
+    latents: torch.Tensor,
+    text: torch.Tensor,
+    empty_text: torch.Tensor,
+    control: torch.Tensor,
+    guidance_range: tuple[float, float],
+    generator: torch.Generator,
+) -> ConsistencyBatch:
+    """Noise `latents` to grid timesteps, take one teacher DDIM step with guidance, evaluate the target network."""
+    grid = solver.timesteps()
+    n = len(latents)
+    t = grid[torch.randint(0, len(grid), (n,), generator=generator)].to(latents.device)
+    noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype).to(latents.device)
+    low, high = guidance_range
+    scale = (torch.rand(n, generator=generator) * (high - low) + low).to(latents.device)
+    alphas = solver.alphas.to(latents.device)
+    a = alphas[t].view(-1, 1, 1, 1).to(latents)
+    noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
+    # Teacher with classifier-free guidance at scale s = 1 + w: x̂₀ = x̂₀_c + w·(x̂₀_c − x̂₀_u), the same for ε̂.
+    cond = teacher(noisy, t, text, control)
+    uncond = teacher(noisy, t, empty_text.expand_as(text), control)
+    w = (scale - 1).view(-1, 1, 1, 1).to(latents)
+    x0_c, x0_u = predicted_x0(cond, t, noisy, alphas, kind), predicted_x0(uncond, t, noisy, alphas, kind)
+    eps_c, eps_u = predicted_noise(cond, t, noisy, alphas, kind), predicted_noise(uncond, t, noisy, alphas, kind)
+    previous = solver.step(x0_c + w * (x0_c - x0_u), eps_c + w * (eps_c - eps_u), t)
+    tp = solver.previous(t)
+    target = consistency_output(target_net, previous, tp, text, control, scale, alphas, kind)
+    return ConsistencyBatch(noisy, t, text, control, scale, target)
+
+
+class ConsistencyDistillation(nn.Module):
+    """What trains in the few-step stage: the student; its loss is the pseudo-Huber distance of its consistency
+    function at x_t to the target network's at the teacher's next point. (accelerate wraps this module.)"""
+
+    def __init__(self, student: ControlledDenoiser, alphas: torch.Tensor, kind: str) -> None:
+        super().__init__()
+        self.student = student
+        self.register_buffer("alphas", alphas.clone(), persistent=False)
+        self.kind = kind
+
+    def forward(self, batch: ConsistencyBatch) -> torch.Tensor:
+        output = consistency_output(
+            self.student, batch.sample, batch.timestep, batch.encoder_hidden_states, batch.controlnet_cond,
+            batch.guidance_scale, self.alphas, self.kind,
+        )  # fmt: skip
+        return huber(output, batch.target)

@@ -32,9 +32,9 @@ class Conditioner:
     """The frozen, shared parts (VAE, text encoder, tokenizer, noise schedule) that prepare denoiser inputs.
 
     Images are encoded to the VAE posterior's mean (its mode), not a sample: the built-in teacher was trained on
-    posterior means, and its VAE's posterior std (0.82 in latent units, against a signal std of 1.04) would bury
-    every timestep below ~250 in noise the teacher never saw; students then never learned to finish an image.
-    For SD's VAE, whose posterior std is small, mean and sample differ little.
+    posterior means, and its VAE's posterior spread is of the order of the latents' own, so samples would bury the
+    low-noise timesteps in noise the teacher never saw; students then never learned to finish an image. For SD's
+    VAE, whose posterior spread is small, mean and sample differ little.
 
     Caption embeddings, and with `cache_latents` the latents of each image, are computed once and reused (on the
     built-in data the VAE encode was ~15% of a compact student's step). Each entry is computed alone (batch 1), so

@@ -8,11 +8,11 @@ from diffusers import DDIMScheduler, LCMScheduler, StableDiffusionControlNetPipe
 from refine_control.consistency import (
     DDIMSolver,
     boundary_scalings,
-    guidance_embedding,
     huber,
     predicted_noise,
     predicted_x0,
 )
+from refine_control.models.denoiser import guidance_embedding
 
 
 @pytest.mark.parametrize("dim", [32, 33])
@@ -64,3 +64,49 @@ def test_huber_is_quadratic_near_zero_and_linear_far_away():
     assert huber(torch.full((4,), 1e-5), zero).item() == pytest.approx(0.5 * 1e-10 / 1e-3, rel=1e-2)
     assert huber(torch.full((4,), 10.0), zero).item() == pytest.approx(10 - 1e-3, rel=1e-6)
     assert np.isfinite(huber(torch.randn(3), torch.randn(3)).item())
+
+
+def test_the_guidance_input_starts_as_a_no_op_and_the_pipeline_samples_without_cfg(tiny_pipeline_dir):
+    from diffusers import LCMScheduler
+
+    from refine_control.models.denoiser import ControlledDenoiser, with_guidance_input
+
+    pipe = StableDiffusionControlNetPipeline.from_pretrained(tiny_pipeline_dir)
+    guided = with_guidance_input(pipe.unet, dim=16)
+    assert guided.config.time_cond_proj_dim == 16 and pipe.unet.config.time_cond_proj_dim is None
+    args = (torch.randn(2, 4, 8, 8), torch.tensor([10, 900]), torch.randn(2, 5, 32), torch.rand(2, 3, 16, 16))
+    plain = ControlledDenoiser(pipe.unet, pipe.controlnet)(*args)
+    with_scale = ControlledDenoiser(guided, pipe.controlnet)(*args, 1.0, torch.tensor([3.0, 7.0]))
+    assert torch.allclose(plain, with_scale, atol=1e-6)
+    with pytest.raises(ValueError, match="pass `guidance_scale`"):
+        ControlledDenoiser(guided, pipe.controlnet)(*args)
+    # diffusers' pipeline embeds the scale itself and runs one batch per step (no unconditional pass).
+    pipe.unet, pipe.scheduler = guided, LCMScheduler.from_config(pipe.scheduler.config)
+    image = pipe("a red square", image=torch.rand(1, 3, 16, 16), num_inference_steps=2, guidance_scale=3.0,
+                 height=16, width=16, output_type="np").images  # fmt: skip
+    assert image.shape == (1, 16, 16, 3) and not pipe.do_classifier_free_guidance
+
+
+def test_a_consistency_step_is_finite_and_trains_the_student_only(tiny_pipeline_dir):
+    import copy
+
+    from refine_control.consistency import ConsistencyDistillation, consistency_batch
+    from refine_control.models.denoiser import ControlledDenoiser, with_guidance_input
+
+    pipe = StableDiffusionControlNetPipeline.from_pretrained(tiny_pipeline_dir)
+    teacher = ControlledDenoiser(pipe.unet, pipe.controlnet).requires_grad_(False)
+    student = ControlledDenoiser(with_guidance_input(copy.deepcopy(pipe.unet), 16), copy.deepcopy(pipe.controlnet))
+    target = copy.deepcopy(student).requires_grad_(False)
+    solver = DDIMSolver(DDIMScheduler().alphas_cumprod, steps=10)
+    g = torch.Generator().manual_seed(0)
+    batch = consistency_batch(
+        teacher, target, solver, "epsilon", torch.randn(3, 4, 8, 8), torch.randn(3, 5, 32), torch.zeros(5, 32),
+        torch.rand(3, 3, 16, 16), (2.0, 5.0), g,
+    )  # fmt: skip
+    assert set(batch.timestep.tolist()) <= set(solver.timesteps().tolist())
+    assert ((batch.guidance_scale >= 2) & (batch.guidance_scale <= 5)).all()
+    loss = ConsistencyDistillation(student, solver.alphas, "epsilon")(batch)
+    loss.backward()
+    assert torch.isfinite(loss) and loss > 0
+    assert student.unet.time_embedding.cond_proj.weight.grad is not None
+    assert all(p.grad is None for p in teacher.parameters()) and all(p.grad is None for p in target.parameters())
