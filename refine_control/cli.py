@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from refine_control.cli_utils import offline_env, run_cli, setup_logging
-from refine_control.config import DistillConfig
+from refine_control.config import DISTILL_DEFAULTS, FEW_STEP_DEFAULTS, DistillConfig, with_run_settings
 from refine_control.models.initialise import INIT_METHODS
 from refine_control.models.presets import STUDENT_PRESETS
 from refine_control.preprocess import PREPROCESSORS
@@ -18,6 +18,14 @@ D = DistillConfig.__dataclass_fields__
 
 def _default(name: str) -> object:
     return D[name].default
+
+
+def _pair(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two numbers MIN,MAX, got {text!r}") from None
+    return low, high
 
 
 def _weights(text: str) -> tuple[float, float, float]:
@@ -101,7 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
         "Default: %(default)s",
     )
     p("--resolution", type=int, default=None, help="training image size. Default: the teacher's native size")
-    p("--max-steps", type=int, default=_default("max_steps"), help="stage-1 optimizer steps. Default: %(default)s")
+    p(
+        "--max-steps",
+        type=int,
+        default=None,
+        help=f"stage-1 (or few-step) optimizer steps. Default: {DISTILL_DEFAULTS[0]} ({FEW_STEP_DEFAULTS[0]} with "
+        "--few-step)",
+    )
     p(
         "--stage2-steps",
         type=int,
@@ -139,8 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     p(
         "--learning-rate",
         type=float,
-        default=_default("learning_rate"),
-        help="AdamW learning rate. Default: %(default)s",
+        default=None,
+        help=f"AdamW learning rate. Default: {DISTILL_DEFAULTS[1]:g} ({FEW_STEP_DEFAULTS[1]:g} with --few-step)",
     )
     p(
         "--stage2-lr-scale",
@@ -175,19 +189,52 @@ def build_parser() -> argparse.ArgumentParser:
         help="probability of an empty caption, for classifier-free guidance. Default: %(default)s",
     )
     p(
-        "--paired-uncond",
-        action="store_true",
-        help="stage 1: half of each batch repeats the other half's noisy latents with an empty prompt, so the "
-        "student learns the teacher's conditional-minus-unconditional direction (what guidance amplifies) from "
-        "matched pairs; replaces --prompt-dropout in stage 1",
-    )
-    p(
         "--replay-ratio",
         type=float,
         default=_default("replay_ratio"),
         help="share of labelled samples replayed in each stage-2 batch. Default: %(default)s",
     )
     p("--ema-decay", type=float, default=None, help="keep an EMA of the student with this decay (e.g. 0.999)")
+    few = parser.add_argument_group(
+        "few-step stage",
+        "latent consistency distillation of a finished run's student with the guidance scale as an input, so "
+        "that it samples in a few steps without the classifier-free guidance pair (UNet and ControlNet trained "
+        "together); the run's teacher, preset, preprocessor and resolution are reused",
+    )
+    few.add_argument("--from", dest="from_run", metavar="RUN", default=None, help="a finished refine-distill run")
+    few.add_argument("--few-step", action="store_true", help="train the few-step student (needs --from)")
+    few.add_argument(
+        "--guidance-range",
+        type=_pair,
+        default=_default("guidance_range"),
+        metavar="MIN,MAX",
+        help="guidance scales the student learns to take as input. Default: 2,5",
+    )
+    few.add_argument(
+        "--solver-steps",
+        type=int,
+        default=_default("solver_steps"),
+        help="the teacher's DDIM grid. Default: %(default)s",
+    )
+    few.add_argument(
+        "--target-decay",
+        type=float,
+        default=_default("target_decay"),
+        help="EMA decay of the target network. Default: %(default)s",
+    )
+    few.add_argument(
+        "--sampling-steps",
+        type=int,
+        default=_default("sampling_steps"),
+        help="steps recommended to samplers (student/sampling.json, the export manifest, refine-serve). "
+        "Default: %(default)s",
+    )
+    few.add_argument(
+        "--sampling-guidance",
+        type=float,
+        default=_default("sampling_guidance"),
+        help="guidance scale recommended to samplers. Default: %(default)s",
+    )
     p("--checkpoint-every", type=int, default=_default("checkpoint_every"), help="steps between checkpoints")
     p("--keep-checkpoints", type=int, default=_default("keep_checkpoints"), help="checkpoints to keep")
     p("--log-every", type=int, default=_default("log_every"), help="steps between metrics.jsonl rows")
@@ -207,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> DistillConfig:
     values = {k: v for k, v in vars(args).items() if k in D}
-    return DistillConfig(**values)
+    return with_run_settings(DistillConfig(**values))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,6 +1,7 @@
 """`DistillConfig`: every option of `refine-distill`, validated once, saved with the run."""
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,10 @@ RESUME_FREE_FIELDS = (
 )
 
 
+DISTILL_DEFAULTS = (1600, 2e-3)  # (steps, learning rate) of stage 1
+FEW_STEP_DEFAULTS = (600, 2e-4)  # of the few-step stage
+
+
 @dataclass(frozen=True)
 class DistillConfig:
     output_dir: Path
@@ -34,14 +39,14 @@ class DistillConfig:
     builtin_unlabelled: int = 0  # > 0 adds stage 2 on that many unlabelled shapes
     preprocessor: str = "canny"
     resolution: int | None = None  # None: the teacher's native size
-    max_steps: int = 1600
+    max_steps: int | None = None  # None: 1600, or 600 for a few-step stage
     stage2_steps: int | None = None  # None: max_steps // 2 when unlabelled images exist, else 0
     loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
     normalize_features: bool = True
     snr_gamma: float | None = 5.0  # min-SNR-γ timestep weights of the task and output terms; None: equal weights
     batch_size: int = 16
     grad_accum: int = 1
-    learning_rate: float = 2e-3
+    learning_rate: float | None = None  # None: 2e-3, or 2e-4 for a few-step stage
     stage2_lr_scale: float = 0.5
     warmup_steps: int = 50
     lr_schedule: str = "cosine"
@@ -49,9 +54,16 @@ class DistillConfig:
     max_grad_norm: float = 1.0
     mixed_precision: str = "no"
     prompt_dropout: float = 0.1
-    paired_uncond: bool = False  # stage 1: half of each batch repeats the other half with empty prompts
     replay_ratio: float = 0.5
     ema_decay: float | None = None
+    # The few-step stage: latent consistency distillation of a finished run's student (`from_run`).
+    from_run: str | None = None
+    few_step: bool = False
+    guidance_range: tuple[float, float] = (2.0, 5.0)  # guidance scales the student learns to take as input
+    solver_steps: int = 50  # the teacher's DDIM grid; each target is one step on it
+    target_decay: float = 0.95  # EMA decay of the target network
+    sampling_steps: int = 4  # recommended to samplers (student/sampling.json)
+    sampling_guidance: float = 3.0
     checkpoint_every: int = 250
     keep_checkpoints: int = 2
     log_every: int = 10
@@ -61,6 +73,11 @@ class DistillConfig:
     allow_pickle_weights: bool = False  # teacher weights as pickle files (.bin, ...) when no safetensors exist
 
     def __post_init__(self) -> None:
+        # Defaults that depend on the objective (frozen dataclass: set once, here).
+        if self.max_steps is None:
+            object.__setattr__(self, "max_steps", FEW_STEP_DEFAULTS[0] if self.few_step else DISTILL_DEFAULTS[0])
+        if self.learning_rate is None:
+            object.__setattr__(self, "learning_rate", FEW_STEP_DEFAULTS[1] if self.few_step else DISTILL_DEFAULTS[1])
         STUDENT_PRESETS.get(self.student)  # raises with the list of presets
         if not self.preprocessor.startswith("aux:"):  # aux: detectors are checked when first used
             get_preprocessor(self.preprocessor)
@@ -73,7 +90,6 @@ class DistillConfig:
             (any(w > 0 for w in self.loss_weights), "--loss-weights", self.loss_weights, "at least one weight > 0"),
             (self.snr_gamma is None or self.snr_gamma > 0, "--snr-gamma", self.snr_gamma, "> 0 (or `none`)"),
             (self.batch_size >= 1, "--batch-size", self.batch_size, ">= 1"),
-            (not self.paired_uncond or self.batch_size >= 2, "--batch-size", self.batch_size, ">= 2 with pairs"),
             (self.grad_accum >= 1, "--grad-accum", self.grad_accum, ">= 1"),
             (self.learning_rate > 0, "--learning-rate", self.learning_rate, "> 0"),
             (self.stage2_lr_scale > 0, "--stage2-lr-scale", self.stage2_lr_scale, "> 0"),
@@ -97,11 +113,34 @@ class DistillConfig:
             (self.resolution is None or self.resolution >= 8, "--resolution", self.resolution, ">= 8"),
             (not (self.resume and self.overwrite), "--resume", "with --overwrite", "one of the two"),
         ]
+        low, high = self.guidance_range
+        checks += [
+            (
+                len(self.guidance_range) == 2 and 1 <= low <= high,
+                "--guidance-range",
+                self.guidance_range,
+                "1 <= MIN <= MAX",
+            ),
+            (1 <= self.solver_steps <= 1000, "--solver-steps", self.solver_steps, "in 1..1000"),
+            (0 < self.target_decay < 1, "--target-decay", self.target_decay, "in (0, 1)"),
+            (1 <= self.sampling_steps <= 50, "--sampling-steps", self.sampling_steps, "in 1..50"),
+            (self.sampling_guidance >= 1, "--sampling-guidance", self.sampling_guidance, ">= 1"),
+        ]
         for ok, flag, value, allowed in checks:
             if not ok:
                 raise ConfigError(f"`{flag}` must be {allowed}, got {value}")
         if self.teacher != "builtin" and self.labelled is None:
             raise ConfigError("`--labelled DIR` is required with a teacher other than builtin")
+        if self.few_step != (self.from_run is not None):
+            raise ConfigError(
+                "`--few-step` and `--from RUN` go together: the few-step stage starts from a finished run's student",
+                hint="refine-distill --from runs/demo --few-step --output-dir runs/demo-4step",
+            )
+        if self.few_step and (self.ema_decay is not None or self.stage2_steps):
+            raise ConfigError(
+                "the few-step stage keeps its own target network and has no stage 2",
+                hint="drop --ema-decay / --stage2-steps (tune --target-decay instead)",
+            )
 
     @property
     def uses_teacher_signals(self) -> bool:
@@ -111,6 +150,7 @@ class DistillConfig:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["output_dir"] = str(self.output_dir)
         out["loss_weights"] = list(self.loss_weights)
+        out["guidance_range"] = list(self.guidance_range)
         return out
 
     def resume_differences(self, saved: dict[str, Any]) -> list[str]:
@@ -121,3 +161,29 @@ class DistillConfig:
             for key, value in current.items()
             if key not in RESUME_FREE_FIELDS and key != "output_dir" and saved.get(key) != value
         ]
+
+
+# What a few-step stage takes from the run it starts from.
+INHERITED_FROM_RUN = ("teacher", "controlnet", "student", "preprocessor", "resolution")
+
+
+def with_run_settings(cfg: DistillConfig) -> DistillConfig:
+    """`cfg` with the teacher, preset, preprocessor and resolution of `cfg.from_run` (unchanged without it)."""
+    if cfg.from_run is None:
+        return cfg
+    run = Path(cfg.from_run)
+    if not (run / "student" / "model_index.json").is_file():
+        raise ConfigError(
+            f"`--from {run}`: no finished student there (student/model_index.json is missing)",
+            hint="pass the --output-dir of a finished refine-distill run",
+        )
+    try:
+        saved = json.loads((run / "config.json").read_text("utf-8"))
+        inherited = {key: saved[key] for key in INHERITED_FROM_RUN}
+        if cfg.labelled is None:
+            inherited["labelled"] = saved["labelled"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"`--from {run}`: its config.json cannot be read ({err})") from err
+    if saved.get("few_step"):
+        raise ConfigError(f"`--from {run}`: that run is already a few-step student", hint="start from its --from run")
+    return dataclasses.replace(cfg, **inherited)

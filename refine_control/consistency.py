@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from refine_control.losses import LossOutput
 from refine_control.models.denoiser import ControlledDenoiser
 
 SIGMA_DATA = 0.5
@@ -160,9 +161,10 @@ class ConsistencyDistillation(nn.Module):
         self.register_buffer("alphas", alphas.clone(), persistent=False)
         self.kind = kind
 
-    def forward(self, batch: ConsistencyBatch) -> torch.Tensor:
+    def forward(self, batch: ConsistencyBatch) -> LossOutput:
         output = consistency_output(
             self.student, batch.sample, batch.timestep, batch.encoder_hidden_states, batch.controlnet_cond,
             batch.guidance_scale, self.alphas, self.kind,
         )  # fmt: skip
-        return huber(output, batch.target)
+        loss = huber(output, batch.target)
+        return LossOutput(loss, {"consistency": loss.detach()})

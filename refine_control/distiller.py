@@ -102,23 +102,35 @@ class Conditioner:
         """images (B, H, W, 3) uint8, controls (B, H, W, 3) float32 → noisy latents and targets for one step.
 
         `keys` name the images (e.g. their paths) so that their latents can be cached."""
-        latents = self._latents_of(images, keys)
-        vae_cfg = self.vae.config
-        latents = (latents - (getattr(vae_cfg, "shift_factor", None) or 0.0)) * vae_cfg.scaling_factor
+        latents, text, cond = self.encode(images, captions, controls, keys)
         noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype).to(self.device)
         steps = self.noise_scheduler.config.num_train_timesteps
         timestep = torch.randint(0, steps, (latents.shape[0],), generator=generator).to(self.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timestep)
-        prediction_type = self.noise_scheduler.config.prediction_type
+        prediction_type = self.prediction_type
         if prediction_type == "epsilon":
             target = noise
         elif prediction_type == "v_prediction":
             target = self.noise_scheduler.get_velocity(latents, noise, timestep)
         else:
             target = latents
-        cond = torch.from_numpy(controls).permute(0, 3, 1, 2).to(self.device, self.dtype)
         weight = self._timestep_weight(timestep, prediction_type)
-        return DenoiserInputs(noisy, timestep, self.encode_text(captions), cond, target, weight)
+        return DenoiserInputs(noisy, timestep, text, cond, target, weight)
+
+    @property
+    def prediction_type(self) -> str:
+        return self.noise_scheduler.config.prediction_type
+
+    @torch.no_grad()
+    def encode(
+        self, images: np.ndarray, captions: list[str], controls: np.ndarray, keys: list[str] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Scaled clean latents (B, C, h, w), text embeddings (B, L, D) and control images (B, 3, H, W)."""
+        vae_cfg = self.vae.config
+        latents = self._latents_of(images, keys)
+        latents = (latents - (getattr(vae_cfg, "shift_factor", None) or 0.0)) * vae_cfg.scaling_factor
+        cond = torch.from_numpy(controls).permute(0, 3, 1, 2).to(self.device, self.dtype)
+        return latents, self.encode_text(captions), cond
 
     def _timestep_weight(self, timestep: torch.Tensor, prediction_type: str) -> torch.Tensor:
         """Min-SNR-γ weights ("Efficient Diffusion Training via Min-SNR Weighting Strategy", arXiv 2303.09556),
@@ -134,22 +146,6 @@ class Conditioner:
         if prediction_type == "v_prediction":
             return clipped / (snr + 1)
         return clipped
-
-
-def with_unconditional_pairs(inputs: DenoiserInputs, empty: torch.Tensor) -> DenoiserInputs:
-    """The batch twice: as given, then with the empty prompt's embedding `empty` (L, D) on the same noisy latents,
-    timesteps and controls, so the student learns the teacher's conditional-minus-unconditional direction (what
-    classifier-free guidance amplifies) from matched pairs instead of from independent dropped captions."""
-    twice = lambda t: torch.cat([t, t])  # noqa: E731
-    uncond = empty.to(inputs.encoder_hidden_states).expand_as(inputs.encoder_hidden_states)
-    return DenoiserInputs(
-        twice(inputs.sample),
-        twice(inputs.timestep),
-        torch.cat([inputs.encoder_hidden_states, uncond]),
-        twice(inputs.controlnet_cond),
-        twice(inputs.target),
-        twice(inputs.weight),
-    )
 
 
 @torch.no_grad()

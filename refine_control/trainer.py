@@ -7,6 +7,7 @@ micro-batch, rank), so `--resume` continues bit for bit from a checkpoint.
 """
 
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -25,17 +26,12 @@ from tqdm.auto import tqdm
 from refine_control.atomic import write_json, write_text
 from refine_control.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from refine_control.config import DistillConfig
+from refine_control.consistency import ConsistencyDistillation, DDIMSolver, consistency_batch
 from refine_control.data import ImageRecord, epoch_index, load_image, read_image_folder
-from refine_control.distiller import (
-    Conditioner,
-    DistillationModule,
-    probe_channels,
-    run_teacher,
-    with_unconditional_pairs,
-)
+from refine_control.distiller import Conditioner, DistillationModule, probe_channels, run_teacher
 from refine_control.errors import CheckpointError, ConfigError, RefineError
 from refine_control.losses import TriLevelLoss
-from refine_control.models.denoiser import ControlledDenoiser
+from refine_control.models.denoiser import ControlledDenoiser, with_guidance_input
 from refine_control.models.initialise import initialise_student
 from refine_control.models.presets import STUDENT_PRESETS, build_student, count_params
 from refine_control.models.teacher import Teacher, load_teacher
@@ -67,8 +63,7 @@ class Batches:
         rng = np.random.default_rng(_seed(cfg.seed, step, micro, rank, 7))
         slot = (step * cfg.grad_accum + micro) * self.world + rank
         if stage == 1:
-            # With paired unconditional samples, the second half of the batch is the first half without captions.
-            parts = [(LABELLED, self.labelled, cfg.batch_size // 2 if cfg.paired_uncond else cfg.batch_size)]
+            parts = [(LABELLED, self.labelled, cfg.batch_size)]
         else:
             n_replay = round(cfg.batch_size * cfg.replay_ratio)
             parts = [(UNLABELLED, self.unlabelled, cfg.batch_size - n_replay), (REPLAY, self.labelled, n_replay)]
@@ -79,7 +74,8 @@ class Batches:
                 images.append(load_image(record.path, self.size))
                 keys.append(str(record.path))
                 caption = "" if stream == UNLABELLED else (record.text or "")
-                dropout = 0.0 if stage == 1 and cfg.paired_uncond else cfg.prompt_dropout
+                # The few-step stage always shows the caption: its guidance input needs the conditional prediction.
+                dropout = 0.0 if cfg.few_step else cfg.prompt_dropout
                 captions.append("" if rng.random() < dropout else caption)
         controls = np.stack([self.preprocessor(image, rng) for image in images])
         return np.stack(images), captions, controls, keys
@@ -122,6 +118,8 @@ def _load_data(cfg: DistillConfig, run: Path) -> tuple[list[ImageRecord], list[I
 
 
 def _stage_steps(cfg: DistillConfig, unlabelled: list[ImageRecord]) -> tuple[int, int]:
+    if cfg.few_step:
+        return cfg.max_steps, 0
     stage2 = cfg.stage2_steps if cfg.stage2_steps is not None else (cfg.max_steps // 2 if unlabelled else 0)
     if stage2 > 0 and not unlabelled:
         raise ConfigError(
@@ -154,7 +152,7 @@ class Setup:
     teacher: Teacher
     teacher_denoiser: ControlledDenoiser
     batches: Batches
-    module: DistillationModule  # possibly wrapped by accelerate (DDP)
+    module: DistillationModule | ConsistencyDistillation  # possibly wrapped by accelerate (DDP)
     optimizer: Any
     params: list[torch.nn.Parameter]
     trainable_names: list[str]
@@ -163,6 +161,21 @@ class Setup:
     stage2_steps: int
     resolved: dict[str, Any]
     init_report: dict[str, Any]
+    target: ControlledDenoiser | None = None  # few-step: the target network (an EMA of the student)
+    solver: DDIMSolver | None = None  # few-step: the teacher's ODE solver
+
+
+def _run_student(run: Path, device: torch.device) -> ControlledDenoiser:
+    """A finished run's student (UNet + ControlNet), in fp32 on `device`."""
+    from diffusers import StableDiffusionControlNetPipeline
+
+    import refine_control.models.student  # noqa: F401 - diffusers finds AsymControlNetModel through this module
+
+    pipeline = StableDiffusionControlNetPipeline.from_pretrained(
+        run / "student", torch_dtype=torch.float32, local_files_only=True, safety_checker=None,
+        requires_safety_checker=False,
+    )  # fmt: skip
+    return ControlledDenoiser(pipeline.unet, pipeline.controlnet).to(device)
 
 
 def _build(cfg: DistillConfig, accelerator: Accelerator, weight_dtype: torch.dtype) -> Setup:
@@ -181,29 +194,46 @@ def _build(cfg: DistillConfig, accelerator: Accelerator, weight_dtype: torch.dty
         raise ConfigError(f"`--resolution` must be a multiple of {grid} for this teacher, got {size}")
     batches = Batches(labelled, unlabelled, cfg, accelerator.num_processes, size)
 
-    # 3. Student: a preset built from the teacher's configs; a shared UNet stays frozen.
+    # 3. Student: a preset built from the teacher's configs (a shared UNet stays frozen), or for the few-step
+    # stage a finished run's whole student, its UNet given the guidance input.
     torch.manual_seed(cfg.seed)
-    student_unet, student_controlnet = build_student(
-        teacher.unet, teacher.controlnet, STUDENT_PRESETS.get(cfg.student)
-    )
-    student = ControlledDenoiser(student_unet, student_controlnet).to(accelerator.device)
-    shares_unet = student_unet is teacher.unet
+    if cfg.few_step:
+        student = _run_student(Path(cfg.from_run), accelerator.device)
+        student.unet = with_guidance_input(student.unet)
+        shares_unet, init_report = False, {"init": "from_run", "from_run": cfg.from_run}
+    else:
+        student_unet, student_controlnet = build_student(
+            teacher.unet, teacher.controlnet, STUDENT_PRESETS.get(cfg.student)
+        )
+        student = ControlledDenoiser(student_unet, student_controlnet).to(accelerator.device)
+        shares_unet = student_unet is teacher.unet
     trained = {"controlnet": student.controlnet} | ({} if shares_unet else {"unet": student.unet})
-    init_report = initialise_student(cfg.init, {"controlnet": teacher.controlnet, "unet": teacher.unet}, trained)
+    if not cfg.few_step:
+        init_report = initialise_student(cfg.init, {"controlnet": teacher.controlnet, "unet": teacher.unet}, trained)
     for part in trained.values():
         part.train().requires_grad_(True)
 
-    # 4. Loss: the feature taps both models have, with student→teacher projectors.
-    teacher_taps = set(teacher_denoiser.feature_names(trainable_unet=not shares_unet))
-    taps = [t for t in student.feature_names(trainable_unet=not shares_unet) if t in teacher_taps]
-    if cfg.loss_weights[2] > 0 and not taps:
-        raise ConfigError(f"student preset {cfg.student!r} shares no feature taps with this teacher")
-    s_channels = probe_channels(student, taps, teacher)
-    t_channels = probe_channels(teacher_denoiser, taps, teacher)
-    channels = {t: (s_channels[t], t_channels[t]) for t in taps}
-    loss = TriLevelLoss(cfg.loss_weights, channels, cfg.normalize_features).to(accelerator.device)
-    used_taps = taps if cfg.loss_weights[2] > 0 else []
-    module = DistillationModule(student, loss, used_taps)
+    # 4. Loss: the tri-level loss over the feature taps both models have (with student→teacher projectors), or
+    # the consistency loss against a target network.
+    target = solver = None
+    if cfg.few_step:
+        schedule = teacher.noise_scheduler()
+        solver = DDIMSolver(schedule.alphas_cumprod.to(accelerator.device), cfg.solver_steps)
+        module = ConsistencyDistillation(student, solver.alphas, schedule.config.prediction_type)
+        target = copy.deepcopy(student).eval().requires_grad_(False)
+        used_taps, loss_repr = [], "consistency (pseudo-Huber)"
+    else:
+        teacher_taps = set(teacher_denoiser.feature_names(trainable_unet=not shares_unet))
+        taps = [t for t in student.feature_names(trainable_unet=not shares_unet) if t in teacher_taps]
+        if cfg.loss_weights[2] > 0 and not taps:
+            raise ConfigError(f"student preset {cfg.student!r} shares no feature taps with this teacher")
+        s_channels = probe_channels(student, taps, teacher)
+        t_channels = probe_channels(teacher_denoiser, taps, teacher)
+        channels = {t: (s_channels[t], t_channels[t]) for t in taps}
+        loss = TriLevelLoss(cfg.loss_weights, channels, cfg.normalize_features).to(accelerator.device)
+        used_taps = taps if cfg.loss_weights[2] > 0 else []
+        module = DistillationModule(student, loss, used_taps)
+        loss_repr = loss.extra_repr()
     params = [p for p in module.parameters() if p.requires_grad]
     trainable_names = [n for n, p in module.named_parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -221,7 +251,7 @@ def _build(cfg: DistillConfig, accelerator: Accelerator, weight_dtype: torch.dty
             cfg.student,
             counts["teacher_denoiser_params"] / 1e6,
             counts["student_denoiser_params"] / 1e6,
-            loss.extra_repr(),
+            loss_repr,
             len(used_taps),
         )
     resolved = {
@@ -247,15 +277,21 @@ def _build(cfg: DistillConfig, accelerator: Accelerator, weight_dtype: torch.dty
         stage2_steps,
         resolved,
         init_report,
+        target,
+        solver,
     )
 
 
 class EMA:
     """Exponential moving average of the student's trainable weights (what is saved when enabled)."""
 
-    def __init__(self, student: torch.nn.Module, decay: float) -> None:
+    def __init__(self, student: torch.nn.Module, decay: float, holder: torch.nn.Module | None = None) -> None:
+        """With `holder` (a copy of the student, e.g. the few-step target network) the average lives in its
+        parameters, so `holder` is always the averaged model."""
         self.decay = decay
-        self.shadow = {n: p.detach().clone() for n, p in student.named_parameters() if p.requires_grad}
+        trainable = [n for n, p in student.named_parameters() if p.requires_grad]
+        source = dict((holder or student).named_parameters())
+        self.shadow = {n: source[n].detach() if holder else source[n].detach().clone() for n in trainable}
 
     @torch.no_grad()
     def update(self, student: torch.nn.Module) -> None:
@@ -280,7 +316,9 @@ def _resume(path: Path, setup: Setup, accelerator: Accelerator, ema: EMA | None)
             named[name].copy_(value)
     setup.optimizer.load_state_dict(state["optimizer"])
     if ema is not None and state["ema"] is not None:
-        ema.shadow = {k: v.to(accelerator.device) for k, v in state["ema"].items()}
+        with torch.no_grad():
+            for name, value in state["ema"].items():
+                ema.shadow[name].copy_(value)
     step = int(state["state"]["step"])
     logger.info("resumed from %s at step %d", path, step)
     return step
@@ -295,15 +333,24 @@ def _train_step(
     for micro in range(cfg.grad_accum):
         generator = torch.Generator().manual_seed(_seed(cfg.seed, step, micro, rank))
         images, captions, controls, keys = setup.batches.get(step, micro, rank, stage)
-        inputs = conditioner.make_inputs(images, captions, controls, generator, keys)
-        if stage == 1 and cfg.paired_uncond:
-            inputs = with_unconditional_pairs(inputs, conditioner.encode_text([""])[0])
+        if setup.solver is not None:  # the few-step stage
+            latents, text, control = conditioner.encode(images, captions, controls, keys)
+            with accelerator.autocast():
+                batch = consistency_batch(
+                    setup.teacher_denoiser, setup.target, setup.solver, conditioner.prediction_type, latents, text,
+                    conditioner.encode_text([""])[0], control, cfg.guidance_range, generator,
+                )  # fmt: skip
+        else:
+            inputs = conditioner.make_inputs(images, captions, controls, generator, keys)
         with accelerator.accumulate(module):
-            teacher_out = None
-            if cfg.uses_teacher_signals:
-                with accelerator.autocast():
-                    teacher_out = run_teacher(setup.teacher_denoiser, inputs, setup.taps)
-            out = module(inputs, teacher_out)
+            if setup.solver is not None:
+                out = module(batch)
+            else:
+                teacher_out = None
+                if cfg.uses_teacher_signals:
+                    with accelerator.autocast():
+                        teacher_out = run_teacher(setup.teacher_denoiser, inputs, setup.taps)
+                out = module(inputs, teacher_out)
             if not torch.isfinite(out.total):
                 values = {k: float(v) for k, v in out.terms.items()}
                 raise RefineError(
@@ -353,7 +400,10 @@ def train(cfg: DistillConfig) -> Path:
     with _run_log(run, main):
         setup = _build(cfg, accelerator, weight_dtype)
         student = accelerator.unwrap_model(setup.module).student
-        ema = EMA(student, cfg.ema_decay) if cfg.ema_decay is not None else None
+        if setup.target is not None:  # the few-step target network is an average of the student
+            ema = EMA(student, cfg.target_decay, holder=setup.target)
+        else:
+            ema = EMA(student, cfg.ema_decay) if cfg.ema_decay is not None else None
 
         # 5. Resume from the newest complete checkpoint.
         checkpoints = list_checkpoints(run / "checkpoints")
@@ -406,9 +456,10 @@ def train(cfg: DistillConfig) -> Path:
         accelerator.wait_for_everyone()
         in_sync = _replicas_in_sync(accelerator, setup.params)
         if main:
-            if ema is not None:
+            if ema is not None and setup.target is None:
                 ema.copy_to(student)
-            save_student(run / "student", setup.teacher, student)
+            sampling = {"steps": cfg.sampling_steps, "guidance_scale": cfg.sampling_guidance} if cfg.few_step else None
+            save_student(run / "student", setup.teacher, student, sampling)
             write_json(
                 run / "metrics.json",
                 {

@@ -24,11 +24,10 @@ class Sampling:
     batch_size: int = 32
 
 
-SAMPLING_FILE = "sampling.json"  # in a pipeline dir: how its model is meant to be sampled (few-step students)
-
-
 def recommended_sampling(pipeline_dir: str | Path) -> Sampling | None:
     """The steps and guidance scale a pipeline dir recommends (`sampling.json`), or None."""
+    from refine_control.run_dir import SAMPLING_FILE
+
     path = Path(pipeline_dir) / SAMPLING_FILE
     if not path.is_file():
         return None
