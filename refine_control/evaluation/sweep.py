@@ -81,17 +81,10 @@ def cost(run: Path) -> dict[str, Any]:
     }
 
 
-def run_cell(
-    cell: Cell, scoring: Scoring, runs_dir: Path, results_root: Path, command: str, force: bool = False
-) -> Path | None:
-    """Distil, score and record one cell; return its result path (None when it existed and was kept)."""
+def distil(cell: Cell, runs_dir: Path) -> tuple[Path, float]:
+    """Run `refine-distill` for the cell; return the run dir and the seconds it took."""
     from refine_control.cli import main as distill
 
-    path = result_path(cell.group, cell.name, results_root)
-    if path.is_file() and not force:
-        print(f"=== {cell.group}/{cell.name}: result exists, kept (--force to re-run)", flush=True)  # noqa: T201
-        return None
-    commit = git_state()
     run = runs_dir / cell.group / cell.name
     argv = ["--teacher", "builtin", "-o", str(run), "--overwrite", "-q", "--seed", str(cell.seed)]
     argv += list(cell.distill_args)
@@ -99,7 +92,22 @@ def run_cell(
     start = time.perf_counter()
     if (code := distill(argv)) != 0:
         raise SystemExit(code)
-    distil_s = time.perf_counter() - start
+    return run, time.perf_counter() - start
+
+
+def record(
+    target: tuple[str, str],
+    run: Path,
+    distil_s: float,
+    scoring: Scoring,
+    runs_dir: Path,
+    results_root: Path,
+    command: str,
+    seed: int,
+    commit: tuple[str, bool | str],
+) -> Path:
+    """Score a finished run and write its result file `results_root/<group>/<name>.json`."""
+    start = time.perf_counter()
     judge_cache = runs_dir / "judge"
     judge_cache.mkdir(parents=True, exist_ok=True)
     report = _evaluate(run, scoring, judge_cache)
@@ -115,12 +123,24 @@ def run_cell(
     }
     scored = {"split": scoring.split, "num_samples": scoring.num_samples, **report["sampling"]}
     return write_result(
-        (cell.group, cell.name),
+        target,
         metrics=metrics,
         config={**config, "eval": scored},
-        seed=cell.seed,
+        seed=seed,
         command=command,
-        wall_s=time.perf_counter() - start,
+        wall_s=distil_s + time.perf_counter() - start,
         root=results_root,
         commit=commit,
     )
+
+
+def run_cell(
+    cell: Cell, scoring: Scoring, runs_dir: Path, results_root: Path, command: str, force: bool = False
+) -> Path | None:
+    """Distil, score and record one cell; return its result path (None when it existed and was kept)."""
+    if result_path(cell.group, cell.name, results_root).is_file() and not force:
+        print(f"=== {cell.group}/{cell.name}: result exists, kept (--force to re-run)", flush=True)  # noqa: T201
+        return None
+    commit = git_state()
+    run, distil_s = distil(cell, runs_dir)
+    return record((cell.group, cell.name), run, distil_s, scoring, runs_dir, results_root, command, cell.seed, commit)
