@@ -258,8 +258,11 @@ class EvalResult:
     images: dict[str, np.ndarray]  # generated images (N, H, W, 3) uint8 per model
 
 
-def evaluate(cfg: EvalConfig) -> EvalResult:
-    """Generate with the model (and its teacher) and score every model on the same benchmark."""
+def evaluate(cfg: EvalConfig, teacher_images: np.ndarray | None = None) -> EvalResult:
+    """Generate with the model (and its teacher) and score every model on the same benchmark.
+
+    `teacher_images`: the teacher's images for exactly these settings from an earlier call (`EvalResult.images`),
+    to skip generating them again (sweeps score many students against one teacher)."""
     target = resolve_target(cfg.target, cfg.teacher)
     model = load_pipeline(target.model_dir)
     resolution = _resolution(model, target)
@@ -272,7 +275,9 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     logger.info("generating %d images with the %s (%d steps)", cfg.num_samples, target.label, sampling.steps)
     generated = {target.label: generate(model, bench.prompts, bench.controls, latents, sampling)}
     del model
-    if target.teacher_dir is not None:
+    if target.teacher_dir is not None and teacher_images is not None:
+        generated["teacher"] = teacher_images
+    elif target.teacher_dir is not None:
         teacher = load_pipeline(target.teacher_dir, target.teacher_controlnet)
         logger.info("generating %d images with the teacher", cfg.num_samples)
         generated["teacher"] = generate(teacher, bench.prompts, bench.controls, latents, cfg.teacher_sampling)

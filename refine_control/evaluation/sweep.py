@@ -5,6 +5,7 @@ ablation) are lists of such cells.
 A cell whose result file exists is skipped unless `force`, so an interrupted sweep resumes where it stopped.
 """
 
+import io
 import json
 import shlex
 import shutil
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from refine_control.atomic import write_bytes
 from refine_control.results import git_state, result_path, write_result
 
 
@@ -37,7 +39,10 @@ class Scoring:
 
 
 def _evaluate(run: Path, scoring: Scoring, judge_cache: Path) -> dict[str, Any]:
-    """`refine-eval` on the run; the judge net is trained once per sweep and shared between its cells."""
+    """`refine-eval` on the run; the judge net and the teacher's images (same samples, noise and settings for every
+    cell) are made once per sweep and shared between its cells."""
+    import numpy as np
+
     from refine_control.evaluation.evaluate import EvalConfig, evaluate
     from refine_control.evaluation.report import write_report
 
@@ -53,7 +58,17 @@ def _evaluate(run: Path, scoring: Scoring, judge_cache: Path) -> dict[str, Any]:
         steps=scoring.steps,
         guidance_scale=scoring.guidance_scale,
     )
-    report = evaluate(cfg).report
+    config = json.loads((run / "config.json").read_text())
+    teacher_file = (
+        judge_cache / f"teacher-{config['teacher'].replace('/', '_')}-{scoring.split}-{scoring.num_samples}.npy"
+    )
+    cached = np.load(teacher_file) if config["teacher"] == "builtin" and teacher_file.is_file() else None
+    result = evaluate(cfg, cached)
+    if config["teacher"] == "builtin" and cached is None:
+        buffer = io.BytesIO()
+        np.save(buffer, result.images["teacher"])
+        write_bytes(teacher_file, buffer.getvalue())
+    report = result.report
     write_report(eval_dir / "metrics.json", report)
     for trained in eval_dir.glob("*.safetensors"):
         shutil.copy2(trained, judge_cache / trained.name)
