@@ -12,12 +12,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from refine_control.cli_utils import run_cli
 from refine_control.errors import ConfigError
+from refine_control.results import write_result
 
 LATENCY_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "latency.py"
 
@@ -92,54 +93,75 @@ def run_demo(cfg: DemoConfig) -> dict[str, float]:
     return seconds
 
 
-def side_by_side(eval_report: dict[str, Any], latency: dict[str, Any] | None, steps: int) -> list[str]:
-    """Teacher vs student from the same runs: quality from refine-eval, cost and ORT FP32 time per image."""
+def compare(eval_report: dict[str, Any], latency: dict[str, Any] | None, steps: int) -> dict[str, dict[str, float]]:
+    """Teacher vs student from the same runs: quality from refine-eval, MACs and ORT FP32 seconds per image."""
     student, teacher = eval_report["metrics"], eval_report["columns"]["teacher"]
-    rows: list[tuple[str, str, str, str]] = []
+    keys = ("edge_f1", "mask_iou", "colour_acc", "shape_acc")
+    out = {
+        "teacher": {k: teacher[k] for k in keys if k in teacher},
+        "student": {k: student[k] for k in (*keys, "teacher_psnr_db") if k in student},
+    }
     if latency is not None:
         size = str(latency["config"]["sizes"][0])
-
-        def per_image_macs(model: str) -> float:
+        for model in ("teacher", "student"):
             m = latency["models"][model]["macs"][size]
-            return m["text_encoder"] + steps * 2 * m["step"] + m["vae_decode"]
-
-        def image_s(model: str) -> float | None:
+            out[model]["macs_per_image"] = m["text_encoder"] + steps * 2 * m["step"] + m["vae_decode"]
             found = [r for r in latency["per_image"] if r["model"] == model and r["runtime"] == "ort-fp32"]
-            return found[0]["image_cfg_s"] if found else None
+            if found:
+                out[model]["ort_fp32_s_per_image"] = found[0]["image_cfg_s"]
+    return out
 
-        t_macs, s_macs = per_image_macs("teacher"), per_image_macs("student")
-        rows.append(("GMAC per image", f"{t_macs / 1e9:.2f}", f"{s_macs / 1e9:.2f}", f"{t_macs / s_macs:.1f}× fewer"))
-        t_time, s_time = image_s("teacher"), image_s("student")
-        if t_time and s_time:
-            rows.append(("ORT FP32 s per image", f"{t_time:.3f}", f"{s_time:.3f}", f"{t_time / s_time:.1f}× faster"))
-    for key, label in (("edge_f1", "edge F1"), ("mask_iou", "mask IoU"), ("colour_acc", "colour accuracy")):
+
+def side_by_side(comparison: dict[str, dict[str, float]], samples: int, steps: int) -> list[str]:
+    """The comparison as aligned text lines."""
+    teacher, student = comparison["teacher"], comparison["student"]
+    rows: list[tuple[str, str, str, str]] = []
+    if "macs_per_image" in student:
+        t, s = teacher["macs_per_image"], student["macs_per_image"]
+        rows.append(("GMAC per image", f"{t / 1e9:.2f}", f"{s / 1e9:.2f}", f"{t / s:.1f}× fewer"))
+    if "ort_fp32_s_per_image" in student and "ort_fp32_s_per_image" in teacher:
+        t, s = teacher["ort_fp32_s_per_image"], student["ort_fp32_s_per_image"]
+        rows.append(("ORT FP32 s per image", f"{t:.3f}", f"{s:.3f}", f"{t / s:.1f}× faster"))
+    labels = {
+        "edge_f1": "edge F1",
+        "mask_iou": "mask IoU",
+        "colour_acc": "colour accuracy",
+        "shape_acc": "shape accuracy",
+    }
+    for key, label in labels.items():
         if key in student and teacher.get(key):
             kept = student[key] / teacher[key]
             rows.append((label, f"{teacher[key]:.3f}", f"{student[key]:.3f}", f"{100 * kept:.0f}% kept"))
-    if "shape_acc" in student and teacher.get("shape_acc"):
-        kept = student["shape_acc"] / teacher["shape_acc"]
-        rows.append(
-            ("shape accuracy", f"{teacher['shape_acc']:.3f}", f"{student['shape_acc']:.3f}", f"{100 * kept:.0f}% kept")
-        )
     if "teacher_psnr_db" in student:
         rows.append(("PSNR vs teacher (dB)", "-", f"{student['teacher_psnr_db']:.1f}", "same noise"))
-    widths = [max(len(r[i]) for r in [("", "teacher", "student", ""), *rows]) for i in range(4)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(("", "teacher", "student", ""), widths, strict=True))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    note = f"{eval_report['num_samples']} held-out test shapes, {steps} steps with guidance (a batch of 2 per step)"
-    return [*lines, note + (", timed in ONNX Runtime FP32 on this machine" if latency else "")]
+    head = ("", "teacher", "student", "")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [head, *rows]]
+    note = f"{samples} held-out test shapes, {steps} steps with guidance (a batch of 2 per step)"
+    return [*lines, note + (", timed in ONNX Runtime FP32 on this machine" if "macs_per_image" in student else "")]
 
 
 def _summary(cfg: DemoConfig, seconds: dict[str, float]) -> str:
+    """Print-ready summary; also records the run's figures as a result file (RUN/results/demo/make-demo.json)."""
     run, model = cfg.output_dir, cfg.output_dir / "model"
     eval_report = json.loads((run / "eval" / "metrics.json").read_text())
     latency_path = run / "latency.json"
     latency = json.loads(latency_path.read_text()) if latency_path.is_file() else None
     parity = json.loads((model / "parity.json").read_text())
+    comparison = compare(eval_report, latency, cfg.sampling_steps)
     step_ms = parity.get("latency_ms_per_denoiser_step", {})
+    write_result(
+        ("demo", "make-demo"),
+        metrics={**comparison, "seconds": seconds, "denoiser_step_ms": step_ms},
+        config={**asdict(cfg), "output_dir": str(cfg.output_dir)},
+        seed=cfg.seed,
+        command="make demo",
+        wall_s=sum(seconds.values()),
+        root=run / "results",
+    )
     lines = ["", "=== done in " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())]
     lines += ["", "teacher vs student (same prompts, controls and noise):"]
-    lines += ["  " + line for line in side_by_side(eval_report, latency, cfg.sampling_steps)]
+    lines += ["  " + line for line in side_by_side(comparison, eval_report["num_samples"], cfg.sampling_steps)]
     lines.append("")
     lines.append(f"student:      {run / 'student'}  (diffusers format; training log {run / 'logs' / 'train.log'})")
     lines.append(f"evaluation:   {run / 'eval' / 'metrics.json'}")

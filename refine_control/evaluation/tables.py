@@ -227,3 +227,20 @@ def _by_variant(results: Sequence[Result]) -> dict[str, list[Result]]:
     for r in results:
         out.setdefault(r["name"].rsplit("-seed", 1)[0], []).append(r)
     return out
+
+
+@register_table("demo")
+def demo_table(root: Path) -> Table:
+    """The last recorded `make demo`: teacher vs student side by side, and where the time went."""
+    from refine_control.demo import side_by_side
+
+    (demo,) = read_results("demo", root)
+    m = demo["metrics"]
+    lines = side_by_side({"teacher": m["teacher"], "student": m["student"]}, demo["config"]["eval_samples"], 20)
+    stages = ", ".join(f"{name} {seconds / 60:.1f} min" for name, seconds in m["seconds"].items())
+    caption = (
+        f"`make demo` after setup: {sum(m['seconds'].values()) / 60:.1f} min ({stages}); machine: "
+        f"{demo['machine'].get('cpu', 'unknown')}, {demo['machine'].get('logical_cpus')} logical CPUs. "
+        + provenance([demo])
+    )
+    return Table("```\n" + "\n".join(lines[:-1]) + "\n```\n\n" + lines[-1] + ".", caption)
