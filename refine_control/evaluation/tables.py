@@ -236,7 +236,10 @@ def demo_table(root: Path) -> Table:
 
     (demo,) = read_results("demo", root)
     m = demo["metrics"]
-    lines = side_by_side({"teacher": m["teacher"], "student": m["student"]}, demo["config"]["eval_samples"], 20)
+    config = demo["config"]
+    lines = side_by_side(
+        {"teacher": m["teacher"], "student": m["student"]}, config["eval_samples"], config["sampling_steps"]
+    )
     stages = ", ".join(f"{name} {seconds / 60:.1f} min" for name, seconds in m["seconds"].items())
     caption = (
         f"`make demo` after setup: {sum(m['seconds'].values()) / 60:.1f} min ({stages}); machine: "
