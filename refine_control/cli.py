@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from refine_control.cli_utils import offline_env, run_cli, setup_logging
-from refine_control.config import DISTILL_DEFAULTS, FEW_STEP_DEFAULTS, DistillConfig, with_run_settings
+from refine_control.config import OBJECTIVE_DEFAULTS, DistillConfig, with_run_settings
 from refine_control.models.initialise import INIT_METHODS
 from refine_control.models.presets import STUDENT_PRESETS
 from refine_control.preprocess import PREPROCESSORS
@@ -113,8 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-steps",
         type=int,
         default=None,
-        help=f"stage-1 (or few-step) optimizer steps. Default: {DISTILL_DEFAULTS[0]} ({FEW_STEP_DEFAULTS[0]} with "
-        "--few-step)",
+        help="stage-1 optimizer steps (or the few-step / tiny-decoder stage's). Default: "
+        + ", ".join(f"{v[0]} ({k.replace('_', ' ')})" for k, v in OBJECTIVE_DEFAULTS.items()),
     )
     p(
         "--stage2-steps",
@@ -154,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--learning-rate",
         type=float,
         default=None,
-        help=f"AdamW learning rate. Default: {DISTILL_DEFAULTS[1]:g} ({FEW_STEP_DEFAULTS[1]:g} with --few-step)",
+        help="AdamW learning rate. Default: "
+        + ", ".join(f"{v[1]:g} ({k.replace('_', ' ')})" for k, v in OBJECTIVE_DEFAULTS.items()),
     )
     p(
         "--stage2-lr-scale",
@@ -196,13 +197,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p("--ema-decay", type=float, default=None, help="keep an EMA of the student with this decay (e.g. 0.999)")
     few = parser.add_argument_group(
-        "few-step stage",
-        "latent consistency distillation of a finished run's student with the guidance scale as an input, so "
+        "after distillation (--from RUN: the run's teacher, preset, preprocessor and resolution are reused)",
+        "--few-step: latent consistency distillation of the run's student with the guidance scale as an input, so "
         "that it samples in a few steps without the classifier-free guidance pair (UNet and ControlNet trained "
-        "together); the run's teacher, preset, preprocessor and resolution are reused",
+        "together). --tiny-decoder: a tiny VAE (TAESD-like) distilled from the teacher's, for the run's student.",
     )
     few.add_argument("--from", dest="from_run", metavar="RUN", default=None, help="a finished refine-distill run")
     few.add_argument("--few-step", action="store_true", help="train the few-step student (needs --from)")
+    few.add_argument("--tiny-decoder", action="store_true", help="distil a tiny VAE for the run's student")
+    few.add_argument(
+        "--tiny-decoder-width",
+        type=int,
+        default=_default("tiny_decoder_width"),
+        help="channels of the tiny VAE. Default: %(default)s",
+    )
     few.add_argument(
         "--guidance-range",
         type=_pair,

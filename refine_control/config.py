@@ -22,8 +22,8 @@ RESUME_FREE_FIELDS = (
 )
 
 
-DISTILL_DEFAULTS = (1600, 2e-3)  # (steps, learning rate) of stage 1
-FEW_STEP_DEFAULTS = (600, 2e-4)  # of the few-step stage
+# (steps, learning rate) by objective: stage 1, the few-step stage, the tiny decoder.
+OBJECTIVE_DEFAULTS = {"distill": (1600, 2e-3), "few_step": (600, 2e-4), "tiny_decoder": (1500, 1e-3)}
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,8 @@ class DistillConfig:
     # The few-step stage: latent consistency distillation of a finished run's student (`from_run`).
     from_run: str | None = None
     few_step: bool = False
+    tiny_decoder: bool = False  # distil a tiny VAE (AutoencoderTiny) from the teacher's for the run's student
+    tiny_decoder_width: int = 24
     guidance_range: tuple[float, float] = (2.0, 5.0)  # guidance scales the student learns to take as input
     solver_steps: int = 50  # the teacher's DDIM grid; each target is one step on it
     target_decay: float = 0.95  # EMA decay of the target network
@@ -74,10 +76,11 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         # Defaults that depend on the objective (frozen dataclass: set once, here).
+        steps, rate = OBJECTIVE_DEFAULTS[self.objective]
         if self.max_steps is None:
-            object.__setattr__(self, "max_steps", FEW_STEP_DEFAULTS[0] if self.few_step else DISTILL_DEFAULTS[0])
+            object.__setattr__(self, "max_steps", steps)
         if self.learning_rate is None:
-            object.__setattr__(self, "learning_rate", FEW_STEP_DEFAULTS[1] if self.few_step else DISTILL_DEFAULTS[1])
+            object.__setattr__(self, "learning_rate", rate)
         STUDENT_PRESETS.get(self.student)  # raises with the list of presets
         if not self.preprocessor.startswith("aux:"):  # aux: detectors are checked when first used
             get_preprocessor(self.preprocessor)
@@ -125,22 +128,30 @@ class DistillConfig:
             (0 < self.target_decay < 1, "--target-decay", self.target_decay, "in (0, 1)"),
             (1 <= self.sampling_steps <= 50, "--sampling-steps", self.sampling_steps, "in 1..50"),
             (self.sampling_guidance >= 1, "--sampling-guidance", self.sampling_guidance, ">= 1"),
+            (self.tiny_decoder_width >= 4, "--tiny-decoder-width", self.tiny_decoder_width, ">= 4"),
         ]
         for ok, flag, value, allowed in checks:
             if not ok:
                 raise ConfigError(f"`{flag}` must be {allowed}, got {value}")
         if self.teacher != "builtin" and self.labelled is None:
             raise ConfigError("`--labelled DIR` is required with a teacher other than builtin")
-        if self.few_step != (self.from_run is not None):
+        if (self.few_step or self.tiny_decoder) != (self.from_run is not None) or (
+            self.few_step and self.tiny_decoder
+        ):
             raise ConfigError(
-                "`--few-step` and `--from RUN` go together: the few-step stage starts from a finished run's student",
-                hint="refine-distill --from runs/demo --few-step --output-dir runs/demo-4step",
+                "`--from RUN` goes with one of `--few-step` or `--tiny-decoder`: both start from a finished run",
+                hint="refine-distill --from runs/demo --few-step -o runs/demo-4step, then "
+                "refine-distill --from runs/demo-4step --tiny-decoder -o runs/demo-4step-tiny",
             )
         if self.few_step and (self.ema_decay is not None or self.stage2_steps):
             raise ConfigError(
                 "the few-step stage keeps its own target network and has no stage 2",
                 hint="drop --ema-decay / --stage2-steps (tune --target-decay instead)",
             )
+
+    @property
+    def objective(self) -> str:
+        return "few_step" if self.few_step else "tiny_decoder" if self.tiny_decoder else "distill"
 
     @property
     def uses_teacher_signals(self) -> bool:
@@ -184,6 +195,8 @@ def with_run_settings(cfg: DistillConfig) -> DistillConfig:
             inherited["labelled"] = saved["labelled"]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ConfigError(f"`--from {run}`: its config.json cannot be read ({err})") from err
-    if saved.get("few_step"):
+    if cfg.few_step and saved.get("few_step"):
         raise ConfigError(f"`--from {run}`: that run is already a few-step student", hint="start from its --from run")
+    if saved.get("tiny_decoder"):
+        raise ConfigError(f"`--from {run}`: that run only added a tiny decoder", hint="start from its --from run")
     return dataclasses.replace(cfg, **inherited)

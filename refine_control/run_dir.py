@@ -68,7 +68,11 @@ def prepare_run_dir(cfg: DistillConfig) -> None:
 
 
 def save_student(
-    path: Path, teacher: Teacher, student: ControlledDenoiser, sampling: dict[str, Any] | None = None
+    path: Path,
+    teacher: Teacher,
+    student: ControlledDenoiser,
+    sampling: dict[str, Any] | None = None,
+    vae: Any = None,
 ) -> None:
     """Write the student as a full `StableDiffusionControlNetPipeline` dir (teacher's VAE, text encoder,
     tokenizer and scheduler; the student's UNet and ControlNet), loadable with `from_pretrained`.
@@ -76,12 +80,12 @@ def save_student(
     A few-step student (`sampling`: its recommended steps and guidance scale) gets diffusers' `LCMScheduler` on the
     teacher's noise schedule, and `sampling.json` beside `model_index.json` says how to sample it."""
     scheduler = teacher.scheduler
-    if sampling is not None:
+    if sampling is not None and sampling.get("scheduler", "LCMScheduler") == "LCMScheduler":
         from diffusers import LCMScheduler
 
         scheduler = LCMScheduler.from_config(teacher.scheduler.config)
     pipeline = StableDiffusionControlNetPipeline(
-        vae=teacher.vae,
+        vae=vae if vae is not None else teacher.vae,
         text_encoder=teacher.text_encoder,
         tokenizer=teacher.tokenizer,
         unet=student.unet,

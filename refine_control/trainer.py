@@ -36,7 +36,7 @@ from refine_control.models.initialise import initialise_student
 from refine_control.models.presets import STUDENT_PRESETS, build_student, count_params
 from refine_control.models.teacher import Teacher, load_teacher
 from refine_control.preprocess import get_preprocessor
-from refine_control.run_dir import prepare_run_dir, save_student
+from refine_control.run_dir import SAMPLING_FILE, prepare_run_dir, save_student
 
 logger = logging.getLogger(__name__)
 
@@ -397,6 +397,13 @@ def train(cfg: DistillConfig) -> Path:
         prepare_run_dir(cfg)
     accelerator.wait_for_everyone()
     weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision, torch.float32)
+    if cfg.tiny_decoder:
+        with _run_log(run, main):
+            if main:  # minutes on one process; the others wait
+                _train_tiny_decoder(cfg, accelerator.device)
+            accelerator.wait_for_everyone()
+        accelerator.end_training()
+        return run
     with _run_log(run, main):
         setup = _build(cfg, accelerator, weight_dtype)
         student = accelerator.unwrap_model(setup.module).student
@@ -484,6 +491,36 @@ def _fits_latent_cache(setup: Setup) -> bool:
     latent = teacher.vae.config.latent_channels * (batches.size // teacher.vae_scale_factor) ** 2
     images = len(batches.labelled) + len(batches.unlabelled)
     return images * latent * 4 <= LATENT_CACHE_BYTES
+
+
+def _train_tiny_decoder(cfg: DistillConfig, device: torch.device) -> None:
+    """`--from RUN --tiny-decoder`: the run's student with a tiny VAE distilled from the teacher's."""
+    from refine_control.tiny_decoder import TinyVaeSettings, distil_tiny_vae
+
+    run, source = cfg.output_dir, Path(cfg.from_run)
+    teacher = load_teacher(cfg.teacher, cfg.controlnet, torch.float32, device)
+    labelled, unlabelled = _load_data(cfg, run)
+    size = cfg.resolution or teacher.resolution
+    images = np.stack([load_image(r.path, size) for r in labelled + unlabelled])
+    held_out = np.arange(len(images)) % 10 == 9  # every tenth image scores the decoder
+    settings = TinyVaeSettings(
+        cfg.tiny_decoder_width, cfg.max_steps, cfg.batch_size, cfg.learning_rate, cfg.warmup_steps
+    )
+    write_json(run / "config.json", {**cfg.to_json(), "resolved": {"resolution": size, "images": len(images)}})
+    tiny, metrics = distil_tiny_vae(teacher.vae, images[~held_out], images[held_out], settings, cfg.seed)
+    student = _run_student(source, device)
+    sampling_file = source / "student" / SAMPLING_FILE
+    sampling = json.loads(sampling_file.read_text()) if sampling_file.is_file() else None
+    save_student(run / "student", teacher, student, sampling, vae=tiny)
+    write_json(
+        run / "metrics.json",
+        {
+            **metrics,
+            "tiny_vae_params": count_params(tiny),
+            "teacher_vae_params": count_params(teacher.vae),
+            "held_out_images": int(held_out.sum()),
+        },
+    )
 
 
 def _replicas_in_sync(accelerator: Accelerator, params: list[torch.nn.Parameter]) -> bool:

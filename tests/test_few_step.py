@@ -64,7 +64,7 @@ def test_few_step_resumes_bit_for_bit(tiny_run_dir, tmp_path):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ((), "`--few-step` and `--from RUN` go together"),
+        ((), "`--from RUN` goes with one of `--few-step` or `--tiny-decoder`"),
         (("--from", "{missing}", "--few-step"), "no finished student there"),
         (("--from", "{run}", "--few-step", "--sampling-steps", "0"), "`--sampling-steps` must be in 1..50"),
         (("--from", "{run}", "--few-step", "--sampling-steps", "51"), "`--sampling-steps` must be in 1..50"),
@@ -87,3 +87,41 @@ def test_a_few_step_run_is_not_a_starting_point(tiny_run_dir, tmp_path, capsys):
     assert main(few_step_args(tiny_run_dir, out, "--max-steps", "1")) == 0
     assert main(few_step_args(out, tmp_path / "again", "--max-steps", "1")) == 2
     assert "already a few-step student" in capsys.readouterr().err
+
+
+def test_tiny_decoder_replaces_the_vae_and_keeps_the_sampling_recommendation(tiny_run_dir, tmp_path):
+    from diffusers import AutoencoderTiny
+
+    fs, tiny = tmp_path / "fs", tmp_path / "tiny"
+    assert main(few_step_args(tiny_run_dir, fs, "--max-steps", "1", "--sampling-steps", "3")) == 0
+    assert (
+        main(
+            [
+                "--from",
+                str(fs),
+                "--tiny-decoder",
+                "-o",
+                str(tiny),
+                "--max-steps",
+                "3",
+                "--tiny-decoder-width",
+                "4",
+                "-q",
+            ]
+        )
+        == 0
+    )
+    pipe = StableDiffusionControlNetPipeline.from_pretrained(tiny / "student")
+    assert isinstance(pipe.vae, AutoencoderTiny) and isinstance(pipe.scheduler, LCMScheduler)
+    source = StableDiffusionControlNetPipeline.from_pretrained(fs / "student")
+    assert pipe.vae.config.scaling_factor == source.vae.config.scaling_factor  # the same latent space
+    assert pipe.vae_scale_factor == source.vae_scale_factor
+    assert json.loads((tiny / "student" / "sampling.json").read_text())["steps"] == 3
+    unet_a = load_file(next((fs / "student" / "unet").glob("*.safetensors")))
+    unet_b = load_file(next((tiny / "student" / "unet").glob("*.safetensors")))
+    assert all(torch.equal(unet_a[k], unet_b[k]) for k in unet_a)  # only the VAE changed
+    metrics = json.loads((tiny / "metrics.json").read_text())
+    assert metrics["tiny_vae_params"] < metrics["teacher_vae_params"] and "decoder_psnr_vs_teacher_db" in metrics
+    image = pipe("a red square", image=torch.rand(1, 3, 16, 16), num_inference_steps=2, height=16, width=16,
+                 output_type="np").images  # fmt: skip
+    assert image.shape == (1, 16, 16, 3)
