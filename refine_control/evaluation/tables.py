@@ -247,3 +247,34 @@ def demo_table(root: Path) -> Table:
         + provenance([demo])
     )
     return Table("```\n" + "\n".join(lines[:-1]) + "\n```\n\n" + lines[-1] + ".", caption)
+
+
+@register_table("few_step")
+def few_step_table(root: Path) -> Table:
+    """The few-step student at 1, 2, 4, 8 steps (no guidance pair) against the teacher's 20 guided steps."""
+    runs = sorted(read_results("few_step", root), key=lambda r: r["config"]["eval"]["steps"])
+    keys = ["edge_f1", "mask_iou", "colour_acc", "shape_acc"]
+    header = ["model", "steps", "passes per step", *(QUALITY[k][0] for k in keys), "PSNR vs teacher ↑", "domain FID ↓"]
+    teacher = runs[0]["metrics"]["teacher"]
+    rows = [
+        ["teacher", "20", "2 (guidance pair)", *_teacher_cells(runs[0], keys), "-", f"{teacher['domain_fid']:.2f}"]
+    ]
+    for r in runs:
+        m = r["metrics"]
+        cells = [f"{m[k]:.3f} ({100 * m[k] / teacher[k]:.0f}%)" for k in keys]
+        rows.append(
+            [
+                "few-step student", str(r["config"]["eval"]["steps"]), "1 (scale embedded)", *cells,
+                f"{m['teacher_psnr_db']:.2f}", f"{m['domain_fid']:.2f}",
+            ]
+        )  # fmt: skip
+    first = runs[0]
+    caption = (
+        f"The few-step student: `refine-distill --from RUN --few-step` ({first['config']['max_steps']} steps of latent "
+        f"consistency distillation, learning rate {first['config']['learning_rate']:g}) on the default "
+        f"`{first['config']['student']}` student; guidance scale {first['config']['eval']['guidance_scale']:g} given "
+        "as an input, LCM scheduler. The teacher samples 20 DDIM steps with classifier-free guidance 3. "
+        f"`refine-eval` on {first['config']['eval']['num_samples']} held-out {first['config']['eval']['split']} shapes, "
+        "the same prompts, controls and initial noise for both; percentages are of the teacher. " + provenance(runs)
+    )
+    return Table(markdown_table(header, rows), caption)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from refine_control.evaluation.tables import ablation_table, meets_bar, presets_table, recipe_table
+from refine_control.evaluation.tables import ablation_table, few_step_table, meets_bar, presets_table, recipe_table
 from refine_control.results import write_result
 
 TEACHER = {
@@ -77,3 +77,13 @@ def test_a_missing_results_group_is_a_clear_error(tmp_path, missing):
 
     with pytest.raises(ResultsError, match=f"no results for group '{missing}'"):
         (presets_table if missing == "presets" else recipe_table)(tmp_path)
+
+
+def test_few_step_table_lists_each_step_count_against_the_teacher(tmp_path):
+    for steps, f1 in ((4, 0.96), (1, 0.2)):
+        config = {"max_steps": 600, "eval": {**CONFIG["eval"], "steps": steps}}
+        result(tmp_path, "few_step", f"steps{steps}", edge_f1=f1, config=config)
+    lines = few_step_table(tmp_path).markdown.splitlines()
+    assert lines[2].startswith("| teacher | 20 | 2 (guidance pair) | 0.960 |")
+    assert lines[3].startswith("| few-step student | 1 | 1 (scale embedded) | 0.200 (21%) |")
+    assert lines[4].startswith("| few-step student | 4 | 1 (scale embedded) | 0.960 (100%) |")
