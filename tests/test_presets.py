@@ -89,11 +89,14 @@ def test_preset_that_does_not_fit_gives_a_clear_error(tiny_teacher):
             down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         )
-    with pytest.raises(ConfigError, match="does not fit this teacher"):
+    with pytest.raises(ConfigError, match=r"its width 24 × 0.5 rounds to 24, which 5 attention heads") as err:
         build_student(unet, tiny_teacher[1], odd)
+    # The ControlNet-only presets scale the (tiny) ControlNet and still fit; every compact one needs this UNet.
+    assert err.value.hint == "presets that fit this teacher: controlnet-half, controlnet-quarter"
     deeper = StudentPreset("deeper", "changes depth", 0.5, False, layers_per_block=1)
-    with pytest.raises(ConfigError, match="shares the teacher's UNet"):
+    with pytest.raises(ConfigError, match="has 1 layers per block but shares the teacher's UNet, which has 2") as err:
         build_student(*tiny_teacher, deeper)
+    assert err.value.hint.startswith("presets that fit this teacher: controlnet-half, controlnet-quarter")
     with pytest.raises(ConfigError, match="unknown student preset 'nope'; choose one of: controlnet-half"):
         STUDENT_PRESETS.get("nope")
 

@@ -71,13 +71,36 @@ for _preset in (
 def _scaled_widths(widths: tuple[int, ...], factor: float, groups: int, heads: Any, preset: str) -> tuple[int, ...]:
     out = tuple(max(groups, int(w * factor / groups + 0.5) * groups) for w in widths)
     head_counts = heads if isinstance(heads, (list, tuple)) else [heads] * len(out)
-    for width, h in zip(out, head_counts, strict=True):
+    for teacher_width, width, h in zip(widths, out, head_counts, strict=True):
         if h and width % h:
-            raise ConfigError(
-                f"student preset {preset!r} does not fit this teacher: width {width} is not divisible by {h} heads",
-                hint="choose a preset with another width, e.g. controlnet-half",
+            raise PresetMismatchError(
+                f"student preset {preset!r} does not fit this teacher: its width {teacher_width} × {factor:g} "
+                f"rounds to {width}, which {h} attention heads do not divide"
             )
     return out
+
+
+class PresetMismatchError(ConfigError):
+    """A preset cannot be built from this teacher's configs."""
+
+
+def fitting_presets(teacher_unet: "UNet2DConditionModel", teacher_controlnet: "ControlNetModel") -> list[str]:
+    """The presets that can be built from this teacher (checked on the meta device: no weights, no memory)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(_config(teacher_unet))
+        controlnet = type(teacher_controlnet).from_config(_config(teacher_controlnet))
+    fitting = []
+    for name in STUDENT_PRESETS.names():
+        try:
+            with torch.device("meta"):
+                _build(unet, controlnet, STUDENT_PRESETS.get(name))
+        except PresetMismatchError:
+            continue
+        fitting.append(name)
+    return fitting
 
 
 def _drop_attention(block_types: tuple[str, ...], stages: int, *, up: bool) -> tuple[str, ...]:
@@ -103,8 +126,22 @@ def build_student(
 ) -> tuple["UNet2DConditionModel", "ControlNetModel"]:
     """Build a randomly initialised student (UNet, ControlNet) for `preset` from the teacher's configs.
 
-    For ControlNet-only presets the returned UNet *is* `teacher_unet` (shared, frozen by the caller).
+    For ControlNet-only presets the returned UNet *is* `teacher_unet` (shared, frozen by the caller). A preset
+    that does not fit the teacher is a `ConfigError` that names the presets that do.
     """
+    try:
+        return _build(teacher_unet, teacher_controlnet, preset)
+    except PresetMismatchError as err:
+        fitting = fitting_presets(teacher_unet, teacher_controlnet)
+        raise ConfigError(
+            str(err),
+            hint=f"presets that fit this teacher: {', '.join(fitting)}" if fitting else "no preset fits this teacher",
+        ) from None
+
+
+def _build(
+    teacher_unet: "UNet2DConditionModel", teacher_controlnet: "ControlNetModel", preset: StudentPreset
+) -> tuple["UNet2DConditionModel", "ControlNetModel"]:
     from diffusers import ControlNetModel, UNet2DConditionModel
 
     from refine_control.models.student import AsymControlNetModel
@@ -149,7 +186,10 @@ def build_student(
         )
         return unet, AsymControlNetModel.from_config(student_cn_cfg)
     if preset.layers_per_block not in (None, teacher_controlnet.config.layers_per_block):
-        raise ConfigError(f"student preset {preset.name!r} changes the depth but shares the teacher's UNet")
+        raise PresetMismatchError(
+            f"student preset {preset.name!r} has {preset.layers_per_block} layers per block but shares the teacher's "
+            f"UNet, which has {teacher_controlnet.config.layers_per_block}"
+        )
     cn_cfg["block_out_channels"] = _scaled_widths(
         tuple(cn_cfg["block_out_channels"]), preset.width, groups, _heads(teacher_controlnet.config), preset.name
     )
