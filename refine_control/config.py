@@ -60,7 +60,7 @@ class DistillConfig:
     from_run: str | None = None
     few_step: bool = False
     tiny_decoder: bool = False  # distil a tiny VAE (AutoencoderTiny) from the teacher's for the run's student
-    tiny_decoder_width: int = 24
+    tiny_decoder_width: int = 32
     guidance_range: tuple[float, float] = (2.0, 5.0)  # guidance scales the student learns to take as input
     solver_steps: int = 50  # the teacher's DDIM grid; each target is one step on it
     target_decay: float = 0.95  # EMA decay of the target network

@@ -12,6 +12,11 @@ from torch import nn
 from refine_control.models.denoiser import DenoiserOutput
 
 
+def high_pass(x: torch.Tensor) -> torch.Tensor:
+    """x minus its 3×3 local mean: the fine detail (textures, edges) that pixel losses on whole images neglect."""
+    return x - F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+
+
 def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
     """Mean squared error; with `weight` (B,), each sample's mean error is weighted before the batch mean."""
     per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(dim=1)
