@@ -110,3 +110,13 @@ def test_a_consistency_step_is_finite_and_trains_the_student_only(tiny_pipeline_
     assert torch.isfinite(loss) and loss > 0
     assert student.unet.time_embedding.cond_proj.weight.grad is not None
     assert all(p.grad is None for p in teacher.parameters()) and all(p.grad is None for p in target.parameters())
+
+
+def test_a_guidance_embedded_denoiser_costs_one_pass_and_a_little_more(tiny_pipeline_dir):
+    from refine_control.models.cost import denoiser_macs
+    from refine_control.models.denoiser import with_guidance_input
+
+    pipe = StableDiffusionControlNetPipeline.from_pretrained(tiny_pipeline_dir)
+    plain = denoiser_macs(pipe.unet, pipe.controlnet, 16, 2)
+    guided = denoiser_macs(with_guidance_input(pipe.unet, 16), pipe.controlnet, 16, 2)
+    assert guided == plain + 16 * pipe.unet.config.block_out_channels[0]  # the 16 → 16 guidance projection

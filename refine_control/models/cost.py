@@ -36,4 +36,5 @@ def denoiser_macs(unet: Any, controlnet: Any, image_size: int, vae_scale_factor:
         sample = torch.zeros(1, unet.config.in_channels, latent, latent)
         text = torch.zeros(1, text_len, unet.config.cross_attention_dim)
         cond = torch.zeros(1, controlnet.config.conditioning_channels, image_size, image_size)
-        return count_macs(lambda: meta(sample, torch.zeros(1), text, cond))
+        guidance = torch.full((1,), 3.0) if meta.guidance_embedded else None
+        return count_macs(lambda: meta(sample, torch.zeros(1), text, cond, 1.0, guidance))
