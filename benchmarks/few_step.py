@@ -5,8 +5,10 @@ the guidance scale as input) and score it at 1, 2, 4 and 8 steps, without the gu
     python benchmarks/presets.py --presets compact-wide --seeds 0          # the starting run (if not there yet)
     python benchmarks/few_step.py --from runs/presets/presets/compact-wide-seed0
 
-One result file per step count: results/few_step/steps<k>.json. README's few-step table is rendered from them (and
-from `benchmarks/latency.py` timings) by `python benchmarks/tables.py`.
+One result file per step count: results/few_step/steps<k>.json; with `--tiny-decoder`, the few-step student with a
+tiny VAE distilled from the teacher's (`refine-distill --from RUN --tiny-decoder`) is scored at 4 steps too
+(results/few_step/steps4-tiny-decoder.json). README's few-step table is rendered from them (and from
+`benchmarks/latency.py` timings) by `python benchmarks/tables.py`.
 """
 
 import argparse
@@ -31,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8], help="sampling steps to score")
     parser.add_argument("--guidance-scale", type=float, default=3.0, help="the scale given to the student")
     parser.add_argument("--eval-samples", type=int, default=256, help="held-out test shapes per score")
+    parser.add_argument("--tiny-decoder", action="store_true", help="also distil and score a tiny VAE (4 steps)")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs/few_step"), help="run dirs (not committed)")
     parser.add_argument("--results-dir", type=Path, default=REPO / "results", help="results root")
     args = parser.parse_args(argv)
@@ -47,6 +50,15 @@ def main(argv: list[str] | None = None) -> int:
             path = record(
                 (GROUP, f"steps{steps}"), run, seconds, scoring, args.runs_dir, args.results_dir,
                 f"{command} --steps {steps}", 0, commit,
+            )  # fmt: skip
+            print(f"wrote {path}", flush=True)
+        if args.tiny_decoder:
+            cell = Cell(GROUP, "tiny-decoder", ("--from", str(run), "--tiny-decoder"))
+            tiny, tiny_seconds = distil(cell, args.runs_dir)
+            path = record(
+                (GROUP, "steps4-tiny-decoder"), tiny, seconds + tiny_seconds,
+                Scoring("test", args.eval_samples, 4, args.guidance_scale), args.runs_dir, args.results_dir,
+                f"{command} --steps 4 --tiny-decoder", 0, commit,
             )  # fmt: skip
             print(f"wrote {path}", flush=True)
         return 0

@@ -27,13 +27,8 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "init-leading": ("teacher tensors cut to their first channels, blocks paired by name", ("--init", "leading")),
     "snr-none": ("every timestep weighted equally (no min-SNR)", ("--snr-gamma", "none")),
     "lr-constant": ("constant learning rate after the warm-up", ("--lr-schedule", "constant")),
-    "lr-1e-3": ("learning rate 1e-3", ("--learning-rate", "1e-3")),
     "steps-800": ("half the steps (800)", ("--max-steps", "800")),
     "steps-1200": ("three quarters of the steps (1200)", ("--max-steps", "1200")),
-    "student-compact-tiny": (
-        "`compact-tiny`: UNet and ControlNet at half width, same cost",
-        ("--student", "compact-tiny"),
-    ),
     "batch-32": (
         "batch 32 for half the steps at a higher rate: the same samples, fewer optimizer steps",
         ("--batch-size", "32", "--max-steps", "800", "--learning-rate", "3e-3"),
