@@ -133,8 +133,7 @@ def record(
         "teacher": report["columns"]["teacher"],
         **cost(run),
         "distil_s": round(distil_s, 1),
-        "sec_per_step_median": train["sec_per_step_median"],
-        "final_terms": train["final_terms"],
+        "training": train,  # the run's own metrics.json (loss terms and step times, or the tiny VAE's scores)
     }
     scored = {"split": scoring.split, "num_samples": scoring.num_samples, **report["sampling"]}
     return write_result(

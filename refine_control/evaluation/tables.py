@@ -262,9 +262,10 @@ def few_step_table(root: Path) -> Table:
     for r in runs:
         m = r["metrics"]
         cells = [f"{m[k]:.3f} ({100 * m[k] / teacher[k]:.0f}%)" for k in keys]
+        label = "few-step student + tiny VAE" if r["config"].get("tiny_decoder") else "few-step student"
         rows.append(
             [
-                "few-step student", str(r["config"]["eval"]["steps"]), "1 (scale embedded)", *cells,
+                label, str(r["config"]["eval"]["steps"]), "1 (scale embedded)", *cells,
                 f"{m['teacher_psnr_db']:.2f}", f"{m['domain_fid']:.2f}",
             ]
         )  # fmt: skip
