@@ -8,8 +8,7 @@ from pathlib import Path
 
 from refine_control.cli_utils import offline_env, run_cli, setup_logging
 from refine_control.config import OBJECTIVE_DEFAULTS, DistillConfig, with_run_settings
-from refine_control.models.initialise import INIT_METHODS
-from refine_control.models.presets import STUDENT_PRESETS
+from refine_control.models.presets import INIT_METHODS, STUDENT_PRESETS
 from refine_control.preprocess import PREPROCESSORS
 
 logger = logging.getLogger(__name__)

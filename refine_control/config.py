@@ -7,8 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from refine_control.errors import ConfigError
-from refine_control.models.initialise import INIT_METHODS
-from refine_control.models.presets import STUDENT_PRESETS
+from refine_control.models.presets import INIT_METHODS, STUDENT_PRESETS
 from refine_control.preprocess import get_preprocessor
 
 # Options that may differ between a run and its `--resume` without changing what is computed.

@@ -18,12 +18,11 @@ from typing import Any
 
 from torch import nn
 
+from refine_control.models.presets import INIT_METHODS
 from refine_control.models.student import residual_names
 from refine_control.models.transfer import TransferReport, transfer_parameters
 
 logger = logging.getLogger(__name__)
-
-INIT_METHODS = ("random", "leading", "uniform")
 
 _UP_LAYER = re.compile(r"^up_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.")
 _ZERO_CONV = re.compile(r"^controlnet_down_blocks\.(\d+)\.")

@@ -35,6 +35,9 @@ class StudentPreset:
     use_when: str = ""  # one line for the preset table and --help: what it is good for (measured)
 
 
+# How a student's weights start: random, or copied from the teacher (see models/initialise.py).
+INIT_METHODS = ("random", "leading", "uniform")
+
 STUDENT_PRESETS: Registry[StudentPreset] = Registry("student preset")
 for _preset in (
     # SD1.5: ControlNet 95.9 M (widths 160/320/640/640) on the shared UNet.

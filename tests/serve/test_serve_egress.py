@@ -64,12 +64,21 @@ def _saw_dns(prefix: Path) -> bool:
     return any("htons(53)" in f.read_text(errors="replace") for f in prefix.parent.glob(prefix.name + ".*"))
 
 
-def test_trace_sees_native_telemetry_and_the_package_switches_it_off(tmp_path):
-    """Control: `import onnxruntime` alone is seen resolving its events host; `import refine_control` first, never.
+def _telemetry_files(root: Path) -> list[str]:
+    """ONNX Runtime's telemetry state: a device id / event database under HOME and a `.ses` file in TMPDIR."""
+    return [f for f in files_under(root / "home") if ".onnxruntime" in f] + [
+        str(p) for p in [root / "tmp" / ".ses"] if p.exists()
+    ]
 
-    The bare run (inside a network namespace, so its lookups cannot leave) measures how long the first lookup
+
+def test_trace_sees_native_telemetry_and_the_package_switches_it_off(tmp_path):
+    """Control: `import onnxruntime` alone is seen starting its telemetry; `import refine_control` first, never.
+
+    The bare run (inside a network namespace, so its lookups cannot leave) measures how long its first lookup
     takes here; the package run is watched that long plus 3 s. Without a namespace only the package run runs,
-    for TELEMETRY_WAIT_S."""
+    for TELEMETRY_WAIT_S. Some machines resolve nothing at all (no resolver configured); there the control is
+    the telemetry files the bare run writes, and if ONNX Runtime starts no telemetry at all the test is skipped
+    once the package run has been checked, since the control could not show the switch doing anything."""
     netns = netns_usable()
     runs = {"bare": "import onnxruntime", "package": "import refine_control, onnxruntime"}
     if not netns:
@@ -92,15 +101,14 @@ def test_trace_sees_native_telemetry_and_the_package_switches_it_off(tmp_path):
             for child in psutil.Process(proc.pid).children(recursive=True):
                 child.send_signal(signal.SIGTERM)
             proc.wait(60)
-    for name, (_, cwd) in procs.items():
-        trace = parse_trace(tmp_path / name / "t", cwd)
-        home, tmp = tmp_path / name / "home", tmp_path / name / "tmp"
-        if name == "bare":
-            assert trace.dns, "the trace did not see ONNX Runtime's lookups: the check below would prove nothing"
-            assert any(".onnxruntime" in f for f in files_under(home)) and (tmp / ".ses").exists()
-        else:
-            assert_no_egress(trace, "import refine_control, onnxruntime")
-            assert files_under(home, tmp) == []
+    package = tmp_path / "package"
+    assert_no_egress(parse_trace(package / "t", procs["package"][1]), "import refine_control, onnxruntime")
+    assert files_under(package / "home", package / "tmp") == []
+    if netns:
+        bare = tmp_path / "bare"
+        dns = parse_trace(bare / "t", procs["bare"][1]).dns
+        if not dns and not _telemetry_files(bare):
+            pytest.skip("ONNX Runtime started no telemetry here (no lookup, no state file): no control")
 
 
 def test_export_and_served_generation_make_no_network_attempt(tiny_run_dir, tmp_path):
