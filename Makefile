@@ -37,9 +37,10 @@ style: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-# The ablation table of README (about an hour on 2 cores) and the latency benchmark (minutes).
+# The ablation table of README (three variants x two seeds: two to three hours on 2 cores) and the
+# latency benchmark (minutes).
 ablation: setup
-	$(BIN)/python benchmarks/ablation.py --output-dir runs/ablation --seeds 0 1
+	$(BIN)/python benchmarks/ablation.py --seeds 0 1
 
 bench: setup
 	$(BIN)/python benchmarks/latency.py --scale builtin --json runs/bench/latency.json --markdown runs/bench/latency.md

@@ -5,7 +5,7 @@ built-in teacher, scored on the **validation** split (the test split only ever r
     python benchmarks/recipe.py --variants default,init-random
 
 Each variant is the `refine-distill` defaults plus the options listed below; one seed (0), 192 validation shapes.
-README's "How the recipe was chosen" table is rendered from the files by `python benchmarks/tables.py`.
+The table in docs/method.md, "How the recipe was chosen", is rendered from the files by `python benchmarks/tables.py`.
 """
 
 import argparse

@@ -47,12 +47,15 @@ def _optional_float(text: str) -> float | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    presets = "\n".join(f"  {name:20s} {STUDENT_PRESETS.get(name).description}" for name in STUDENT_PRESETS)
+    presets = "\n".join(
+        f"  {name:20s} {preset.description}" + (f"\n  {'':20s} use when: {preset.use_when}" if preset.use_when else "")
+        for name, preset in ((n, STUDENT_PRESETS.get(n)) for n in STUDENT_PRESETS)
+    )
     parser = argparse.ArgumentParser(
         prog="refine-distill",
         description="Distil a ControlNet teacher (UNet + ControlNet, diffusers format) into a small student with the "
         "tri-level knowledge fusion loss (task, output, feature) and a semi-supervised second stage.",
-        epilog=f"student presets:\n{presets}\n\nExample: refine-distill --teacher builtin --output-dir runs/demo",
+        epilog=f"student presets (measured cost and quality: README, 'Student presets'):\n{presets}\n\nExample: refine-distill --teacher builtin --output-dir runs/demo",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p = parser.add_argument

@@ -137,7 +137,7 @@ def presets_table(root: Path) -> Table:
         "batch 1 (UNet + ControlNet). The bar: ≥ 4× fewer MACs, ≥ 90% of the teacher's edge F1 and mask IoU, ≥ 95% "
         "of its colour and shape accuracy, ≥ 24 dB PSNR vs the teacher, on every seed. Distil time: wall clock, one "
         "thread per run with two runs sharing the 2 cores. "
-        + (f"Not run: {', '.join(missing)} (the same network as another row on this teacher). " if missing else "")
+        + (f"Not distilled in this sweep: {', '.join(missing)}. " if missing else "")
         + provenance(results)
     )
     return Table(markdown_table(header, rows), caption)
