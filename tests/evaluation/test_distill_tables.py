@@ -48,7 +48,7 @@ def test_presets_table_averages_seeds_and_says_who_meets_the_bar(tmp_path):
     assert "(1.21× fewer)" in rows["controlnet-half"] and " | no | " in rows["controlnet-half"]
     assert rows["teacher"].startswith("| teacher | 6.60 M | 0.400")
     assert (
-        "seeds 0, 1" in table.caption and "Not run: controlnet-quarter, compact-small, compact-tiny" in table.caption
+        "seeds 0, 1" in table.caption and "Not distilled in this sweep: controlnet-quarter, compact-small, compact-tiny" in table.caption
     )
 
 
