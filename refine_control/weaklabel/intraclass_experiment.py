@@ -7,8 +7,11 @@ Design (issue 14; fixed before the main seeds ran):
   and without the cache;
 - the fraction of anchors that pass the gate is logged per epoch for every arm (λ = 0 is the control: it shows
   how many anchors the gate would admit with no intra-class term at all);
-- a regime where KD beats the scratch student (few labels, a student with some capacity), picked on the
-  validation split of a pilot seed that is not among the reported seeds;
+- a regime where KD beats the scratch student: the student has few labels (500) while the teachers are trained
+  on the whole labelled training split (4,000) and label all of it for the student (transfer set), so the
+  student learns mostly from the teacher and teacher quality can show. Pilots on seed 100 (validation only,
+  not a reported seed) found no KD gain with the student on the teacher's own data (1,000 or 4,000 images)
+  or with only 500 labels for teacher and student alike;
 - the claim tested on students: the λ chosen on validation (student validation accuracy, λ > 0) against λ = 0,
   paired by seed, on test.
 """
@@ -60,22 +63,24 @@ class IntraClassSettings:
     tau: float = 0.1
     margin: float = 0.5
     memory_size: int = 256
-    max_samples: int | None = 1250  # → 1000 train / 250 validation: few labels
+    max_samples: int | None = 5000  # → 4000 train / 1000 validation
     test_samples: int | None = 5000
-    n_labelled: int | None = None  # labelled share of the training split; the rest is an unlabelled transfer set
+    # The *student's* labels: the first n_labelled training images; the teacher's soft labels cover the whole
+    # training split (transfer set). None = the student has every label (standard KD on the teacher's data).
+    n_labelled: int | None = None
     teacher_arch: str = "cnn:16-32-64"
     student_arch: str = "mlp:64"
     proj_dim: int = 32
-    teacher_fit: FitConfig = field(default_factory=lambda: FitConfig(epochs=40, batch_size=64, lr=1e-3, patience=0))
-    student_fit: FitConfig = field(default_factory=lambda: FitConfig(epochs=40, batch_size=64, lr=1e-3, patience=0))
+    teacher_fit: FitConfig = field(default_factory=lambda: FitConfig(epochs=20, batch_size=64, lr=1e-3, patience=0))
+    student_fit: FitConfig = field(default_factory=lambda: FitConfig(epochs=30, batch_size=64, lr=1e-3, patience=0))
     temperature: float = 4.0
     kd_weight: float = 0.9
 
 
 def default_settings(dataset: str) -> IntraClassSettings:
     if dataset in ("digits", "synthetic"):
-        return IntraClassSettings(max_samples=None, test_samples=None)
-    return IntraClassSettings()
+        return IntraClassSettings(max_samples=None, test_samples=None, n_labelled=120)
+    return IntraClassSettings(n_labelled=500)
 
 
 def quick_settings(dataset: str) -> IntraClassSettings:
@@ -87,7 +92,7 @@ def quick_settings(dataset: str) -> IntraClassSettings:
 
 
 def _splits(dataset: str, seed: int, s: IntraClassSettings) -> tuple[ImageDataset, Split, torch.Tensor | None]:
-    """(data set, labelled training split, unlabelled transfer images or None)."""
+    """(data set, the student's labelled split, the rest of the training images as unlabelled transfer set)."""
     ds = cached_dataset(dataset, seed, s.max_samples, s.test_samples)
     if s.n_labelled is None or s.n_labelled >= len(ds.train):
         return ds, ds.train, None
@@ -128,7 +133,7 @@ def run_arm(dataset: str, seed: int, arm: TeacherArm, s: IntraClassSettings) -> 
             memory_size=s.memory_size if arm.cache else 0,
         )
         stats = GateStats()
-        t_fit = train_teacher(teacher, labelled, ds.val, cfg, s.teacher_fit, generator(seed, 22), stats=stats)
+        t_fit = train_teacher(teacher, ds.train, ds.val, cfg, s.teacher_fit, generator(seed, 22), stats=stats)
         diag = teacher_diagnostics(teacher, ds.test, s.temperature)
         student = build_net(s.student_arch, ds.image_shape, ds.num_classes, seed=7919 * seed + 1)
         s_fit = train_kd_student(

@@ -96,8 +96,8 @@ def choose_k(val_soft: torch.Tensor, val_y: torch.Tensor, ks: tuple[int, ...] = 
 def class_margins(sets: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per class a: P[a ∈ S | y = a] − max_{j≠a} P[j ∈ S | y = a]. Positive for every class ⇔ the true label is
     the most frequent candidate of its class, i.e. identifiable by a learner with enough data, whatever Δ + γ."""
-    classes = int(y.max()) + 1
-    out = torch.full((classes,), float("nan"))
+    classes = sets.shape[1]
+    out = torch.full((classes,), float("nan"))  # NaN for a class without samples
     for a in range(classes):
         rows = sets[y == a].float()
         if len(rows):

@@ -125,7 +125,7 @@ def _indicator_metrics(sets: torch.Tensor, y: torch.Tensor, soft: torch.Tensor, 
     margins = class_margins(sets, y)
     return {
         "k": k, "delta": delta, "gamma": gamma, "delta_plus_gamma": delta + gamma, "gamma_global": gamma_global,
-        "label_top1": (soft.argmax(1) == y).float().mean().item(), "min_class_margin": margins.min().item(),
+        "label_top1": (soft.argmax(1) == y).float().mean().item(), "min_class_margin": margins[~margins.isnan()].min().item(),
     }  # fmt: skip
 
 

@@ -25,7 +25,7 @@ import torch
 
 from refine_control.weaklabel.datasets import ImageDataset
 from refine_control.weaklabel.jobs import Job, RunResult, cached_dataset, fmt_value, generator, stopwatch
-from refine_control.weaklabel.report import Record, mean_std
+from refine_control.weaklabel.report import Record, mean_std, zero_crossing
 from refine_control.weaklabel.transfer import transfer_parameters
 from refine_control.weaklabel.transfer_model import (
     GDConfig,
@@ -212,17 +212,6 @@ def expand(records: list[Record]) -> list[Record]:
                      "gain": acc - scratch if scratch is not None else None}
                 )  # fmt: skip
     return rows
-
-
-def zero_crossing(points: list[tuple[float, float]]) -> float | None:
-    """The smallest x where the piecewise-linear curve through (x, mean gain) crosses from < 0 to ≥ 0 for good
-    (it stays ≥ 0 at every larger x); None if it never does or is never negative (then see the table)."""
-    pts = sorted(points)
-    if not pts or all(g >= 0 for _, g in pts) or pts[-1][1] < 0:
-        return None
-    last_neg = max(i for i, (_, g) in enumerate(pts) if g < 0)
-    (x0, g0), (x1, g1) = pts[last_neg], pts[last_neg + 1]
-    return x0 + (0 - g0) * (x1 - x0) / (g1 - g0)
 
 
 def gain_grid(
