@@ -57,7 +57,7 @@ IDENTIFIABLE = {"identifiable": 0.3, "control": 0.6}
 @dataclass(frozen=True)
 class SoftLabelSettings:
     producers: tuple[str, ...] = PRODUCERS
-    max_samples: int | None = 6000  # → 4000 train / 1000 validation / 1000 test
+    max_samples: int | None = 4500  # → 3000 train / 750 validation / 750 test
     student_arch: str = "mlp:"  # multinomial logistic regression
     fit: FitConfig = field(default_factory=lambda: FitConfig(epochs=60, batch_size=128, lr=3e-3, patience=10))
     ks: tuple[int, ...] = (1, 2, 3)
@@ -76,7 +76,7 @@ class SoftLabelSettings:
 
 
 def default_settings(dataset: str) -> SoftLabelSettings:
-    return SoftLabelSettings(max_samples=None if dataset in ("digits", "synthetic") else 6000)
+    return SoftLabelSettings(max_samples=None if dataset in ("digits", "synthetic") else 4500)
 
 
 def quick_settings(dataset: str) -> SoftLabelSettings:

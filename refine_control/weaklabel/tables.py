@@ -158,7 +158,6 @@ INTRA = "weaklabel/intraclass"
 INTRA_ARMS = {
     "ce": "λ = 0 (control)",
     "intra-0.1": "λ = 0.1",
-    "intra-0.5": "λ = 0.5",
     "intra-1": "λ = 1",
     "intra-1-nogate": "λ = 1, no gate",
     "intra-1-nocache": "λ = 1, no cache",
@@ -209,7 +208,7 @@ def intraclass_selected(root: Path) -> Table:
         diffs, chosen = [], []
         for seed in sorted({r["seed"] for r in sel}):
             arms = {r["arm"]: r for r in sel if r["seed"] == seed}
-            cands = [arms[a] for a in ("intra-0.1", "intra-0.5", "intra-1") if a in arms]
+            cands = [arms[a] for a in ("intra-0.1", "intra-1") if a in arms]
             if not cands or "ce" not in arms:
                 continue
             best = max(cands, key=lambda r: (r["student_val_acc"], -r["lam"]))
@@ -506,7 +505,7 @@ def _headline_intra(root: Path) -> tuple[list[str], list[dict[str, Any]]]:
     diffs, kd = [], []
     for seed in sorted({r["seed"] for r in rows}):
         arms = {r["arm"]: r for r in rows if r["seed"] == seed}
-        cands = [arms[a] for a in ("intra-0.1", "intra-0.5", "intra-1") if a in arms]
+        cands = [arms[a] for a in ("intra-0.1", "intra-1") if a in arms]
         if cands and "ce" in arms:
             best = max(cands, key=lambda r: (r["student_val_acc"], -r["lam"]))
             diffs.append(best["student_acc"] - arms["ce"]["student_acc"])

@@ -46,7 +46,7 @@ PAIRS = {"fashion-mnist": (2, 4, 5, 8), "mnist": (4, 9, 0, 1), "digits": (4, 9, 
 @dataclass(frozen=True)
 class TransferSettings:
     alphas: tuple[float, ...] = (0.0, 0.5, 1.0)
-    shared: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)  # ‖u‖ (synthetic)
+    shared: tuple[float, ...] = (0.0, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)  # ‖u‖ (synthetic)
     blend: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)  # s (real data); s = 1 is pre-training on the target
     n_upstream: tuple[int, ...] = (100, 300, 1000, 3000)  # N₁
     n_downstream: tuple[int, ...] = (10, 20, 40, 80)  # N₂
