@@ -52,8 +52,8 @@ class UPLLRSSettings:
     code_rule_gammas: tuple[float, ...] = (0.03,)  # γ values at which the paper code's stop rule also runs
     max_samples: int | None = 2500  # → 2000 train / 500 validation (shrunk to fit shared CPU; see docs)
     test_samples: int | None = 5000  # drawn from the images outside the subset
-    arch: str = "cnn:16-32-64"  # stage 2 and baselines
-    sep_arch: str = "cnn:8-16-32"  # stage 1 (the paper also uses a smaller net there)
+    arch: str = "cnn:8-16-64"  # stage 2 and baselines
+    sep_arch: str = "cnn:4-8-32"  # stage 1 (the paper also uses a smaller net there)
     views: str = "conv"
     fit: FitConfig = field(default_factory=lambda: FitConfig(epochs=20, batch_size=128, lr=1e-3, patience=0))
     separation: SeparationConfig = field(default_factory=lambda: SeparationConfig(epochs_per_step=5, batch_size=64))
@@ -144,7 +144,7 @@ def run_upllrs(dataset: str, seed: int, mu: float, gamma: float, stop: str, s: U
 
 def default_settings(dataset: str) -> UPLLRSSettings:
     if dataset in ("digits", "synthetic"):  # 8×8 images: the whole set, a smaller CNN
-        return UPLLRSSettings(max_samples=None, test_samples=None, arch="cnn:16-32-64", sep_arch="cnn:8-16-32")
+        return UPLLRSSettings(max_samples=None, test_samples=None)
     return UPLLRSSettings()
 
 
