@@ -52,9 +52,11 @@ def flat_records(results: list[RunResult]) -> list[Record]:
 
 
 @functools.lru_cache(maxsize=4)
-def cached_dataset(name: str, seed: int, max_samples: int | None, test_samples: int | None = None) -> ImageDataset:
+def cached_dataset(
+    name: str, seed: int, max_samples: int | None, test_samples: int | None = None, downsample: int = 1
+) -> ImageDataset:
     """`load_dataset`, memoised so the jobs of one seed share one split."""
-    return load_dataset(name, seed=seed, max_samples=max_samples, test_samples=test_samples)
+    return load_dataset(name, seed=seed, max_samples=max_samples, test_samples=test_samples, downsample=downsample)
 
 
 def generator(seed: int, salt: int = 0) -> torch.Generator:

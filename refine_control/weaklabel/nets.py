@@ -52,7 +52,7 @@ class SmallCNN(nn.Module):
 
     Small enough for CPU grids (16/32 channels: ~0.1 M parameters on 28×28), but a conv net, so shifts and
     crops are augmentations it can use (FixMatch's premise), unlike an MLP. Same `features`/`project`/`head`
-    interface as `MLP`. Images must have H and W divisible by 4.
+    interface as `MLP`. Pooling floors odd sizes (14 → 7 → 3).
     """
 
     def __init__(
@@ -66,13 +66,13 @@ class SmallCNN(nn.Module):
     ) -> None:
         super().__init__()
         c, h, w = image_shape
-        if h % 4 or w % 4:
-            raise ValueError(f"SmallCNN needs H and W divisible by 4, got {h}×{w}")
+        if h < 4 or w < 4:
+            raise ValueError(f"SmallCNN needs images of at least 4×4, got {h}×{w}")
         c1, c2 = channels
         self.body = nn.Sequential(
             nn.Conv2d(c, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(c2 * (h // 4) * (w // 4), hidden), nn.ReLU(),
+            nn.Flatten(), nn.Linear(c2 * ((h // 2) // 2) * ((w // 2) // 2), hidden), nn.ReLU(),
         )  # fmt: skip
         self.head = nn.Linear(hidden, num_classes)
         self.proj = nn.Linear(hidden, proj_dim) if proj_dim else None

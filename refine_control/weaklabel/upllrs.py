@@ -205,7 +205,10 @@ def train_upllrs_stage2(
     """PRODEN on D_R (weak view, see the module note) + λ_u · FixMatch on D_U.
 
     An "epoch" keeps the baselines' length (len(x) / batch iterations; the code also fixes iterations per
-    epoch), labeled batches are drawn from D_R with replacement, so a smaller D_R gets no fewer updates.
+    epoch), so a smaller D_R gets no fewer updates: the epoch's permutation of range(len(x)) is mapped onto D_R
+    (position p → D_R[p mod |D_R|]). With D_R = everything and D_U empty this is exactly `train_pll("proden")`
+    with the same model, generator and views, so a separation that removes nothing reproduces PRODEN bit for
+    bit and the paired difference isolates what separation + SSL change.
     `mask_rates`, when given, receives the share of unlabeled samples above the FixMatch threshold per step.
     """
     rel, unrel = split.reliable, split.unreliable
@@ -215,7 +218,7 @@ def train_upllrs_stage2(
     use_u = fixmatch.weight > 0 and len(unrel) > 0
 
     def step(batch: torch.Tensor) -> torch.Tensor:
-        pos = torch.randint(0, len(rel), (len(batch),), generator=generator)
+        pos = batch % len(rel)
         idx = rel[pos]
         logits = model(weak(x[idx], generator))
         loss = weighted_ce(logits, conf[pos])

@@ -81,3 +81,11 @@ def test_too_small_a_pool_for_the_test_set_is_an_error(tmp_path):
         _write_idx(tmp_path / f"{part}-labels-idx1-ubyte.gz", np.arange(n) % 10)
     with pytest.raises(ConfigError, match="only 30 images left for a test set of 40"):
         load_dataset("fashion-mnist", seed=0, max_samples=30, test_samples=40, fashion_mnist_dir=tmp_path)
+
+
+def test_downsample_averages_2x2_blocks():
+    full = load_dataset("synthetic", seed=2, max_samples=200)
+    half = load_dataset("synthetic", seed=2, max_samples=200, downsample=2)
+    assert half.image_shape == (1, 4, 4) and torch.equal(half.train.y, full.train.y)
+    block = full.train.x[0, 0, 2:4, 4:6]
+    assert half.train.x[0, 0, 1, 2].item() == pytest.approx(block.mean().item())

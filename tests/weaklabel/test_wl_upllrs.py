@@ -123,3 +123,24 @@ def test_code_stop_rule_has_the_documented_floor():
         left -= int(gamma * left)
     assert len(result.unreliable) == n - left
     assert result.removed_fraction == pytest.approx(1 - (1 - gamma) ** (warmup + patience + 1), abs=0.005)
+
+
+def test_stage2_with_nothing_removed_is_exactly_proden():
+    from refine_control.weaklabel.augment import conv_strong_view, conv_weak_view
+    from refine_control.weaklabel.partial_label import train_pll
+    from refine_control.weaklabel.training import FitConfig
+    from refine_control.weaklabel.upllrs import SeparationResult, train_upllrs_stage2
+
+    train, val = _clusters(120, 4, 0), _clusters(40, 4, 1)
+    sets = generate_unreliable_candidates(train.y, 4, eta=0.3, mu=0.3, generator=torch.Generator().manual_seed(3))
+    cfg = FitConfig(epochs=2, batch_size=32, lr=1e-2, patience=0)
+    a = build_mlp((1, 4, 4), (16,), 4, seed=5)
+    train_pll("proden", a, train.x, sets.mask, val, cfg, torch.Generator().manual_seed(9), augment=conv_weak_view)
+    b = build_mlp((1, 4, 4), (16,), 4, seed=5)
+    nothing = SeparationResult(torch.arange(120), torch.zeros(0, dtype=torch.long))
+    train_upllrs_stage2(
+        b, train.x, sets.mask, nothing, val, cfg, FixMatchConfig(), torch.Generator().manual_seed(9),
+        weak=conv_weak_view, strong=conv_strong_view,
+    )  # fmt: skip
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(p, q)
