@@ -2,7 +2,7 @@
 
 import pytest
 
-from refine_control.results import write_result
+from refine_control.results import ResultsError, write_result
 from refine_control.weaklabel import tables as wt
 
 
@@ -68,3 +68,36 @@ def test_transfer_contour_and_crossing(tmp_path):
     assert lines[0] == "| ‖u‖ \\ N₁ | 100 |"
     assert lines[2] == "| 0 | -0.150 ± 0.071 |" and lines[3] == "| 1 | +0.100 ± 0.000 |"
     assert lines[4] == "| **gain = 0 at** | 0.60 |"  # 0 + 0.15 / 0.25
+
+
+def _transfer_file(root, ds, u, n1, seed):
+    write_result(
+        ("weaklabel/transfer", f"{ds}_u{u:g}_n1-{n1}_s{seed}"),
+        metrics={"test_acc": {"20": {"0": 0.7, "1": 0.8}}, "inherited": {}},
+        config={"dataset": ds, "strength": u, "n_upstream": n1}, seed=seed, command="c",
+        wall_s=1, root=root, commit=("deadbeef", False), machine={},
+    )  # fmt: skip
+
+
+def test_transfer_coverage_lists_seeds_with_every_n1(tmp_path):
+    for seed in (0, 1):
+        _transfer_file(tmp_path, "synthetic", 0.0, 100, seed)
+    _transfer_file(tmp_path, "synthetic", 0.0, 300, 0)  # seed 1 lacks N1 = 300
+    lines = wt.transfer_coverage(tmp_path).markdown.splitlines()
+    assert lines[2] == "| synthetic | 0 | 100, 300 | 0 | 3 |"
+
+
+def test_transfer_tables_refuse_a_dataset_without_runs(tmp_path):
+    _transfer_file(tmp_path, "synthetic", 0.0, 100, 0)
+    with pytest.raises(ResultsError, match="fashion-mnist"):
+        wt._contour("fashion-mnist", 20, 1.0)(tmp_path)
+    with pytest.raises(ResultsError, match="fashion-mnist"):
+        wt._by_n2("fashion-mnist", 100, 1.0)(tmp_path)
+
+
+def test_headline_names_an_experiment_without_result_files(tmp_path):
+    _transfer_file(tmp_path, "synthetic", 0.0, 100, 0)
+    rows = wt.headline(tmp_path).markdown.splitlines()[2:]
+    assert len(rows) == 4
+    assert rows[1].startswith("| Biased soft labels") and "not run: no result files (untested)" in rows[1]
+    assert rows[3].startswith("| Parameter transfer") and "+0.100" in rows[3]
