@@ -2,6 +2,7 @@
 
     python benchmarks/load.py --model MODEL_DIR [--clients 8] [--requests 64] [--json FILE]
     python benchmarks/load.py --url http://127.0.0.1:8000 --pid PID ...   # a server that is already running
+    python benchmarks/load.py --model MODEL_DIR --stalled 200 --clients 1 --requests 4   # slow-client mode
 
 With `--model` it starts `refine-serve MODEL` on a free loopback port, runs the load, stops the server (SIGTERM)
 and reports its exit code. It only ever talks to loopback addresses (anything else is refused), sends a fixed
@@ -10,11 +11,19 @@ number of requests, and stops by itself after `--max-seconds` whatever happens.
 Reported: latency p50/p99 of successful generations, throughput (images/s), rejections (503 + Retry-After, the
 designed answer to overload), errors (anything else, including timeouts and resets), `/healthz` latency p99
 during the load, and the server's idle and peak RSS sampled every 100 ms.
+
+Slow-client mode (`--stalled N`): before the load starts, N attacker connections are opened and kept open for
+the whole run, a third of each kind: `idle` (connect, send nothing), `partial-head` (half a request line, then
+silence) and `slow-body` (a complete POST head announcing a large body, then one byte every
+`--trickle-interval` seconds). One the server closes is opened again at once, so N stay open throughout, as a
+patient attacker would keep them. Reported besides the above: how many were open when the load started and
+when it ended, how many the server closed, and the `/healthz` latencies measured while they were open.
 """
 
 import argparse
 import asyncio
 import base64
+import contextlib
 import io
 import ipaddress
 import json
@@ -54,7 +63,8 @@ def control_png(size: int = 64) -> str:
 
 
 def percentile(values: list[float], q: float) -> float | None:
-    return round(float(np.percentile(values, q)), 4) if values else None
+    """The q-th percentile; an observed value (no interpolation), so a failed probe (inf) reads as inf, not nan."""
+    return round(float(np.percentile(values, q, method="higher")), 4) if values else None
 
 
 class RssSampler:
@@ -74,6 +84,82 @@ class RssSampler:
             await asyncio.sleep(self.interval)
 
 
+STALL_KINDS = ("idle", "partial-head", "slow-body")
+
+
+class Stalled:
+    """Keeps `count` slow or idle connections open against `url` (see the module docstring), reopening any the
+    server closes."""
+
+    def __init__(self, url: str, count: int, trickle_s: float) -> None:
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.count, self.trickle_s = count, trickle_s
+        self.open = 0
+        self.opened = 0
+        self.closed_by_server = 0
+        self.connect_errors = 0
+        self.responses: dict[str, int] = {}
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self, timeout: float = 30.0) -> None:
+        self._tasks = [asyncio.create_task(self._hold(STALL_KINDS[i % 3])) for i in range(self.count)]
+        deadline = time.monotonic() + timeout
+        while self.open < self.count and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _hold(self, kind: str) -> None:
+        while not self._stop.is_set():
+            try:
+                reader, writer = await asyncio.open_connection(self.host, self.port)
+            except OSError:
+                self.connect_errors += 1
+                await asyncio.sleep(0.1)
+                continue
+            self.open += 1
+            self.opened += 1
+            try:
+                await self._stall(kind, reader, writer)
+            finally:
+                self.open -= 1
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+
+    async def _stall(self, kind: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        host = f"{self.host}:{self.port}".encode()
+        if kind == "partial-head":
+            writer.write(b"GET /healthz HT")
+        elif kind == "slow-body":
+            head = b"POST /v1/generate HTTP/1.1\r\nHost: " + host + b"\r\nContent-Type: application/json\r\n"
+            writer.write(head + b"Content-Length: 1000000\r\n\r\n{")
+        with contextlib.suppress(OSError):
+            await writer.drain()
+        read = asyncio.create_task(reader.read(4096))
+        try:
+            while not self._stop.is_set():
+                stopping = asyncio.create_task(self._stop.wait())
+                done, _ = await asyncio.wait({read, stopping}, timeout=self.trickle_s, return_when="FIRST_COMPLETED")
+                stopping.cancel()
+                if read in done:  # the server answered or closed: this connection is over
+                    data = b"" if read.exception() else read.result()
+                    status = data[9:12].decode(errors="replace") if data.startswith(b"HTTP/") else "closed"
+                    self.responses[status] = self.responses.get(status, 0) + 1
+                    self.closed_by_server += 1
+                    return
+                if kind == "slow-body" and not self._stop.is_set():
+                    writer.write(b" ")
+                    with contextlib.suppress(OSError):
+                        await writer.drain()
+        finally:
+            read.cancel()
+
+
 async def run_load(args: argparse.Namespace, url: str, pid: int | None) -> dict:
     headers = {"Authorization": f"Bearer {args.token}"} if args.token else {}
     payload = {
@@ -89,12 +175,17 @@ async def run_load(args: argparse.Namespace, url: str, pid: int | None) -> dict:
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=args.timeout, limits=limits) as client:
         # warm-up (not counted): one request, so the first measured one is not a cold start
         await client.post("/v1/generate", json=payload)
+        stalled = Stalled(url, args.stalled, args.trickle_interval) if args.stalled else None
+        if stalled is not None:
+            await stalled.start()
+        stalled_at_start = stalled.open if stalled else 0
         sampler = RssSampler(pid)
         idle_rss = sampler.process.memory_info().rss if sampler.process else None
         stop = asyncio.Event()
         sampling = asyncio.create_task(sampler.run(stop))
         results: list[tuple[int | str, float, str | None]] = []
         health: list[float] = []
+        health_bad: list[str] = []
         queue: asyncio.Queue[int] = asyncio.Queue()
         for i in range(args.requests):
             queue.put_nowait(i)
@@ -120,10 +211,13 @@ async def run_load(args: argparse.Namespace, url: str, pid: int | None) -> dict:
             while not stop.is_set():
                 start = time.perf_counter()
                 try:
-                    await client.get("/healthz", timeout=5)
+                    r = await client.get("/healthz", timeout=5)
                     health.append(time.perf_counter() - start)
-                except httpx.HTTPError:
+                    if r.status_code != 200 or not r.headers.get("content-type", "").startswith("application/json"):
+                        health_bad.append(f"{r.status_code} {r.headers.get('content-type')}")
+                except httpx.HTTPError as err:
                     health.append(float("inf"))
+                    health_bad.append(type(err).__name__)
                 await asyncio.sleep(0.1)
 
         prober = asyncio.create_task(probe_health())
@@ -136,6 +230,9 @@ async def run_load(args: argparse.Namespace, url: str, pid: int | None) -> dict:
         wall = time.perf_counter() - wall_start
         stop.set()
         await asyncio.gather(sampling, prober)
+        stalled_at_end = stalled.open if stalled else 0
+        if stalled is not None:
+            await stalled.stop()
 
     ok = [t for s, t, _ in results if s == 200]
     rejected = [(t, r) for s, t, r in results if s == 503]
@@ -159,8 +256,24 @@ async def run_load(args: argparse.Namespace, url: str, pid: int | None) -> dict:
         "throughput_img_per_s": round(len(ok) / wall, 3) if wall > 0 else None,
         "wall_s": round(wall, 3),
         "healthz_p99_s": percentile(health, 99),
+        "healthz_max_s": round(max(health), 4) if health else None,
+        "healthz_not_json_200": len(health_bad),
+        "healthz_failures": sorted(set(health_bad)),
         "server_idle_rss_mib": round(idle_rss * mib, 1) if idle_rss else None,
         "server_peak_rss_mib": round(max(sampler.samples) * mib, 1) if sampler.samples else None,
+        **(
+            {
+                "stalled": args.stalled,
+                "stalled_open_at_start": stalled_at_start,
+                "stalled_open_at_end": stalled_at_end,
+                "stalled_opened": stalled.opened,
+                "stalled_closed_by_server": stalled.closed_by_server,
+                "stalled_server_answers": stalled.responses,
+                "stalled_connect_errors": stalled.connect_errors,
+            }
+            if stalled is not None
+            else {}
+        ),
     }
 
 
@@ -201,14 +314,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-retry-wait", type=float, default=5.0)
     parser.add_argument("--queue-size", type=int, default=None, help="with --model: the server's queue size")
     parser.add_argument("--workers", type=int, default=None, help="with --model: the server's workers")
+    parser.add_argument("--stalled", type=int, default=0, help="slow/idle connections kept open during the load")
+    parser.add_argument("--trickle-interval", type=float, default=2.0, help="seconds between slow-body bytes")
+    parser.add_argument("--server-arg", action="append", default=[], help="with --model: extra refine-serve flag")
     parser.add_argument("--json", type=Path, help="also write the report here")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.clients < 1 or args.requests < 1:
-        raise SystemExit("error: --clients and --requests must be ≥ 1")
+    if args.clients < 1 or args.requests < 1 or args.stalled < 0:
+        raise SystemExit("error: --clients and --requests must be ≥ 1, --stalled ≥ 0")
     proc, exit_code = None, None
     if args.model is not None:
         with socket.socket() as s:
@@ -219,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
             extra += ["--queue-size", str(args.queue_size)]
         if args.workers is not None:
             extra += ["--workers", str(args.workers)]
+        extra += args.server_arg
         url = f"http://127.0.0.1:{port}"
         proc = start_server(args.model, port, extra)
         pid = proc.pid
@@ -242,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{key:28s} {value}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0 if report["errors"] == 0 and not report["stopped_early"] else 1
+    healthy = report["healthz_not_json_200"] == 0
+    return 0 if report["errors"] == 0 and not report["stopped_early"] and healthy else 1
 
 
 if __name__ == "__main__":

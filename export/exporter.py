@@ -1,8 +1,11 @@
 """`export_model(cfg)`: run dir → model dir, every step inside one atomic directory write.
 
-The model dir is built in a sibling temp dir and renamed into place only when everything (graphs, variants,
-parity, manifest) is written and, unless `--allow-degraded`, parity passed; a failed export leaves an existing
-MODEL dir exactly as it was.
+The model dir is built in a sibling temp dir (`atomic_dir`) and takes MODEL's place only when everything is
+written and, unless `--allow-degraded`, parity passed. `manifest.json` (hashes, the parity verdict,
+`"complete": true`) is the last file written; until then the runtime checks the temp dir against a provisional
+manifest held in memory. So a killed export leaves MODEL as it was (the old dir or none; never a missing one
+where there was one), and its temp dir has no manifest: it cannot be loaded, and the next export removes it.
+Each phase ends with a `fault_point` (refine_control/faults.py) so tests kill the exporter at every one.
 """
 
 import json
@@ -20,7 +23,7 @@ from tqdm.auto import tqdm
 
 from refine_control.atomic import atomic_dir, write_json
 from refine_control.errors import ConfigError, ExportError, ParityError
-from refine_control.export.manifest import source_run, write_manifest
+from refine_control.export.manifest import build_manifest, source_run, write_manifest
 from refine_control.export.onnx_export import (
     Student,
     export_denoiser,
@@ -33,6 +36,7 @@ from refine_control.export.ort_format import convert_to_ort
 from refine_control.export.parity import RecordingPipeline, SamplingSettings, Variant, check_parity, generate
 from refine_control.export.quantize import convert_fp16, count_ops, quantize_int8
 from refine_control.export.samples import Sample, load_samples, run_data_dir
+from refine_control.faults import fault_point
 from refine_control.serve.runtime.layout import MANIFEST, PARITY, SCHEDULER, TOKENIZER, graph_file
 from refine_control.serve.runtime.pipeline import PromptEncoder, default_threads
 
@@ -125,9 +129,11 @@ def _finish_tree(root: Path) -> None:
             os.close(fd)
 
 
-def _calibration_feeds(tmp: Path, samples: list[Sample], settings: SamplingSettings, threads: int) -> list[Any]:
+def _calibration_feeds(
+    tmp: Path, manifest: dict[str, Any], samples: list[Sample], settings: SamplingSettings, threads: int
+) -> list[Any]:
     """Denoiser inputs captured while the exported FP32 pipeline runs on the calibration samples."""
-    recorder = RecordingPipeline(tmp, "fp32", num_threads=threads)
+    recorder = RecordingPipeline(tmp, "fp32", num_threads=threads, manifest=manifest)
     generate(recorder, samples, settings)
     return recorder.records["denoiser"]
 
@@ -176,7 +182,7 @@ def _export(cfg: "ExportConfig", config: dict[str, Any], data_dir: Path, threads
     stages += [*(["ort"] if cfg.ort else []), "parity"]
     bar = tqdm(total=len(stages), desc="refine-export", unit="stage", disable=None)
     with atomic_dir(cfg.output_dir) as tmp:
-        # 3. FP32 graphs, tokenizer, scheduler; a provisional manifest lets the runtime load them.
+        # 3. FP32 graphs, tokenizer, scheduler; a provisional manifest (in memory) lets the runtime load them.
         bar.set_postfix_str("exporting graphs")
         for graph, export in (
             ("text_encoder", export_text_encoder),
@@ -187,14 +193,15 @@ def _export(cfg: "ExportConfig", config: dict[str, Any], data_dir: Path, threads
             export(student, tmp / graph_file(graph), cfg.exporter, cfg.opset)
             logger.info("%s exported (%s exporter, %.1f s)", graph, cfg.exporter, time.perf_counter() - started)
         _write_tokenizer_and_scheduler(student, tmp, [s.prompt for s in samples])
-        write_manifest(tmp, pipeline=facts, source=source, export=export_info)
+        provisional = build_manifest(tmp, pipeline=facts, source=source, export=export_info)
         bar.update()
+        fault_point("export.graphs")
 
         # 4. INT8: calibration inputs from real pipeline runs, then measured op-type selection.
         if cfg.int8:
             bar.set_postfix_str("int8")
             started = time.perf_counter()
-            feeds = _calibration_feeds(tmp, calibration, settings, threads)
+            feeds = _calibration_feeds(tmp, provisional, calibration, settings, threads)
             int8_path = tmp / graph_file("denoiser", "int8")
             report = quantize_int8(
                 tmp / graph_file("denoiser"),
@@ -215,6 +222,7 @@ def _export(cfg: "ExportConfig", config: dict[str, Any], data_dir: Path, threads
                 time.perf_counter() - started,
             )
             bar.update()
+            fault_point("export.int8")
         # 5. FP16 (size format on CPU; the note says how many casts the CPU provider adds).
         if cfg.fp16:
             bar.set_postfix_str("fp16")
@@ -225,29 +233,39 @@ def _export(cfg: "ExportConfig", config: dict[str, Any], data_dir: Path, threads
             }
             logger.info("FP16: %s", details[fp16_path.name]["conversion"]["note"])
             bar.update()
+            fault_point("export.fp16")
         # 6. ORT format for every ONNX graph written so far.
         if cfg.ort:
             bar.set_postfix_str("ort format")
             for onnx_file in sorted(tmp.glob("*.onnx")):
                 convert_to_ort(onnx_file, onnx_file.with_suffix(".ort"))
             bar.update()
-        write_manifest(tmp, pipeline=facts, source=source, export=export_info, details=details)
+            fault_point("export.ort")
+        provisional = build_manifest(tmp, pipeline=facts, source=source, export=export_info, details=details)
 
-        # 7. Parity against the PyTorch student, then the final manifest (written last).
+        # 7. Parity against the PyTorch student, then the final manifest: the last file written.
         bar.set_postfix_str("parity")
         precisions = ["fp32", *(["int8"] if cfg.int8 else []), *(["fp16"] if cfg.fp16 else [])]
         formats = ["onnx", *(["ort"] if cfg.ort else [])]
         variants = [Variant(p, f) for f in formats for p in precisions]
         started = time.perf_counter()
-        report = check_parity(tmp, student, parity_samples, settings, variants, None, threads, preprocessor)
+        report = check_parity(
+            tmp, student, parity_samples, settings, variants, None, threads, preprocessor, manifest=provisional
+        )
         logger.info("parity: %d variants checked (%.1f s)", len(variants), time.perf_counter() - started)
         parity = report.to_json()
         write_json(tmp / PARITY, parity)
+        fault_point("export.parity")
         export_info["parity_passed"] = report.passed
-        manifest = write_manifest(tmp, pipeline=facts, source=source, export=export_info, details=details)
+        manifest = build_manifest(
+            tmp, pipeline=facts, source=source, export=export_info, details=details, complete=True
+        )
         bar.update()
         bar.close()
-        _finish_tree(tmp)
+        if report.passed or cfg.allow_degraded:
+            write_manifest(tmp, manifest)
+            _finish_tree(tmp)  # permissions and fsync of every file, before the dir takes MODEL's place
+            fault_point("export.manifest")
         if not report.passed:
             message = "parity check failed: " + "; ".join(report.failures())
             if not cfg.allow_degraded:

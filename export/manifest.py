@@ -1,6 +1,8 @@
-"""`manifest.json`: every file with its sha256 and size, each graph's inputs/outputs, opset, precision, and the
-source run. It is written last, so a model dir without one is incomplete; the runtime checks every file
-against it before loading.
+"""`manifest.json`: every file with its sha256 and size, each graph's inputs/outputs, opset, precision, the
+source run and the parity verdict, marked `"complete": true`. It is the last file an export writes, after
+parity; while exporting, the runtime loads the temp dir with a provisional manifest held in memory, never on
+disk. So a dir whose manifest is missing or not complete is not a finished export, and the runtime refuses it;
+it checks every file against the manifest before loading.
 """
 
 import datetime
@@ -97,18 +99,20 @@ def source_run(run: Path, config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def write_manifest(
+def build_manifest(
     model_dir: Path,
     *,
     pipeline: dict[str, Any],
     source: dict[str, Any],
     export: dict[str, Any],
     details: dict[str, dict[str, Any]] | None = None,
+    complete: bool = False,
 ) -> dict[str, Any]:
-    """Describe and hash everything now in `model_dir`, then write `manifest.json` atomically."""
-    manifest = {
+    """Describe and hash everything now in `model_dir`. Only the final manifest is `complete` (and written)."""
+    return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
+        "complete": complete,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
         "source_run": source,
@@ -117,5 +121,10 @@ def write_manifest(
         "graphs": describe_graphs(model_dir, details or {}),
         "files": list_files(model_dir),
     }
+
+
+def write_manifest(model_dir: Path, manifest: dict[str, Any]) -> None:
+    """Write `manifest.json` atomically: the last file of an export (the runtime refuses a dir without it)."""
+    if manifest.get("complete") is not True:
+        raise ValueError("only a complete manifest is ever written")
     write_json(model_dir / MANIFEST, manifest)
-    return manifest

@@ -233,8 +233,11 @@ def check_parity(
     scheduler: str | None,
     threads: int,
     preprocessor: str,
+    manifest: dict[str, Any] | None = None,
 ) -> ParityReport:
-    """Run every check of the module docstring on `model_dir`; never raises for a failed threshold."""
+    """Run every check of the module docstring on `model_dir`; never raises for a failed threshold.
+
+    `manifest`: the exporter's provisional manifest (in memory; `manifest.json` is written after parity)."""
     report = ParityReport(
         {
             "samples": len(samples),
@@ -248,7 +251,7 @@ def check_parity(
     edge_like = preprocessor in EDGE_PREPROCESSORS
     bar = tqdm(total=len(variants) + 2, desc="parity", leave=False, disable=None)
     # 1. The exported FP32 pipeline, recording what each graph receives; then PyTorch on the same inputs.
-    recorder = RecordingPipeline(model_dir, "fp32", scheduler=scheduler, num_threads=threads)
+    recorder = RecordingPipeline(model_dir, "fp32", scheduler=scheduler, num_threads=threads, manifest=manifest)
     report.settings["scheduler"] = recorder.scheduler_name
     fp32_images = generate(recorder, samples, settings)
     references = torch_graph_outputs(student, recorder.records)
@@ -271,6 +274,7 @@ def check_parity(
                 scheduler=scheduler,
                 model_format=variant.model_format,
                 num_threads=threads,
+                manifest=manifest,
             )
         )
         for graph in GRAPHS:

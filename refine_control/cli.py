@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from refine_control.cli_utils import offline_env, run_cli, setup_logging
-from refine_control.config import DistillConfig
-from refine_control.models.presets import STUDENT_PRESETS
+from refine_control.config import OBJECTIVE_DEFAULTS, DistillConfig, with_run_settings
+from refine_control.models.presets import INIT_METHODS, STUDENT_PRESETS
 from refine_control.preprocess import PREPROCESSORS
 
 logger = logging.getLogger(__name__)
@@ -19,6 +19,14 @@ def _default(name: str) -> object:
     return D[name].default
 
 
+def _pair(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two numbers MIN,MAX, got {text!r}") from None
+    return low, high
+
+
 def _weights(text: str) -> tuple[float, float, float]:
     try:
         values = tuple(float(v) for v in text.split(","))
@@ -27,6 +35,15 @@ def _weights(text: str) -> tuple[float, float, float]:
     if len(values) != 3:
         raise argparse.ArgumentTypeError(f"expected three numbers task,out,feat, got {text!r}")
     return values  # type: ignore[return-value]
+
+
+def _optional_float(text: str) -> float | None:
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or `none`, got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p(
         "--init",
         default=_default("init"),
-        choices=["random", "transfer"],
-        help="student initialisation: random, or transfer (copy matching teacher parameters, channel-sliced)",
+        choices=INIT_METHODS,
+        help="student initialisation: random; leading (teacher tensors of the same name, first channels); uniform "
+        "(evenly spaced teacher channels, blocks paired by depth). Default: %(default)s",
     )
     p(
         "--labelled",
@@ -90,7 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
         "Default: %(default)s",
     )
     p("--resolution", type=int, default=None, help="training image size. Default: the teacher's native size")
-    p("--max-steps", type=int, default=_default("max_steps"), help="stage-1 optimizer steps. Default: %(default)s")
+    p(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="stage-1 optimizer steps (or the few-step / tiny-decoder stage's). Default: "
+        + ", ".join(f"{v[0]} ({k.replace('_', ' ')})" for k, v in OBJECTIVE_DEFAULTS.items()),
+    )
     p(
         "--stage2-steps",
         type=int,
@@ -110,6 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="do not divide each feature tap's error by the teacher feature's mean square",
     )
+    p(
+        "--snr-gamma",
+        type=_optional_float,
+        default=_default("snr_gamma"),
+        metavar="GAMMA",
+        help="min-SNR-γ timestep weights of the task and output terms (arXiv 2303.09556); `none` weighs every "
+        "timestep equally. Default: %(default)s",
+    )
     p("--batch-size", type=int, default=_default("batch_size"), help="per-process batch size. Default: %(default)s")
     p(
         "--grad-accum",
@@ -120,8 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     p(
         "--learning-rate",
         type=float,
-        default=_default("learning_rate"),
-        help="AdamW learning rate. Default: %(default)s",
+        default=None,
+        help="AdamW learning rate. Default: "
+        + ", ".join(f"{v[1]:g} ({k.replace('_', ' ')})" for k, v in OBJECTIVE_DEFAULTS.items()),
     )
     p(
         "--stage2-lr-scale",
@@ -134,6 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=_default("warmup_steps"),
         help="linear warm-up per stage. Default: %(default)s",
+    )
+    p(
+        "--lr-schedule",
+        default=_default("lr_schedule"),
+        choices=["constant", "cosine"],
+        help="after the warm-up: constant, or a cosine decay to zero over each stage. Default: %(default)s",
     )
     p("--weight-decay", type=float, default=_default("weight_decay"), help="AdamW weight decay. Default: %(default)s")
     p("--max-grad-norm", type=float, default=_default("max_grad_norm"), help="gradient clipping. Default: %(default)s")
@@ -156,12 +195,65 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of labelled samples replayed in each stage-2 batch. Default: %(default)s",
     )
     p("--ema-decay", type=float, default=None, help="keep an EMA of the student with this decay (e.g. 0.999)")
+    few = parser.add_argument_group(
+        "after distillation (--from RUN: the run's teacher, preset, preprocessor and resolution are reused)",
+        "--few-step: latent consistency distillation of the run's student with the guidance scale as an input, so "
+        "that it samples in a few steps without the classifier-free guidance pair (UNet and ControlNet trained "
+        "together). --tiny-decoder: a tiny VAE (TAESD-like) distilled from the teacher's, for the run's student.",
+    )
+    few.add_argument("--from", dest="from_run", metavar="RUN", default=None, help="a finished refine-distill run")
+    few.add_argument("--few-step", action="store_true", help="train the few-step student (needs --from)")
+    few.add_argument("--tiny-decoder", action="store_true", help="distil a tiny VAE for the run's student")
+    few.add_argument(
+        "--tiny-decoder-width",
+        type=int,
+        default=_default("tiny_decoder_width"),
+        help="channels of the tiny VAE. Default: %(default)s",
+    )
+    few.add_argument(
+        "--guidance-range",
+        type=_pair,
+        default=_default("guidance_range"),
+        metavar="MIN,MAX",
+        help="guidance scales the student learns to take as input. Default: 2,5",
+    )
+    few.add_argument(
+        "--solver-steps",
+        type=int,
+        default=_default("solver_steps"),
+        help="the teacher's DDIM grid. Default: %(default)s",
+    )
+    few.add_argument(
+        "--target-decay",
+        type=float,
+        default=_default("target_decay"),
+        help="EMA decay of the target network. Default: %(default)s",
+    )
+    few.add_argument(
+        "--sampling-steps",
+        type=int,
+        default=_default("sampling_steps"),
+        help="steps recommended to samplers (student/sampling.json, the export manifest, refine-serve). "
+        "Default: %(default)s",
+    )
+    few.add_argument(
+        "--sampling-guidance",
+        type=float,
+        default=_default("sampling_guidance"),
+        help="guidance scale recommended to samplers. Default: %(default)s",
+    )
     p("--checkpoint-every", type=int, default=_default("checkpoint_every"), help="steps between checkpoints")
     p("--keep-checkpoints", type=int, default=_default("keep_checkpoints"), help="checkpoints to keep")
     p("--log-every", type=int, default=_default("log_every"), help="steps between metrics.jsonl rows")
     p("--seed", type=int, default=_default("seed"), help="seed for data order, noise and init. Default: %(default)s")
     p("--resume", action="store_true", help="continue an unfinished run from its newest checkpoint")
     p("--overwrite", action="store_true", help="replace an existing run in --output-dir")
+    p(
+        "--allow-pickle-weights",
+        action="store_true",
+        help="load teacher weights from pickle files (.bin, .pt, ...) when a component has no safetensors file; "
+        "unpickling can run code, so only for files you trust (default: safetensors only)",
+    )
     p("--verbose", "-v", action="count", default=0, help="more logging")
     p("--quiet", "-q", action="store_true", help="warnings only")
     return parser
@@ -169,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> DistillConfig:
     values = {k: v for k, v in vars(args).items() if k in D}
-    return DistillConfig(**values)
+    return with_run_settings(DistillConfig(**values))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -179,9 +271,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> int:
         cfg = config_from_args(args)
+        from refine_control.models.teacher import pickle_weights_allowed
         from refine_control.trainer import train
 
-        run = train(cfg)
+        with pickle_weights_allowed(cfg.allow_pickle_weights):
+            run = train(cfg)
         if os.environ.get("RANK", "0") == "0":  # one message, also under `accelerate launch` / torchrun
             logger.info("done: student saved to %s/student", run)
             logger.info("next: refine-eval %s  |  refine-export %s --output-dir %s/model --int8", run, run, run)

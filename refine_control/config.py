@@ -1,16 +1,28 @@
 """`DistillConfig`: every option of `refine-distill`, validated once, saved with the run."""
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from refine_control.errors import ConfigError
-from refine_control.models.presets import STUDENT_PRESETS
+from refine_control.models.presets import INIT_METHODS, STUDENT_PRESETS
 from refine_control.preprocess import get_preprocessor
 
 # Options that may differ between a run and its `--resume` without changing what is computed.
-RESUME_FREE_FIELDS = ("resume", "overwrite", "checkpoint_every", "keep_checkpoints", "log_every")
+RESUME_FREE_FIELDS = (
+    "resume",
+    "overwrite",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "log_every",
+    "allow_pickle_weights",
+)
+
+
+# (steps, learning rate) by objective: stage 1, the few-step stage, the tiny decoder.
+OBJECTIVE_DEFAULTS = {"distill": (1600, 2e-3), "few_step": (600, 2e-4), "tiny_decoder": (1500, 1e-3)}
 
 
 @dataclass(frozen=True)
@@ -18,52 +30,73 @@ class DistillConfig:
     output_dir: Path
     teacher: str = "builtin"
     controlnet: str | None = None
-    student: str = "compact-tiny"
-    init: str = "random"
+    student: str = "compact-wide"
+    init: str = "uniform"
     labelled: str | None = None
     unlabelled: str | None = None
-    builtin_labelled: int = 1000
-    builtin_unlabelled: int = 5000
+    builtin_labelled: int = 500
+    builtin_unlabelled: int = 0  # > 0 adds stage 2 on that many unlabelled shapes
     preprocessor: str = "canny"
     resolution: int | None = None  # None: the teacher's native size
-    max_steps: int = 1000
+    max_steps: int | None = None  # None: 1600, or 600 for a few-step stage
     stage2_steps: int | None = None  # None: max_steps // 2 when unlabelled images exist, else 0
     loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
     normalize_features: bool = True
+    snr_gamma: float | None = 5.0  # min-SNR-γ timestep weights of the task and output terms; None: equal weights
     batch_size: int = 16
     grad_accum: int = 1
-    learning_rate: float = 1e-4
+    learning_rate: float | None = None  # None: 2e-3, or 2e-4 for a few-step stage
     stage2_lr_scale: float = 0.5
     warmup_steps: int = 50
+    lr_schedule: str = "cosine"
     weight_decay: float = 1e-2
     max_grad_norm: float = 1.0
     mixed_precision: str = "no"
     prompt_dropout: float = 0.1
     replay_ratio: float = 0.5
     ema_decay: float | None = None
+    # The few-step stage: latent consistency distillation of a finished run's student (`from_run`).
+    from_run: str | None = None
+    few_step: bool = False
+    tiny_decoder: bool = False  # distil a tiny VAE (AutoencoderTiny) from the teacher's for the run's student
+    tiny_decoder_width: int = 32
+    guidance_range: tuple[float, float] = (2.0, 5.0)  # guidance scales the student learns to take as input
+    solver_steps: int = 50  # the teacher's DDIM grid; each target is one step on it
+    target_decay: float = 0.95  # EMA decay of the target network
+    sampling_steps: int = 4  # recommended to samplers (student/sampling.json)
+    sampling_guidance: float = 3.0
     checkpoint_every: int = 250
     keep_checkpoints: int = 2
     log_every: int = 10
     seed: int = 0
     resume: bool = False
     overwrite: bool = False
+    allow_pickle_weights: bool = False  # teacher weights as pickle files (.bin, ...) when no safetensors exist
 
     def __post_init__(self) -> None:
+        # Defaults that depend on the objective (frozen dataclass: set once, here).
+        steps, rate = OBJECTIVE_DEFAULTS[self.objective]
+        if self.max_steps is None:
+            object.__setattr__(self, "max_steps", steps)
+        if self.learning_rate is None:
+            object.__setattr__(self, "learning_rate", rate)
         STUDENT_PRESETS.get(self.student)  # raises with the list of presets
         if not self.preprocessor.startswith("aux:"):  # aux: detectors are checked when first used
             get_preprocessor(self.preprocessor)
         checks = [
-            (self.init in ("random", "transfer"), "--init", self.init, "random or transfer"),
+            (self.init in INIT_METHODS, "--init", self.init, ", ".join(INIT_METHODS)),
             (self.max_steps >= 0, "--max-steps", self.max_steps, ">= 0"),
             (self.stage2_steps is None or self.stage2_steps >= 0, "--stage2-steps", self.stage2_steps, ">= 0"),
             (len(self.loss_weights) == 3, "--loss-weights", self.loss_weights, "three numbers task,out,feat"),
             (all(w >= 0 for w in self.loss_weights), "--loss-weights", self.loss_weights, "non-negative weights"),
             (any(w > 0 for w in self.loss_weights), "--loss-weights", self.loss_weights, "at least one weight > 0"),
+            (self.snr_gamma is None or self.snr_gamma > 0, "--snr-gamma", self.snr_gamma, "> 0 (or `none`)"),
             (self.batch_size >= 1, "--batch-size", self.batch_size, ">= 1"),
             (self.grad_accum >= 1, "--grad-accum", self.grad_accum, ">= 1"),
             (self.learning_rate > 0, "--learning-rate", self.learning_rate, "> 0"),
             (self.stage2_lr_scale > 0, "--stage2-lr-scale", self.stage2_lr_scale, "> 0"),
             (self.warmup_steps >= 0, "--warmup-steps", self.warmup_steps, ">= 0"),
+            (self.lr_schedule in ("constant", "cosine"), "--lr-schedule", self.lr_schedule, "constant or cosine"),
             (self.max_grad_norm > 0, "--max-grad-norm", self.max_grad_norm, "> 0"),
             (
                 self.mixed_precision in ("no", "bf16", "fp16"),
@@ -82,11 +115,42 @@ class DistillConfig:
             (self.resolution is None or self.resolution >= 8, "--resolution", self.resolution, ">= 8"),
             (not (self.resume and self.overwrite), "--resume", "with --overwrite", "one of the two"),
         ]
+        low, high = self.guidance_range
+        checks += [
+            (
+                len(self.guidance_range) == 2 and 1 <= low <= high,
+                "--guidance-range",
+                self.guidance_range,
+                "1 <= MIN <= MAX",
+            ),
+            (1 <= self.solver_steps <= 1000, "--solver-steps", self.solver_steps, "in 1..1000"),
+            (0 < self.target_decay < 1, "--target-decay", self.target_decay, "in (0, 1)"),
+            (1 <= self.sampling_steps <= 50, "--sampling-steps", self.sampling_steps, "in 1..50"),
+            (self.sampling_guidance >= 1, "--sampling-guidance", self.sampling_guidance, ">= 1"),
+            (self.tiny_decoder_width >= 4, "--tiny-decoder-width", self.tiny_decoder_width, ">= 4"),
+        ]
         for ok, flag, value, allowed in checks:
             if not ok:
                 raise ConfigError(f"`{flag}` must be {allowed}, got {value}")
         if self.teacher != "builtin" and self.labelled is None:
             raise ConfigError("`--labelled DIR` is required with a teacher other than builtin")
+        if (self.few_step or self.tiny_decoder) != (self.from_run is not None) or (
+            self.few_step and self.tiny_decoder
+        ):
+            raise ConfigError(
+                "`--from RUN` goes with one of `--few-step` or `--tiny-decoder`: both start from a finished run",
+                hint="refine-distill --from runs/demo --few-step -o runs/demo-4step, then "
+                "refine-distill --from runs/demo-4step --tiny-decoder -o runs/demo-4step-tiny",
+            )
+        if self.few_step and (self.ema_decay is not None or self.stage2_steps):
+            raise ConfigError(
+                "the few-step stage keeps its own target network and has no stage 2",
+                hint="drop --ema-decay / --stage2-steps (tune --target-decay instead)",
+            )
+
+    @property
+    def objective(self) -> str:
+        return "few_step" if self.few_step else "tiny_decoder" if self.tiny_decoder else "distill"
 
     @property
     def uses_teacher_signals(self) -> bool:
@@ -96,6 +160,7 @@ class DistillConfig:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["output_dir"] = str(self.output_dir)
         out["loss_weights"] = list(self.loss_weights)
+        out["guidance_range"] = list(self.guidance_range)
         return out
 
     def resume_differences(self, saved: dict[str, Any]) -> list[str]:
@@ -106,3 +171,31 @@ class DistillConfig:
             for key, value in current.items()
             if key not in RESUME_FREE_FIELDS and key != "output_dir" and saved.get(key) != value
         ]
+
+
+# What a few-step stage takes from the run it starts from.
+INHERITED_FROM_RUN = ("teacher", "controlnet", "student", "preprocessor", "resolution")
+
+
+def with_run_settings(cfg: DistillConfig) -> DistillConfig:
+    """`cfg` with the teacher, preset, preprocessor and resolution of `cfg.from_run` (unchanged without it)."""
+    if cfg.from_run is None:
+        return cfg
+    run = Path(cfg.from_run)
+    if not (run / "student" / "model_index.json").is_file():
+        raise ConfigError(
+            f"`--from {run}`: no finished student there (student/model_index.json is missing)",
+            hint="pass the --output-dir of a finished refine-distill run",
+        )
+    try:
+        saved = json.loads((run / "config.json").read_text("utf-8"))
+        inherited = {key: saved[key] for key in INHERITED_FROM_RUN}
+        if cfg.labelled is None:
+            inherited["labelled"] = saved["labelled"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"`--from {run}`: its config.json cannot be read ({err})") from err
+    if cfg.few_step and saved.get("few_step"):
+        raise ConfigError(f"`--from {run}`: that run is already a few-step student", hint="start from its --from run")
+    if saved.get("tiny_decoder"):
+        raise ConfigError(f"`--from {run}`: that run only added a tiny decoder", hint="start from its --from run")
+    return dataclasses.replace(cfg, **inherited)

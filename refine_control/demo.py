@@ -1,47 +1,51 @@
 """`make demo` / `python -m refine_control.demo`: the main job end to end on the built-in default.
 
-Distil the shipped shapes teacher into a `controlnet-half` student, score student and teacher with `refine-eval`, export
-the student to ONNX + INT8 with its parity report, and print where everything is and how to serve it. Each stage
-is the public CLI called in-process, so the demo exercises exactly what a user runs.
+Distil the shipped shapes teacher into the default compact student (the `refine-distill` defaults), score student and
+teacher with `refine-eval` on held-out test shapes, export the student to ONNX + INT8 with its parity report, time
+teacher and student images in ONNX Runtime with `benchmarks/latency.py`, and print them side by side with the
+`refine-serve` command. Each stage is the public CLI, so the demo exercises exactly what a user runs.
 """
 
 import argparse
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from refine_control.cli_utils import run_cli
 from refine_control.errors import ConfigError
+from refine_control.results import write_result
+
+LATENCY_SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "latency.py"
 
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Sizes chosen so the whole demo takes minutes on 2 CPU cores; the CLIs' own defaults train longer."""
+    """The demo runs the CLIs' own defaults; only where it writes, the seed and the evaluation size are its own."""
 
     output_dir: Path = Path("runs/demo")
-    student: str = "controlnet-half"  # the compact presets need thousands of steps (README, "The ablation")
-    init: str = "transfer"
-    learning_rate: float = 5e-4
-    max_steps: int = 300
-    stage2_steps: int = 150
-    builtin_labelled: int = 500
-    builtin_unlabelled: int = 2500
-    eval_samples: int = 128
+    eval_samples: int = 256
     seed: int = 0
+    max_steps: int | None = None  # None: refine-distill's default
+    stage2_steps: int | None = None  # None: refine-distill's default
+    sampling_steps: int = 20  # refine-eval's and the latency benchmark's denoising steps per image
 
 
 def build_parser() -> argparse.ArgumentParser:
     d = DemoConfig()
     parser = argparse.ArgumentParser(
         prog="python -m refine_control.demo",
-        description="Distil the built-in teacher, evaluate the student against it, export ONNX + INT8 with a "
-        "parity report, and print how to serve the result.",
+        description="Distil the built-in teacher into the default compact student, evaluate it against the teacher, "
+        "export ONNX + INT8 with a parity report, time teacher and student in ONNX Runtime, and print them side by "
+        "side with the command that serves the student.",
     )
     parser.add_argument("--output-dir", type=Path, default=d.output_dir, help="Default: %(default)s (replaced)")
-    parser.add_argument("--max-steps", type=int, default=d.max_steps, help="stage-1 steps. Default: %(default)s")
-    parser.add_argument("--stage2-steps", type=int, default=d.stage2_steps, help="stage-2 steps. Default: %(default)s")
+    parser.add_argument("--max-steps", type=int, default=None, help="stage-1 steps. Default: refine-distill's")
+    parser.add_argument("--stage2-steps", type=int, default=None, help="stage-2 steps. Default: refine-distill's")
     parser.add_argument("--eval-samples", type=int, default=d.eval_samples, help="Default: %(default)s")
     parser.add_argument("--seed", type=int, default=d.seed, help="Default: %(default)s")
     return parser
@@ -56,53 +60,116 @@ def _stage(title: str, run: Callable[[list[str]], int], argv: list[str]) -> floa
     return time.perf_counter() - start
 
 
+def _latency(argv: list[str]) -> int:
+    """The latency benchmark is a script of the repository, run in its own process (it starts workers)."""
+    return subprocess.call([sys.executable, str(LATENCY_SCRIPT), *argv])
+
+
 def run_demo(cfg: DemoConfig) -> dict[str, float]:
-    """Run the three stages; return the seconds each took."""
+    """Run the four stages; return the seconds each took."""
     from refine_control.cli import main as distill
     from refine_control.evaluation.cli import main as evaluate
     from refine_control.export.cli import main as export
 
     run, model = cfg.output_dir, cfg.output_dir / "model"
     distill_argv = ["--teacher", "builtin", "-o", str(run), "--overwrite", "--seed", str(cfg.seed), "-q"]
-    for flag in (
-        "student",
-        "init",
-        "learning_rate",
-        "max_steps",
-        "stage2_steps",
-        "builtin_labelled",
-        "builtin_unlabelled",
-    ):
-        distill_argv += [f"--{flag.replace('_', '-')}", str(getattr(cfg, flag))]
+    for flag in ("max_steps", "stage2_steps"):
+        if getattr(cfg, flag) is not None:
+            distill_argv += [f"--{flag.replace('_', '-')}", str(getattr(cfg, flag))]
     eval_argv = [str(run), "--num-samples", str(cfg.eval_samples), "--seed", str(cfg.seed), "-q"]
+    eval_argv += ["--steps", str(cfg.sampling_steps)]
+    latency_argv = ["--scale", "builtin", "--presets", "none", "--run", f"student={run}", "--runtimes", "ort-fp32"]
+    latency_argv += ["--steps", str(cfg.sampling_steps), "--repeats", "5", "--warmup", "1"]
+    latency_argv += ["--json", str(run / "latency.json")]
     seconds = {
-        "distil": _stage("1/3 distil (refine-distill)", distill, distill_argv),
-        "evaluate": _stage("2/3 evaluate (refine-eval)", evaluate, eval_argv),
-        "export": _stage("3/3 export (refine-export)", export, [str(run), "-o", str(model), "--int8", "--overwrite"]),
+        "distil": _stage("1/4 distil (refine-distill)", distill, distill_argv),
+        "evaluate": _stage("2/4 evaluate (refine-eval)", evaluate, eval_argv),
+        "export": _stage("3/4 export (refine-export)", export, [str(run), "-o", str(model), "--int8", "--overwrite"]),
     }
+    if LATENCY_SCRIPT.is_file():
+        seconds["measure"] = _stage("4/4 measure (benchmarks/latency.py)", _latency, latency_argv)
+    else:
+        print(f"\n=== 4/4 measure: skipped, {LATENCY_SCRIPT} is not here (run the demo from a checkout)")  # noqa: T201
     return seconds
 
 
+def compare(eval_report: dict[str, Any], latency: dict[str, Any] | None, steps: int) -> dict[str, dict[str, float]]:
+    """Teacher vs student from the same runs: quality from refine-eval, MACs and ORT FP32 seconds per image."""
+    student, teacher = eval_report["metrics"], eval_report["columns"]["teacher"]
+    keys = ("edge_f1", "mask_iou", "colour_acc", "shape_acc")
+    out = {
+        "teacher": {k: teacher[k] for k in keys if k in teacher},
+        "student": {k: student[k] for k in (*keys, "teacher_psnr_db") if k in student},
+    }
+    if latency is not None:
+        size = str(latency["config"]["sizes"][0])
+        for model in ("teacher", "student"):
+            m = latency["models"][model]["macs"][size]
+            out[model]["macs_per_image"] = m["text_encoder"] + steps * 2 * m["step"] + m["vae_decode"]
+            found = [r for r in latency["per_image"] if r["model"] == model and r["runtime"] == "ort-fp32"]
+            if found:
+                out[model]["ort_fp32_s_per_image"] = found[0]["image_cfg_s"]
+    return out
+
+
+def side_by_side(comparison: dict[str, dict[str, float]], samples: int, steps: int) -> list[str]:
+    """The comparison as aligned text lines."""
+    teacher, student = comparison["teacher"], comparison["student"]
+    rows: list[tuple[str, str, str, str]] = []
+    if "macs_per_image" in student:
+        t, s = teacher["macs_per_image"], student["macs_per_image"]
+        rows.append(("GMAC per image", f"{t / 1e9:.2f}", f"{s / 1e9:.2f}", f"{t / s:.1f}× fewer"))
+    if "ort_fp32_s_per_image" in student and "ort_fp32_s_per_image" in teacher:
+        t, s = teacher["ort_fp32_s_per_image"], student["ort_fp32_s_per_image"]
+        rows.append(("ORT FP32 s per image", f"{t:.3f}", f"{s:.3f}", f"{t / s:.1f}× faster"))
+    labels = {
+        "edge_f1": "edge F1",
+        "mask_iou": "mask IoU",
+        "colour_acc": "colour accuracy",
+        "shape_acc": "shape accuracy",
+    }
+    for key, label in labels.items():
+        if key in student and teacher.get(key):
+            kept = student[key] / teacher[key]
+            rows.append((label, f"{teacher[key]:.3f}", f"{student[key]:.3f}", f"{100 * kept:.0f}% kept"))
+    if "teacher_psnr_db" in student:
+        rows.append(("PSNR vs teacher (dB)", "-", f"{student['teacher_psnr_db']:.1f}", "same noise"))
+    head = ("", "teacher", "student", "")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [head, *rows]]
+    note = f"{samples} held-out test shapes, {steps} steps with guidance (a batch of 2 per step)"
+    return [*lines, note + (", timed in ONNX Runtime FP32 on this machine" if "macs_per_image" in student else "")]
+
+
 def _summary(cfg: DemoConfig, seconds: dict[str, float]) -> str:
+    """Print-ready summary; also records the run's figures as a result file (RUN/results/demo/make-demo.json)."""
     run, model = cfg.output_dir, cfg.output_dir / "model"
-    metrics = json.loads((run / "eval" / "metrics.json").read_text())["metrics"]
+    eval_report = json.loads((run / "eval" / "metrics.json").read_text())
+    latency_path = run / "latency.json"
+    latency = json.loads(latency_path.read_text()) if latency_path.is_file() else None
     parity = json.loads((model / "parity.json").read_text())
-    latency = parity.get("latency_ms_per_denoiser_step", {})
+    comparison = compare(eval_report, latency, cfg.sampling_steps)
+    step_ms = parity.get("latency_ms_per_denoiser_step", {})
+    write_result(
+        ("demo", "make-demo"),
+        metrics={**comparison, "seconds": seconds, "denoiser_step_ms": step_ms},
+        config={**asdict(cfg), "output_dir": str(cfg.output_dir)},
+        seed=cfg.seed,
+        command="make demo",
+        wall_s=sum(seconds.values()),
+        root=run / "results",
+    )
     lines = ["", "=== done in " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())]
+    lines += ["", "teacher vs student (same prompts, controls and noise):"]
+    lines += ["  " + line for line in side_by_side(comparison, eval_report["num_samples"], cfg.sampling_steps)]
+    lines.append("")
     lines.append(f"student:      {run / 'student'}  (diffusers format; training log {run / 'logs' / 'train.log'})")
     lines.append(f"evaluation:   {run / 'eval' / 'metrics.json'}")
-    if "edge_f1" in metrics:
-        kept = metrics.get("edge_f1_kept")
-        lines.append(
-            f"              edge F1 {metrics['edge_f1']:.3f}"
-            + (f" ({100 * kept:.0f}% of the teacher's)" if kept else "")
-            + f", image PSNR vs teacher {metrics.get('teacher_psnr_db', float('nan')):.1f} dB"
-        )
     lines.append(f"exported:     {model}  (parity report {model / 'parity.json'})")
-    if latency:
-        lines.append("              denoiser step, ms: " + ", ".join(f"{k} {v:.2f}" for k, v in latency.items()))
+    if step_ms:
+        lines.append("              denoiser step, ms: " + ", ".join(f"{k} {v:.2f}" for k, v in step_ms.items()))
     # Serve the faster of the two exported denoisers (INT8 is not faster for every student on every CPU).
-    int8_faster = latency.get("onnxruntime int8", float("inf")) < latency.get("onnxruntime fp32", float("inf"))
+    int8_faster = step_ms.get("onnxruntime int8", float("inf")) < step_ms.get("onnxruntime fp32", float("inf"))
     precision = "int8" if int8_faster else "fp32"
     lines.append(f"serve it:     refine-serve {model} --precision {precision}   (then open http://127.0.0.1:8000/)")
     return "\n".join(lines)
@@ -113,14 +180,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> int:
         for name in ("max_steps", "eval_samples"):
-            if getattr(args, name) < 1:
-                raise ConfigError(f"`--{name.replace('_', '-')}` must be >= 1, got {getattr(args, name)}")
+            value = getattr(args, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"`--{name.replace('_', '-')}` must be >= 1, got {value}")
         cfg = DemoConfig(
             args.output_dir,
+            eval_samples=args.eval_samples,
+            seed=args.seed,
             max_steps=args.max_steps,
             stage2_steps=args.stage2_steps,
-            seed=args.seed,
-            eval_samples=args.eval_samples,
         )
         print(_summary(cfg, run_demo(cfg)))  # noqa: T201 - the demo's result
         return 0

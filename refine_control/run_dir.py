@@ -3,6 +3,8 @@
 import json
 import logging
 import shutil
+from pathlib import Path
+from typing import Any
 
 from diffusers import StableDiffusionControlNetPipeline
 
@@ -12,6 +14,8 @@ from refine_control.config import DistillConfig
 from refine_control.errors import ConfigError
 from refine_control.models.denoiser import ControlledDenoiser
 from refine_control.models.teacher import Teacher
+
+SAMPLING_FILE = "sampling.json"  # in a student dir: how a few-step student is meant to be sampled
 
 logger = logging.getLogger(__name__)
 
@@ -63,20 +67,36 @@ def prepare_run_dir(cfg: DistillConfig) -> None:
         write_json(run / "config.json", cfg.to_json())
 
 
-def save_student(path, teacher: Teacher, student: ControlledDenoiser) -> None:
+def save_student(
+    path: Path,
+    teacher: Teacher,
+    student: ControlledDenoiser,
+    sampling: dict[str, Any] | None = None,
+    vae: Any = None,
+) -> None:
     """Write the student as a full `StableDiffusionControlNetPipeline` dir (teacher's VAE, text encoder,
-    tokenizer and scheduler; the student's UNet and ControlNet), loadable with `from_pretrained`."""
+    tokenizer and scheduler; the student's UNet and ControlNet), loadable with `from_pretrained`.
+
+    A few-step student (`sampling`: its recommended steps and guidance scale) gets diffusers' `LCMScheduler` on the
+    teacher's noise schedule, and `sampling.json` beside `model_index.json` says how to sample it."""
+    scheduler = teacher.scheduler
+    if sampling is not None and sampling.get("scheduler", "LCMScheduler") == "LCMScheduler":
+        from diffusers import LCMScheduler
+
+        scheduler = LCMScheduler.from_config(teacher.scheduler.config)
     pipeline = StableDiffusionControlNetPipeline(
-        vae=teacher.vae,
+        vae=vae if vae is not None else teacher.vae,
         text_encoder=teacher.text_encoder,
         tokenizer=teacher.tokenizer,
         unet=student.unet,
         controlnet=student.controlnet,
-        scheduler=teacher.scheduler,
+        scheduler=scheduler,
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
     with atomic_dir(path) as tmp:
         pipeline.save_pretrained(tmp, safe_serialization=True)
+        if sampling is not None:
+            (tmp / SAMPLING_FILE).write_text(json.dumps({**sampling, "scheduler": type(scheduler).__name__}, indent=2))
     logger.info("student saved to %s", path)

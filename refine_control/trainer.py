@@ -7,6 +7,7 @@ micro-batch, rank), so `--resume` continues bit for bit from a checkpoint.
 """
 
 import contextlib
+import copy
 import json
 import logging
 import math
@@ -25,20 +26,22 @@ from tqdm.auto import tqdm
 from refine_control.atomic import write_json, write_text
 from refine_control.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from refine_control.config import DistillConfig
+from refine_control.consistency import ConsistencyDistillation, DDIMSolver, consistency_batch
 from refine_control.data import ImageRecord, epoch_index, load_image, read_image_folder
 from refine_control.distiller import Conditioner, DistillationModule, probe_channels, run_teacher
 from refine_control.errors import CheckpointError, ConfigError, RefineError
 from refine_control.losses import TriLevelLoss
-from refine_control.models.denoiser import ControlledDenoiser
+from refine_control.models.denoiser import ControlledDenoiser, with_guidance_input
+from refine_control.models.initialise import initialise_student
 from refine_control.models.presets import STUDENT_PRESETS, build_student, count_params
 from refine_control.models.teacher import Teacher, load_teacher
 from refine_control.preprocess import get_preprocessor
-from refine_control.run_dir import prepare_run_dir, save_student
-from refine_control.weaklabel.transfer import transfer_parameters
+from refine_control.run_dir import SAMPLING_FILE, prepare_run_dir, save_student
 
 logger = logging.getLogger(__name__)
 
 LABELLED, UNLABELLED, REPLAY = 0, 1, 2  # data streams, each with its own seeded order
+LATENT_CACHE_BYTES = 1 << 30  # the latents of the training images are kept in memory up to this size
 
 
 def _seed(*parts: int) -> int:
@@ -54,8 +57,8 @@ class Batches:
         self.labelled, self.unlabelled, self.cfg, self.world, self.size = labelled, unlabelled, cfg, world, size
         self.preprocessor = get_preprocessor(cfg.preprocessor)
 
-    def get(self, step: int, micro: int, rank: int, stage: int) -> tuple[np.ndarray, list[str], np.ndarray]:
-        """images (B, H, W, 3) uint8, captions, controls (B, H, W, 3) float32."""
+    def get(self, step: int, micro: int, rank: int, stage: int) -> tuple[np.ndarray, list[str], np.ndarray, list[str]]:
+        """images (B, H, W, 3) uint8, captions, controls (B, H, W, 3) float32, and the image paths (cache keys)."""
         cfg = self.cfg
         rng = np.random.default_rng(_seed(cfg.seed, step, micro, rank, 7))
         slot = (step * cfg.grad_accum + micro) * self.world + rank
@@ -64,15 +67,18 @@ class Batches:
         else:
             n_replay = round(cfg.batch_size * cfg.replay_ratio)
             parts = [(UNLABELLED, self.unlabelled, cfg.batch_size - n_replay), (REPLAY, self.labelled, n_replay)]
-        images, captions = [], []
+        images, captions, keys = [], [], []
         for stream, records, count in parts:
             for j in range(count):
                 record = records[epoch_index(slot * count + j, len(records), _seed(cfg.seed, stream))]
                 images.append(load_image(record.path, self.size))
+                keys.append(str(record.path))
                 caption = "" if stream == UNLABELLED else (record.text or "")
-                captions.append("" if rng.random() < cfg.prompt_dropout else caption)
+                # The few-step stage always shows the caption: its guidance input needs the conditional prediction.
+                dropout = 0.0 if cfg.few_step else cfg.prompt_dropout
+                captions.append("" if rng.random() < dropout else caption)
         controls = np.stack([self.preprocessor(image, rng) for image in images])
-        return np.stack(images), captions, controls
+        return np.stack(images), captions, controls, keys
 
 
 def _builtin_data(cfg: DistillConfig, run: Path) -> tuple[Path, Path | None]:
@@ -112,6 +118,8 @@ def _load_data(cfg: DistillConfig, run: Path) -> tuple[list[ImageRecord], list[I
 
 
 def _stage_steps(cfg: DistillConfig, unlabelled: list[ImageRecord]) -> tuple[int, int]:
+    if cfg.few_step:
+        return cfg.max_steps, 0
     stage2 = cfg.stage2_steps if cfg.stage2_steps is not None else (cfg.max_steps // 2 if unlabelled else 0)
     if stage2 > 0 and not unlabelled:
         raise ConfigError(
@@ -123,24 +131,18 @@ def _stage_steps(cfg: DistillConfig, unlabelled: list[ImageRecord]) -> tuple[int
     return cfg.max_steps, stage2
 
 
-def _learning_rate(cfg: DistillConfig, step: int, stage1_steps: int) -> float:
-    """Linear warm-up at the start of each stage; stage 2 runs at `stage2_lr_scale` × the base rate."""
-    in_stage, scale = (step, 1.0) if step < stage1_steps else (step - stage1_steps, cfg.stage2_lr_scale)
+def _learning_rate(cfg: DistillConfig, step: int, stage1_steps: int, stage2_steps: int) -> float:
+    """Linear warm-up at the start of each stage, then constant or a cosine decay to zero over the stage; stage 2
+    runs at `stage2_lr_scale` × the base rate."""
+    if step < stage1_steps:
+        in_stage, length, scale = step, stage1_steps, 1.0
+    else:
+        in_stage, length, scale = step - stage1_steps, stage2_steps, cfg.stage2_lr_scale
     warmup = min(1.0, (in_stage + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-    return cfg.learning_rate * scale * warmup
-
-
-def _initialise(
-    cfg: DistillConfig, teacher: Teacher, student: ControlledDenoiser, shares_unet: bool
-) -> dict[str, Any]:
-    if cfg.init == "random":
-        return {"init": "random"}
-    reports = {"controlnet": transfer_parameters(teacher.controlnet, student.controlnet)}
-    if not shares_unet:
-        reports["unet"] = transfer_parameters(teacher.unet, student.unet)
-    for name, report in reports.items():
-        logger.info("init transfer, %s: %s", name, report.summary())
-    return {"init": "transfer", **{name: report.to_dict() for name, report in reports.items()}}
+    decay = 1.0
+    if cfg.lr_schedule == "cosine":
+        decay = 0.5 * (1.0 + math.cos(math.pi * min(1.0, in_stage / max(1, length))))
+    return cfg.learning_rate * scale * warmup * decay
 
 
 @dataclass
@@ -150,7 +152,7 @@ class Setup:
     teacher: Teacher
     teacher_denoiser: ControlledDenoiser
     batches: Batches
-    module: DistillationModule  # possibly wrapped by accelerate (DDP)
+    module: DistillationModule | ConsistencyDistillation  # possibly wrapped by accelerate (DDP)
     optimizer: Any
     params: list[torch.nn.Parameter]
     trainable_names: list[str]
@@ -159,6 +161,21 @@ class Setup:
     stage2_steps: int
     resolved: dict[str, Any]
     init_report: dict[str, Any]
+    target: ControlledDenoiser | None = None  # few-step: the target network (an EMA of the student)
+    solver: DDIMSolver | None = None  # few-step: the teacher's ODE solver
+
+
+def _run_student(run: Path, device: torch.device) -> ControlledDenoiser:
+    """A finished run's student (UNet + ControlNet), in fp32 on `device`."""
+    from diffusers import StableDiffusionControlNetPipeline
+
+    import refine_control.models.student  # noqa: F401 - diffusers finds AsymControlNetModel through this module
+
+    pipeline = StableDiffusionControlNetPipeline.from_pretrained(
+        run / "student", torch_dtype=torch.float32, local_files_only=True, safety_checker=None,
+        requires_safety_checker=False,
+    )  # fmt: skip
+    return ControlledDenoiser(pipeline.unet, pipeline.controlnet).to(device)
 
 
 def _build(cfg: DistillConfig, accelerator: Accelerator, weight_dtype: torch.dtype) -> Setup:
@@ -177,28 +194,46 @@ def _build(cfg: DistillConfig, accelerator: Accelerator, weight_dtype: torch.dty
         raise ConfigError(f"`--resolution` must be a multiple of {grid} for this teacher, got {size}")
     batches = Batches(labelled, unlabelled, cfg, accelerator.num_processes, size)
 
-    # 3. Student: a preset built from the teacher's configs; a shared UNet stays frozen.
+    # 3. Student: a preset built from the teacher's configs (a shared UNet stays frozen), or for the few-step
+    # stage a finished run's whole student, its UNet given the guidance input.
     torch.manual_seed(cfg.seed)
-    student_unet, student_controlnet = build_student(
-        teacher.unet, teacher.controlnet, STUDENT_PRESETS.get(cfg.student)
-    )
-    student = ControlledDenoiser(student_unet, student_controlnet).to(accelerator.device)
-    shares_unet = student_unet is teacher.unet
-    init_report = _initialise(cfg, teacher, student, shares_unet)
-    for part in [student.controlnet] + ([] if shares_unet else [student.unet]):
+    if cfg.few_step:
+        student = _run_student(Path(cfg.from_run), accelerator.device)
+        student.unet = with_guidance_input(student.unet)
+        shares_unet, init_report = False, {"init": "from_run", "from_run": cfg.from_run}
+    else:
+        student_unet, student_controlnet = build_student(
+            teacher.unet, teacher.controlnet, STUDENT_PRESETS.get(cfg.student)
+        )
+        student = ControlledDenoiser(student_unet, student_controlnet).to(accelerator.device)
+        shares_unet = student_unet is teacher.unet
+    trained = {"controlnet": student.controlnet} | ({} if shares_unet else {"unet": student.unet})
+    if not cfg.few_step:
+        init_report = initialise_student(cfg.init, {"controlnet": teacher.controlnet, "unet": teacher.unet}, trained)
+    for part in trained.values():
         part.train().requires_grad_(True)
 
-    # 4. Loss: the feature taps both models have, with student→teacher projectors.
-    teacher_taps = set(teacher_denoiser.feature_names(trainable_unet=not shares_unet))
-    taps = [t for t in student.feature_names(trainable_unet=not shares_unet) if t in teacher_taps]
-    if cfg.loss_weights[2] > 0 and not taps:
-        raise ConfigError(f"student preset {cfg.student!r} shares no feature taps with this teacher")
-    s_channels = probe_channels(student, taps, teacher)
-    t_channels = probe_channels(teacher_denoiser, taps, teacher)
-    channels = {t: (s_channels[t], t_channels[t]) for t in taps}
-    loss = TriLevelLoss(cfg.loss_weights, channels, cfg.normalize_features).to(accelerator.device)
-    used_taps = taps if cfg.loss_weights[2] > 0 else []
-    module = DistillationModule(student, loss, used_taps)
+    # 4. Loss: the tri-level loss over the feature taps both models have (with student→teacher projectors), or
+    # the consistency loss against a target network.
+    target = solver = None
+    if cfg.few_step:
+        schedule = teacher.noise_scheduler()
+        solver = DDIMSolver(schedule.alphas_cumprod.to(accelerator.device), cfg.solver_steps)
+        module = ConsistencyDistillation(student, solver.alphas, schedule.config.prediction_type)
+        target = copy.deepcopy(student).eval().requires_grad_(False)
+        used_taps, loss_repr = [], "consistency (pseudo-Huber)"
+    else:
+        teacher_taps = set(teacher_denoiser.feature_names(trainable_unet=not shares_unet))
+        taps = [t for t in student.feature_names(trainable_unet=not shares_unet) if t in teacher_taps]
+        if cfg.loss_weights[2] > 0 and not taps:
+            raise ConfigError(f"student preset {cfg.student!r} shares no feature taps with this teacher")
+        s_channels = probe_channels(student, taps, teacher)
+        t_channels = probe_channels(teacher_denoiser, taps, teacher)
+        channels = {t: (s_channels[t], t_channels[t]) for t in taps}
+        loss = TriLevelLoss(cfg.loss_weights, channels, cfg.normalize_features).to(accelerator.device)
+        used_taps = taps if cfg.loss_weights[2] > 0 else []
+        module = DistillationModule(student, loss, used_taps)
+        loss_repr = loss.extra_repr()
     params = [p for p in module.parameters() if p.requires_grad]
     trainable_names = [n for n, p in module.named_parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -216,7 +251,7 @@ def _build(cfg: DistillConfig, accelerator: Accelerator, weight_dtype: torch.dty
             cfg.student,
             counts["teacher_denoiser_params"] / 1e6,
             counts["student_denoiser_params"] / 1e6,
-            loss.extra_repr(),
+            loss_repr,
             len(used_taps),
         )
     resolved = {
@@ -242,15 +277,21 @@ def _build(cfg: DistillConfig, accelerator: Accelerator, weight_dtype: torch.dty
         stage2_steps,
         resolved,
         init_report,
+        target,
+        solver,
     )
 
 
 class EMA:
     """Exponential moving average of the student's trainable weights (what is saved when enabled)."""
 
-    def __init__(self, student: torch.nn.Module, decay: float) -> None:
+    def __init__(self, student: torch.nn.Module, decay: float, holder: torch.nn.Module | None = None) -> None:
+        """With `holder` (a copy of the student, e.g. the few-step target network) the average lives in its
+        parameters, so `holder` is always the averaged model."""
         self.decay = decay
-        self.shadow = {n: p.detach().clone() for n, p in student.named_parameters() if p.requires_grad}
+        trainable = [n for n, p in student.named_parameters() if p.requires_grad]
+        source = dict((holder or student).named_parameters())
+        self.shadow = {n: source[n].detach() if holder else source[n].detach().clone() for n in trainable}
 
     @torch.no_grad()
     def update(self, student: torch.nn.Module) -> None:
@@ -275,7 +316,9 @@ def _resume(path: Path, setup: Setup, accelerator: Accelerator, ema: EMA | None)
             named[name].copy_(value)
     setup.optimizer.load_state_dict(state["optimizer"])
     if ema is not None and state["ema"] is not None:
-        ema.shadow = {k: v.to(accelerator.device) for k, v in state["ema"].items()}
+        with torch.no_grad():
+            for name, value in state["ema"].items():
+                ema.shadow[name].copy_(value)
     step = int(state["state"]["step"])
     logger.info("resumed from %s at step %d", path, step)
     return step
@@ -289,14 +332,25 @@ def _train_step(
     terms: dict[str, float] = {}
     for micro in range(cfg.grad_accum):
         generator = torch.Generator().manual_seed(_seed(cfg.seed, step, micro, rank))
-        images, captions, controls = setup.batches.get(step, micro, rank, stage)
-        inputs = conditioner.make_inputs(images, captions, controls, generator)
+        images, captions, controls, keys = setup.batches.get(step, micro, rank, stage)
+        if setup.solver is not None:  # the few-step stage
+            latents, text, control = conditioner.encode(images, captions, controls, keys)
+            with accelerator.autocast():
+                batch = consistency_batch(
+                    setup.teacher_denoiser, setup.target, setup.solver, conditioner.prediction_type, latents, text,
+                    conditioner.encode_text([""])[0], control, cfg.guidance_range, generator,
+                )  # fmt: skip
+        else:
+            inputs = conditioner.make_inputs(images, captions, controls, generator, keys)
         with accelerator.accumulate(module):
-            teacher_out = None
-            if cfg.uses_teacher_signals:
-                with accelerator.autocast():
-                    teacher_out = run_teacher(setup.teacher_denoiser, inputs, setup.taps)
-            out = module(inputs, teacher_out)
+            if setup.solver is not None:
+                out = module(batch)
+            else:
+                teacher_out = None
+                if cfg.uses_teacher_signals:
+                    with accelerator.autocast():
+                        teacher_out = run_teacher(setup.teacher_denoiser, inputs, setup.taps)
+                out = module(inputs, teacher_out)
             if not torch.isfinite(out.total):
                 values = {k: float(v) for k, v in out.terms.items()}
                 raise RefineError(
@@ -343,10 +397,20 @@ def train(cfg: DistillConfig) -> Path:
         prepare_run_dir(cfg)
     accelerator.wait_for_everyone()
     weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision, torch.float32)
+    if cfg.tiny_decoder:
+        with _run_log(run, main):
+            if main:  # minutes on one process; the others wait
+                _train_tiny_decoder(cfg, accelerator.device)
+            accelerator.wait_for_everyone()
+        accelerator.end_training()
+        return run
     with _run_log(run, main):
         setup = _build(cfg, accelerator, weight_dtype)
         student = accelerator.unwrap_model(setup.module).student
-        ema = EMA(student, cfg.ema_decay) if cfg.ema_decay is not None else None
+        if setup.target is not None:  # the few-step target network is an average of the student
+            ema = EMA(student, cfg.target_decay, holder=setup.target)
+        else:
+            ema = EMA(student, cfg.ema_decay) if cfg.ema_decay is not None else None
 
         # 5. Resume from the newest complete checkpoint.
         checkpoints = list_checkpoints(run / "checkpoints")
@@ -357,7 +421,9 @@ def train(cfg: DistillConfig) -> Path:
             _truncate_metrics(run / "metrics.jsonl", start)
 
         # 6. The loop.
-        conditioner = Conditioner(setup.teacher, accelerator.device, weight_dtype)
+        conditioner = Conditioner(
+            setup.teacher, accelerator.device, weight_dtype, _fits_latent_cache(setup), cfg.snr_gamma
+        )
         total = setup.stage1_steps + setup.stage2_steps
         step_times: list[float] = []
         progress = tqdm(range(start, total), initial=start, total=total, disable=not main, desc="distilling")
@@ -365,7 +431,7 @@ def train(cfg: DistillConfig) -> Path:
             metrics = stack.enter_context((run / "metrics.jsonl").open("a")) if main else None
             for step in progress:
                 stage = 1 if step < setup.stage1_steps else 2
-                lr = _learning_rate(cfg, step, setup.stage1_steps)
+                lr = _learning_rate(cfg, step, setup.stage1_steps, setup.stage2_steps)
                 for group in setup.optimizer.param_groups:
                     group["lr"] = lr
                 tic = time.perf_counter()
@@ -397,9 +463,10 @@ def train(cfg: DistillConfig) -> Path:
         accelerator.wait_for_everyone()
         in_sync = _replicas_in_sync(accelerator, setup.params)
         if main:
-            if ema is not None:
+            if ema is not None and setup.target is None:
                 ema.copy_to(student)
-            save_student(run / "student", setup.teacher, student)
+            sampling = {"steps": cfg.sampling_steps, "guidance_scale": cfg.sampling_guidance} if cfg.few_step else None
+            save_student(run / "student", setup.teacher, student, sampling)
             write_json(
                 run / "metrics.json",
                 {
@@ -416,6 +483,44 @@ def train(cfg: DistillConfig) -> Path:
             )
     accelerator.end_training()
     return run
+
+
+def _fits_latent_cache(setup: Setup) -> bool:
+    """Whether the latents of every training image fit `LATENT_CACHE_BYTES`."""
+    batches, teacher = setup.batches, setup.teacher
+    latent = teacher.vae.config.latent_channels * (batches.size // teacher.vae_scale_factor) ** 2
+    images = len(batches.labelled) + len(batches.unlabelled)
+    return images * latent * 4 <= LATENT_CACHE_BYTES
+
+
+def _train_tiny_decoder(cfg: DistillConfig, device: torch.device) -> None:
+    """`--from RUN --tiny-decoder`: the run's student with a tiny VAE distilled from the teacher's."""
+    from refine_control.tiny_decoder import TinyVaeSettings, distil_tiny_vae
+
+    run, source = cfg.output_dir, Path(cfg.from_run)
+    teacher = load_teacher(cfg.teacher, cfg.controlnet, torch.float32, device)
+    labelled, unlabelled = _load_data(cfg, run)
+    size = cfg.resolution or teacher.resolution
+    images = np.stack([load_image(r.path, size) for r in labelled + unlabelled])
+    held_out = np.arange(len(images)) % 10 == 9  # every tenth image scores the decoder
+    settings = TinyVaeSettings(
+        cfg.tiny_decoder_width, cfg.max_steps, cfg.batch_size, cfg.learning_rate, cfg.warmup_steps
+    )
+    write_json(run / "config.json", {**cfg.to_json(), "resolved": {"resolution": size, "images": len(images)}})
+    tiny, metrics = distil_tiny_vae(teacher.vae, images[~held_out], images[held_out], settings, cfg.seed)
+    student = _run_student(source, device)
+    sampling_file = source / "student" / SAMPLING_FILE
+    sampling = json.loads(sampling_file.read_text()) if sampling_file.is_file() else None
+    save_student(run / "student", teacher, student, sampling, vae=tiny)
+    write_json(
+        run / "metrics.json",
+        {
+            **metrics,
+            "tiny_vae_params": count_params(tiny),
+            "teacher_vae_params": count_params(teacher.vae),
+            "held_out_images": int(held_out.sum()),
+        },
+    )
 
 
 def _replicas_in_sync(accelerator: Accelerator, params: list[torch.nn.Parameter]) -> bool:

@@ -19,6 +19,7 @@ from refine_control import __version__
 from refine_control.serve.deps import validation_detail
 from refine_control.serve.engine import Engine, load_engine, warm_up
 from refine_control.serve.jobs import JobManager
+from refine_control.serve.redact import install_access_log_redaction, redact_path
 from refine_control.serve.routes import api_router, health, page
 from refine_control.serve.routes.page import STATIC_DIR
 from refine_control.serve.schemas import ApiError
@@ -52,7 +53,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, err: ApiError) -> JSONResponse:
         if err.status >= 500:
-            logger.warning("%s %s → %d %s", request.method, request.url.path, err.status, err.code)
+            logger.warning("%s %s → %d %s", request.method, redact_path(request.url.path), err.status, err.code)
         return _error(err)
 
     @app.exception_handler(RequestValidationError)
@@ -67,7 +68,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, err: Exception) -> JSONResponse:
-        logger.error("unexpected %s on %s %s", type(err).__name__, request.method, request.url.path)
+        logger.error("unexpected %s on %s %s", type(err).__name__, request.method, redact_path(request.url.path))
         return _error(ApiError(500, "internal_error", "the server failed on this request; it is still up"))
 
 
@@ -108,6 +109,7 @@ def create_app(settings: ServeSettings | None = None, engine: Engine | None = No
         telemetry=NO_TELEMETRY,
     )
     app.state.settings = settings
+    install_access_log_redaction()  # job ids are capabilities: never in the access log
     app.state.engine = None
     app.state.jobs = None
     app.add_middleware(GuardMiddleware, settings=settings)

@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--request-timeout", dest="request_timeout_s", type=float, help="seconds (default 120)")
     parser.add_argument("--max-output-side", type=int, help="largest width/height (default 2 × the model's)")
     parser.add_argument("--graceful-shutdown", dest="graceful_shutdown_s", type=float, help="seconds (default 30)")
+    parser.add_argument(
+        "--header-timeout", dest="header_timeout_s", type=float, help="seconds for a request head (default 5)"
+    )
+    parser.add_argument("--body-timeout", dest="body_timeout_s", type=float, help="seconds for a request body (30)")
+    parser.add_argument("--limit-concurrency", type=int, help="open connections at most (default 512)")
     parser.add_argument("--no-warmup", dest="warmup", action="store_false", default=None, help="skip the warm-up")
     parser.add_argument("--no-access-log", dest="access_log", action="store_false", default=None)
     parser.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"))
@@ -105,6 +110,7 @@ def serve(settings: Any, engine: Any) -> int:
     import uvicorn
 
     from refine_control.serve.app import create_app
+    from refine_control.serve.connections import guarded_protocol
 
     app = create_app(settings, engine)
 
@@ -123,7 +129,9 @@ def serve(settings: Any, engine: Any) -> int:
         access_log=settings.access_log,
         server_header=False,
         proxy_headers=False,  # never trust X-Forwarded-* from the network
-        limit_concurrency=settings.limit_concurrency,
+        # Head/body deadlines and our own connection cap (uvicorn's answers plain-text 503 to every route).
+        http=guarded_protocol(settings),
+        limit_concurrency=None,
         timeout_graceful_shutdown=int(settings.graceful_shutdown_s),
         timeout_keep_alive=5,
         lifespan="on",

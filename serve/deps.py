@@ -34,7 +34,8 @@ def get_jobs(request: Request) -> JobManager:
 
 
 async def admit(jobs: Annotated[JobManager, Depends(get_jobs)]) -> AsyncIterator[Ticket]:
-    """A slot in the work queue, taken before the body is read (503 + Retry-After when there is none)."""
+    """A slot in the work queue (503 + Retry-After when there is none). The body has been read by then (the
+    guard middleware reads it with a deadline), but not parsed: an overloaded server parses and decodes nothing."""
     ticket = jobs.reserve()
     try:
         yield ticket
@@ -87,6 +88,8 @@ async def read_json(request: Request, model: type[ModelT]) -> ModelT:
         data = json.loads(body.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise ApiError(400, "invalid_json", "the body is not valid UTF-8 JSON") from None
+    except ValueError:  # an integer longer than Python's int-digits limit (4300) raises this inside the parser
+        raise ApiError(400, "invalid_json", "the body holds a number too long to read") from None
     finally:
         del body
     try:

@@ -1,8 +1,8 @@
 """The bounded work queue: admission, worker threads, per-step progress, cancellation, time limits, shutdown.
 
-At most `workers + queue_size` generations are admitted at once, counted from before the request body is read
-(`JobManager.reserve`), so an overloaded server neither reads nor decodes what it cannot run: the rest get
-503 + Retry-After at once. Workers are plain threads (ONNX Runtime releases the GIL); the event loop only waits on
+At most `workers + queue_size` generations are admitted at once (`JobManager.reserve`), counted from after the
+body has arrived (so a slow client never holds a slot) and before it is parsed, so an overloaded server neither
+parses nor decodes what it cannot run: the rest get 503 + Retry-After at once. Workers are plain threads (ONNX Runtime releases the GIL); the event loop only waits on
 jobs, woken through `loop.call_soon_threadsafe`, so `/healthz` stays fast while generating.
 
 A job waiting longer than `max_queue_wait_s` fails with 503; one running longer than `request_timeout_s` is

@@ -10,8 +10,11 @@ In order:
    server's own origin (`null` included), or `Sec-Fetch-Site: cross-site/same-site`. There is no CORS at all.
 4. With a token set, `/v1/*` needs `Authorization: Bearer <token>` (constant-time compare; never from the
    query string). The page, `/docs` and `/healthz` stay readable so a person can enter the token.
-5. The request body is capped: a larger `Content-Length` is refused before reading; a chunked body is counted
-   as it arrives.
+5. The request body is capped: a larger `Content-Length` is refused before reading. Then the whole body is
+   read here, before any route runs (`body.py`: size limit, read deadline, a budget for all bodies held at
+   once), so no queue slot ever waits on a client's network; a client that disconnects mid-body is one INFO
+   line, never a traceback.
+6. `HEAD` is answered wherever `GET` is: the route runs as `GET` and the body is dropped (headers kept).
 Every response gets `nosniff`, `no-store`, a strict Content-Security-Policy (no external script, style, image
 or connection) and no-referrer. Error bodies are the API's `{"error", "detail"}` and never repeat the request.
 """
@@ -23,6 +26,16 @@ from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from refine_control.serve.body import (
+    BodyBudget,
+    ClientGoneError,
+    HeldBody,
+    body_too_large,
+    has_body,
+    read_body,
+    replay,
+)
+from refine_control.serve.redact import redact_path
 from refine_control.serve.schemas import ApiError
 from refine_control.serve.settings import ServeSettings, is_loopback
 
@@ -73,6 +86,8 @@ class GuardMiddleware:
         token = settings.token_value
         self.token = token.encode() if token else None
         self.max_body = settings.max_body_bytes
+        self.body_timeout = settings.body_timeout_s
+        self.budget = BodyBudget(settings.max_buffered_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -85,34 +100,26 @@ class GuardMiddleware:
             await send_error(send, err)
             return
 
-        started = False
-
-        async def send_with_headers(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                names = {name.lower() for name, _ in message.get("headers", [])}
-                extra = [(k, v) for k, v in SECURITY_HEADERS if k not in names]
-                message = {**message, "headers": [*message.get("headers", []), *extra]}
-            await send(message)
-
-        received = 0
-
-        async def receive_with_limit() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body:
-                    raise body_too_large(self.max_body)
-            return message
-
+        held = HeldBody(self.budget)
         try:
-            await self.app(scope, receive_with_limit, send_with_headers)
-        except ApiError as err:  # the body limit tripped where no route handler could answer
-            if started:
-                raise
-            await send_error(send, err)
+            if has_body(scope.get("headers", [])):
+                try:
+                    body = await read_body(receive, self.max_body, self.body_timeout, held)
+                except ClientGoneError:
+                    path = redact_path(scope.get("path", ""))
+                    logger.info(
+                        "client disconnected before its request body was complete (%s %s)", scope["method"], path
+                    )
+                    return
+                except ApiError as err:
+                    logger.info("refused %s request (%s)", scope.get("method", "?"), err.code)
+                    await send_error(send, err)
+                    return
+                receive = replay(body, receive)
+                del body
+            await self.app(*_as_get_if_head(scope, receive, send_with_headers(send)))
+        finally:
+            held.release()
 
     def check(self, scope: Scope) -> None:
         server = scope.get("server")
@@ -160,8 +167,35 @@ class GuardMiddleware:
                 raise body_too_large(self.max_body)
 
 
-def body_too_large(limit: int) -> ApiError:
-    return ApiError(413, "body_too_large", f"the request body is larger than {limit} bytes")
+def send_with_headers(send: Send) -> Send:
+    """`send`, adding the security headers to the response start."""
+
+    async def send_secured(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            names = {name.lower() for name, _ in message.get("headers", [])}
+            extra = [(k, v) for k, v in SECURITY_HEADERS if k not in names]
+            message = {**message, "headers": [*message.get("headers", []), *extra]}
+        await send(message)
+
+    return send_secured
+
+
+def _as_get_if_head(scope: Scope, receive: Receive, send: Send) -> tuple[Scope, Receive, Send]:
+    """A HEAD request runs the GET route; its response keeps status and headers (Content-Length included) and
+    ends after the start, whatever the route sends later (a stream stops when it sees the disconnect)."""
+    if scope.get("method") != "HEAD":
+        return scope, receive, send
+    ended = False
+
+    async def send_head(message: Message) -> None:
+        nonlocal ended
+        if message["type"] == "http.response.start":
+            await send(message)
+        elif not ended:
+            ended = True
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    return {**scope, "method": "GET"}, receive, send_head
 
 
 def _single(headers: dict[bytes, list[bytes]], name: bytes) -> str | None:

@@ -9,7 +9,7 @@ import ipaddress
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Request limits (see docs/serve.md). The schema in `schemas.py` is built from these.
@@ -75,11 +75,31 @@ class ServeSettings(BaseSettings):
     result_ttl_s: float = Field(300.0, gt=0, description="how long a finished job's image is kept for pickup")
     max_finished_jobs: int = Field(16, ge=1, le=1024, description="finished jobs kept for pickup (oldest dropped)")
 
+    # Slow and idle clients (see connections.py and body.py).
+    header_timeout_s: float = Field(
+        5.0, gt=0, le=300, description="a request head must arrive complete within this (else the socket is closed)"
+    )
+    body_timeout_s: float = Field(30.0, gt=0, le=3600, description="a request body must arrive within this (408)")
+    max_buffered_bytes: int = Field(
+        128 * MIB, ge=1024, description="request bodies held at once, all requests together (503 above)"
+    )
+    limit_concurrency: int = Field(
+        512,
+        ge=4,
+        le=65536,
+        description="open connections; beyond it the longest-idle one is closed, or 503 when none is idle",
+    )
+
     # Process.
-    limit_concurrency: int = Field(64, ge=4, description="uvicorn's outer fuse on open connections")
     graceful_shutdown_s: float = Field(30.0, ge=0, description="how long in-flight requests may finish at exit")
     log_level: str = "info"
     access_log: bool = True
+
+    @model_validator(mode="after")
+    def _budget_fits_a_body(self) -> "ServeSettings":
+        if self.max_buffered_bytes < self.max_body_bytes:
+            raise ValueError("max_buffered_bytes must be at least max_body_bytes")
+        return self
 
     @field_validator("allowed_hosts", mode="before")
     @classmethod

@@ -4,6 +4,8 @@ import pytest
 from tiny_models import build_tiny_pipeline, write_image_folder
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Tests that import onnxruntime directly (before any refine_control module) must not start its telemetry either.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

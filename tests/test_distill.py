@@ -46,6 +46,18 @@ def test_parser_options_match_the_config_dataclass():
     assert dests == {f.name for f in dataclasses.fields(DistillConfig)}
 
 
+def test_cosine_schedule_warms_up_then_decays_to_zero_in_each_stage():
+    from refine_control.trainer import _learning_rate
+
+    cfg = DistillConfig(Path("unused"), learning_rate=1.0, warmup_steps=2, lr_schedule="cosine", stage2_lr_scale=0.5)
+    # Stage 1 (4 steps): warm-up 1/2, then cos decay over the stage: 0.5·(1 + cos(π·k/4)).
+    assert [_learning_rate(cfg, k, 4, 2) for k in range(4)] == pytest.approx(
+        [0.5 * 1.0, 1.0 * 0.5 * (1 + 0.5**0.5), 0.5, 0.5 * (1 - 0.5**0.5)]
+    )
+    # Stage 2 (2 steps) restarts at half the rate: warm-up 1/2 at its first step, then cos(π/2) = 0.
+    assert [_learning_rate(cfg, k, 4, 2) for k in (4, 5)] == pytest.approx([0.5 * 0.5 * 1.0, 0.5 * 0.5])
+
+
 def test_help_lists_presets(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--help"])
@@ -59,8 +71,9 @@ def test_two_stage_distillation_end_to_end(tiny_pipeline_dir, tiny_data, tmp_pat
 
     run = tmp_path / "run"
     args = distill_args(
-        tiny_pipeline_dir, tiny_data, run, "--student", preset, "--max-steps", "6", "--stage2-steps", "3"
-    )
+        tiny_pipeline_dir, tiny_data, run, "--student", preset, "--max-steps", "6", "--stage2-steps", "3",
+        "--learning-rate", "1e-4", "--lr-schedule", "constant",
+    )  # fmt: skip
     assert main(args) == 0
     log = rows(run)
     assert [r["stage"] for r in log] == [1] * 6 + [2] * 3
@@ -111,7 +124,7 @@ def test_transfer_init_reports_what_was_copied(tiny_pipeline_dir, tiny_data, tmp
                 tiny_data,
                 run,
                 "--init",
-                "transfer",
+                "uniform",
                 "--student",
                 "compact-small",
                 "--max-steps",
@@ -123,7 +136,7 @@ def test_transfer_init_reports_what_was_copied(tiny_pipeline_dir, tiny_data, tmp
         == 0
     )
     report = json.loads((run / "init_report.json").read_text())
-    assert report["init"] == "transfer"
+    assert report["init"] == "uniform"
     assert report["unet"]["sliced"] and report["controlnet"]["sliced"]
     assert 0 < report["unet"]["elements_copied"] <= report["unet"]["elements_total"]
 

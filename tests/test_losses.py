@@ -15,6 +15,34 @@ def test_task_loss_is_mse_against_the_true_noise():
     assert TaskLoss()(student, None, target).item() == pytest.approx(4.0)
 
 
+def test_task_and_output_terms_weigh_each_sample():
+    student = out(torch.zeros(2, 1, 2, 2))
+    target = torch.stack([torch.full((1, 2, 2), 1.0), torch.full((1, 2, 2), 3.0)])  # errors 1 and 9
+    weight = torch.tensor([0.5, 2.0])
+    assert TaskLoss()(student, None, target, weight).item() == pytest.approx((0.5 * 1 + 2.0 * 9) / 2)
+    assert OutputLoss()(student, out(target), target, weight).item() == pytest.approx(9.25)
+
+
+def test_min_snr_weights_match_the_formula():
+    from diffusers import DDPMScheduler
+
+    from refine_control.distiller import Conditioner
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    conditioner = Conditioner.__new__(Conditioner)  # only the weighting is under test
+    conditioner.noise_scheduler, conditioner.device, conditioner.snr_gamma = scheduler, torch.device("cpu"), 5.0
+    t = torch.tensor([0, 100, 999])
+    alpha = scheduler.alphas_cumprod[t]
+    snr = alpha / (1 - alpha)  # ≈ 9999, 6.8, 4e-5
+    eps = conditioner._timestep_weight(t, "epsilon")
+    assert torch.allclose(eps, torch.tensor([5 / snr[0], 5 / snr[1], 1.0]))
+    assert torch.allclose(
+        conditioner._timestep_weight(t, "v_prediction"), torch.minimum(snr, torch.tensor(5.0)) / (snr + 1)
+    )
+    conditioner.snr_gamma = None
+    assert torch.equal(conditioner._timestep_weight(t, "epsilon"), torch.ones(3))
+
+
 def test_output_loss_uses_the_detached_teacher_prediction():
     teacher_pred = torch.ones(1, 4, 2, 2, requires_grad=True)
     student_pred = torch.full((1, 4, 2, 2), 3.0, requires_grad=True)

@@ -3,6 +3,7 @@ import torch
 from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, UNet2DConditionModel
 
 from refine_control.errors import ConfigError
+from refine_control.models.cost import denoiser_macs
 from refine_control.models.denoiser import ControlledDenoiser
 from refine_control.models.presets import STUDENT_PRESETS, StudentPreset, build_student, count_params
 from refine_control.models.student import AsymControlNetModel, residual_names, residual_widths
@@ -64,7 +65,8 @@ def test_every_preset_fits_the_sd15_configs(name):
     assert controlnet.config.block_out_channels[0] < 320
     assert count_params(controlnet) < 0.3 * count_params(teacher_cn)
     if preset.shrink_unet:
-        assert count_params(unet) < 0.2 * count_params(teacher_unet)
+        # The compact presets' point: at least 4× fewer MACs per step than the SD1.5 teacher at 512².
+        assert denoiser_macs(unet, controlnet, 512, 8) * 4 < denoiser_macs(teacher_unet, teacher_cn, 512, 8)
         assert unet.config.layers_per_block == 1
 
 
@@ -87,11 +89,14 @@ def test_preset_that_does_not_fit_gives_a_clear_error(tiny_teacher):
             down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
             up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         )
-    with pytest.raises(ConfigError, match="does not fit this teacher"):
+    with pytest.raises(ConfigError, match=r"its width 24 × 0.5 rounds to 24, which 5 attention heads") as err:
         build_student(unet, tiny_teacher[1], odd)
+    # The ControlNet-only presets scale the (tiny) ControlNet and still fit; every compact one needs this UNet.
+    assert err.value.hint == "presets that fit this teacher: controlnet-half, controlnet-quarter"
     deeper = StudentPreset("deeper", "changes depth", 0.5, False, layers_per_block=1)
-    with pytest.raises(ConfigError, match="shares the teacher's UNet"):
+    with pytest.raises(ConfigError, match="has 1 layers per block but shares the teacher's UNet, which has 2") as err:
         build_student(*tiny_teacher, deeper)
+    assert err.value.hint.startswith("presets that fit this teacher: controlnet-half, controlnet-quarter")
     with pytest.raises(ConfigError, match="unknown student preset 'nope'; choose one of: controlnet-half"):
         STUDENT_PRESETS.get("nope")
 
@@ -141,3 +146,19 @@ def test_asym_controlnet_round_trips_and_runs_in_the_pipeline(tiny_pipeline_dir,
         output_type="np",
     ).images
     assert image.shape == (1, 16, 16, 3)
+
+
+def test_a_controlnet_narrower_than_its_compact_unet_reaches_the_unets_widths(tiny_teacher):
+    preset = StudentPreset("narrow-cn", "test", 0.5, True, 1, controlnet_width=0.25, conditioning_width=0.5)
+    unet, controlnet = build_student(*tiny_teacher, preset)
+    assert isinstance(controlnet, AsymControlNetModel)
+    assert tuple(unet.config.block_out_channels) == (8, 16)
+    assert tuple(controlnet.config.block_out_channels) == (8, 8)  # 16·0.25 and 32·0.25, at least one norm group
+    assert tuple(controlnet.config.target_block_out_channels) == (8, 16)
+    assert tuple(controlnet.config.conditioning_embedding_out_channels) == (4, 8)  # the teacher's (8, 16) halved
+    assert controlnet.config.layers_per_block == 1
+    sample, t, text, cond = inputs(8, 32, 16)
+    down, mid = controlnet(sample, t, encoder_hidden_states=text, controlnet_cond=cond, return_dict=False)
+    assert [r.shape[1] for r in down] == [8, 8, 8, 16] and mid.shape[1] == 16
+    out = ControlledDenoiser(unet, controlnet)(sample, t, text, cond)
+    assert out.shape == sample.shape

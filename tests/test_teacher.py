@@ -86,3 +86,58 @@ def test_unknown_teacher_spec(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError, match="is a file"):
         load_teacher(str(tmp_path / "file"))
+
+
+def _pickle_only(tiny_pipeline_dir, tmp_path, component="unet"):
+    """A copy of the tiny teacher whose `component` weights exist only as a pickle file (diffusers' .bin)."""
+    from diffusers import UNet2DConditionModel
+
+    teacher = tmp_path / "pickled"
+    shutil.copytree(tiny_pipeline_dir, teacher)
+    for path in (teacher / component).glob("*.safetensors"):
+        path.unlink()
+    unet = UNet2DConditionModel.from_pretrained(tiny_pipeline_dir / component)
+    unet.save_pretrained(teacher / component, safe_serialization=False)
+    assert sorted(p.suffix for p in (teacher / component).iterdir()) == [".bin", ".json"]
+    return teacher
+
+
+def test_pickle_weights_are_refused_unless_allowed(tiny_pipeline_dir, tmp_path):
+    from refine_control.models.teacher import pickle_weights_allowed
+
+    teacher = _pickle_only(tiny_pipeline_dir, tmp_path)
+    with pytest.raises(
+        ConfigError, match=r"teacher's unet .* has only pickle weights \(diffusion_pytorch_model\.bin\)"
+    ):
+        load_teacher(str(teacher))
+    reference = load_teacher(str(tiny_pipeline_dir))
+    for loaded in (load_teacher(str(teacher), allow_pickle_weights=True), None):
+        if loaded is None:
+            with pickle_weights_allowed():
+                loaded = load_teacher(str(teacher))
+        for a, b in zip(loaded.unet.parameters(), reference.unet.parameters(), strict=True):
+            assert torch.equal(a, b)
+
+
+def test_distill_refuses_a_pickle_teacher_without_unpickling(tiny_pipeline_dir, tiny_data, tmp_path, capsys):
+    """The CLI ends with one `error:` line naming the flag (exit 2); a booby-trapped pickle never runs."""
+    import pickle
+
+    from refine_control.cli import main
+
+    teacher = _pickle_only(tiny_pipeline_dir, tmp_path)
+    canary = tmp_path / "canary"
+
+    class Trap:
+        def __reduce__(self):
+            return (open, (str(canary), "w"))
+
+    (teacher / "unet" / "diffusion_pytorch_model.bin").write_bytes(pickle.dumps(Trap()))
+    labelled, _ = tiny_data
+    args = ["--teacher", str(teacher), "--labelled", str(labelled), "--output-dir", str(tmp_path / "run")]
+    assert main([*args, "--student", "compact-small", "--max-steps", "1", "-q"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith(("error:", "hint:"))]
+    assert (
+        len(lines) == 2 and lines[0].startswith("error: the teacher's unet") and "--allow-pickle-weights" in lines[1]
+    )
+    assert not canary.exists()

@@ -7,7 +7,8 @@ Canny (thresholds 100/200) never turns into edges, so the control carries the ou
 must come from the caption.
 
 Splits are fixed by a hash of the spec, independent of the seed: a spec belongs to exactly one of `train`,
-`unlabelled` and `test`, so no seed can leak a test sample into training. Within a split the seed picks which
+`unlabelled`, `val` and `test`, so no seed can leak a test sample into training. `val` is for choosing recipes
+(learning rates, presets) so that `test` is only ever used to report them. Within a split the seed picks which
 specs are drawn, without repeats.
 """
 
@@ -49,10 +50,10 @@ TEXTURE_CONTRAST = 22  # per channel; a step of 22 gives a Sobel magnitude below
 SIZES = range(10, 23)  # the shape's radius in pixels
 MARGIN = 3
 
-SPLITS = ("train", "unlabelled", "test")
+SPLITS = ("train", "unlabelled", "val", "test")
 # Share of all specs per split, in percent of the hash range.
-_SPLIT_RANGES = {"train": (0, 60), "unlabelled": (60, 90), "test": (90, 100)}
-_SPLIT_STREAMS = {"train": 1, "unlabelled": 2, "test": 3}
+_SPLIT_RANGES = {"train": (0, 60), "unlabelled": (60, 85), "val": (85, 90), "test": (90, 100)}
+_SPLIT_STREAMS = {"train": 1, "unlabelled": 2, "test": 3, "val": 4}
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from refine_control.atomic import atomic_dir, write_json
 from refine_control.builtin.shapes import RESOLUTION, ShapeSample, generate
 from refine_control.builtin.tokenizer import build_clip_tokenizer
 from refine_control.errors import ConfigError
+from refine_control.losses.terms import high_pass
 
 logger = logging.getLogger(__name__)
 
@@ -207,10 +208,6 @@ def _log_progress(phase: str, step: int, total: int, losses: list[float], timer:
         )
 
 
-def _high_pass(x: torch.Tensor) -> torch.Tensor:
-    return x - F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
-
-
 def train_vae(recipe: TeacherRecipe, pool: _Pool) -> tuple[AutoencoderKL, dict[str, Any]]:
     """Phase 1: the autoencoder on 32×32 crops (4× cheaper than whole images; it is fully convolutional but for
     the mid-block attention), L1 + MSE + 4 × L1 of the high-pass, and SD's KL weight of 1e-6 (it only keeps the
@@ -225,7 +222,7 @@ def train_vae(recipe: TeacherRecipe, pool: _Pool) -> tuple[AutoencoderKL, dict[s
         x = pool.crop_batch(rng.integers(0, len(pool.captions), recipe.batch_size), VAE_CROP, rng)
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.mode()).sample
-        loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + 4.0 * F.l1_loss(_high_pass(recon), _high_pass(x))
+        loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + 4.0 * F.l1_loss(high_pass(recon), high_pass(x))
         loss = loss + 1e-6 * posterior.kl().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -28,13 +28,33 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--teacher", default=None, help="compare with this teacher (`builtin` or a dir). Default: the run's teacher"
     )
-    parser.add_argument("--steps", type=int, default=20, help="sampling steps. Default: %(default)s")
     parser.add_argument(
-        "--guidance-scale", type=float, default=3.0, help="classifier-free guidance. Default: %(default)s"
+        "--steps",
+        type=int,
+        default=None,
+        help="the model's sampling steps. Default: its own recommendation (a few-step student's sampling.json), "
+        "else the teacher's",
+    )
+    parser.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=None,
+        help="the model's guidance scale (classifier-free, or the embedded scale of a guidance-distilled student). "
+        "Default: its own recommendation, else the teacher's",
+    )
+    parser.add_argument("--teacher-steps", type=int, default=20, help="the teacher's steps. Default: %(default)s")
+    parser.add_argument(
+        "--teacher-guidance-scale", type=float, default=3.0, help="the teacher's guidance. Default: %(default)s"
     )
     parser.add_argument("--batch-size", type=int, default=32, help="images per pipeline call. Default: %(default)s")
     parser.add_argument(
         "--oracle-steps", type=int, default=600, help="training steps of the judge net. Default: %(default)s"
+    )
+    parser.add_argument(
+        "--split",
+        choices=("val", "test"),
+        default="test",
+        help="built-in shapes: `val` to choose a recipe, `test` to report it. Default: %(default)s",
     )
     parser.add_argument(
         "--json",

@@ -23,7 +23,13 @@ import torch
 from refine_control.builtin.shapes import BACKGROUND, RESOLUTION, make_sample, render, sample_specs
 from refine_control.errors import ConfigError
 from refine_control.evaluation import metrics as M
-from refine_control.evaluation.generate import Sampling, generate, initial_noise, load_pipeline
+from refine_control.evaluation.generate import (
+    Sampling,
+    generate,
+    initial_noise,
+    load_pipeline,
+    recommended_sampling,
+)
 from refine_control.evaluation.oracle import (
     SHAPE_TASKS,
     FeatureNet,
@@ -53,25 +59,42 @@ class EvalConfig:
     seed: int = 0
     data: str | None = None
     teacher: str | None = None
-    steps: int = 20
-    guidance_scale: float = 3.0
+    steps: int | None = None  # the model's; None: its own recommendation (student/sampling.json), else 20
+    guidance_scale: float | None = None  # the model's; None: its own recommendation, else 3.0
+    teacher_steps: int = 20
+    teacher_guidance_scale: float = 3.0
     batch_size: int = 32
     oracle_steps: int = 600
+    split: str = "test"  # shapes only: `val` to choose recipes, `test` to report them
 
     def __post_init__(self) -> None:
         if self.num_samples < MIN_FID_SAMPLES:
             raise ConfigError(
                 f"`--num-samples` {self.num_samples} is too few for the domain FID/KID; use at least {MIN_FID_SAMPLES}"
             )
-        for name, low in (("steps", 1), ("batch_size", 1), ("oracle_steps", 1)):
-            if getattr(self, name) < low:
-                raise ConfigError(f"`--{name.replace('_', '-')}` must be >= {low}, got {getattr(self, name)}")
-        if self.guidance_scale < 0:
-            raise ConfigError(f"`--guidance-scale` must be >= 0, got {self.guidance_scale}")
+        for name, low in (("steps", 1), ("teacher_steps", 1), ("batch_size", 1), ("oracle_steps", 1)):
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise ConfigError(f"`--{name.replace('_', '-')}` must be >= {low}, got {value}")
+        for name in ("guidance_scale", "teacher_guidance_scale"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"`--{name.replace('_', '-')}` must be >= 0, got {value}")
+        if self.split not in ("val", "test"):
+            raise ConfigError(f"`--split` must be val or test, got {self.split!r}")
+
+    def model_sampling(self, model_dir: Path) -> Sampling:
+        """The model's settings: the options given, else its recommendation, else the teacher's defaults."""
+        own = recommended_sampling(model_dir)
+        steps = self.steps or (own.steps if own else self.teacher_steps)
+        guidance = self.guidance_scale
+        if guidance is None:
+            guidance = own.guidance_scale if own else self.teacher_guidance_scale
+        return Sampling(steps, guidance, self.batch_size)
 
     @property
-    def sampling(self) -> Sampling:
-        return Sampling(self.steps, self.guidance_scale, self.batch_size)
+    def teacher_sampling(self) -> Sampling:
+        return Sampling(self.teacher_steps, self.teacher_guidance_scale, self.batch_size)
 
 
 @dataclass
@@ -103,7 +126,7 @@ def _cached_net(target: Target, name: str, train: Any, tasks: dict[str, int]) ->
 
 
 def shapes_benchmark(cfg: EvalConfig, target: Target) -> Benchmark:
-    specs = sample_specs("test", 2 * cfg.num_samples, cfg.seed)
+    specs = sample_specs(cfg.split, 2 * cfg.num_samples, cfg.seed)
     samples = [make_sample(s) for s in specs[: cfg.num_samples]]
     oracle = _cached_net(
         target, f"shapes-oracle-seed{cfg.seed}-steps{cfg.oracle_steps}",
@@ -116,7 +139,7 @@ def shapes_benchmark(cfg: EvalConfig, target: Target) -> Benchmark:
         truth=np.stack([s.image for s in samples]),
         reference=np.stack([render(s)[0] for s in specs[cfg.num_samples :]]),  # other held-out shapes
         judge=oracle,
-        info={"split": "test", "held_out": True},
+        info={"split": cfg.split, "held_out": True},
         masks=np.stack([s.mask for s in samples]),
         labels=spec_labels([s.spec for s in samples]),
     )
@@ -235,22 +258,29 @@ class EvalResult:
     images: dict[str, np.ndarray]  # generated images (N, H, W, 3) uint8 per model
 
 
-def evaluate(cfg: EvalConfig) -> EvalResult:
-    """Generate with the model (and its teacher) and score every model on the same benchmark."""
+def evaluate(cfg: EvalConfig, teacher_images: np.ndarray | None = None) -> EvalResult:
+    """Generate with the model (and its teacher) and score every model on the same benchmark.
+
+    `teacher_images`: the teacher's images for exactly these settings from an earlier call (`EvalResult.images`),
+    to skip generating them again (sweeps score many students against one teacher)."""
     target = resolve_target(cfg.target, cfg.teacher)
     model = load_pipeline(target.model_dir)
     resolution = _resolution(model, target)
     bench = _benchmark(cfg, target, resolution)
     latents = initial_noise(model, cfg.num_samples, resolution, cfg.seed)
 
-    # 1. Generate with the model, then the teacher, from the same prompts, controls and noise.
-    logger.info("generating %d images with the %s", cfg.num_samples, target.label)
-    generated = {target.label: generate(model, bench.prompts, bench.controls, latents, cfg.sampling)}
+    # 1. Generate with the model (its own sampling settings), then the teacher, from the same prompts, controls and
+    # initial noise.
+    sampling = cfg.model_sampling(target.model_dir)
+    logger.info("generating %d images with the %s (%d steps)", cfg.num_samples, target.label, sampling.steps)
+    generated = {target.label: generate(model, bench.prompts, bench.controls, latents, sampling)}
     del model
-    if target.teacher_dir is not None:
+    if target.teacher_dir is not None and teacher_images is not None:
+        generated["teacher"] = teacher_images
+    elif target.teacher_dir is not None:
         teacher = load_pipeline(target.teacher_dir, target.teacher_controlnet)
         logger.info("generating %d images with the teacher", cfg.num_samples)
-        generated["teacher"] = generate(teacher, bench.prompts, bench.controls, latents, cfg.sampling)
+        generated["teacher"] = generate(teacher, bench.prompts, bench.controls, latents, cfg.teacher_sampling)
         del teacher
 
     # 2. Score every model, and the real images as the ceiling/floor of each metric.
@@ -271,7 +301,13 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         "data": bench.info,
         "num_samples": cfg.num_samples,
         "seed": cfg.seed,
-        "sampling": {"steps": cfg.steps, "guidance_scale": cfg.guidance_scale, "scheduler": "the pipeline's own"},
+        "sampling": {
+            "steps": sampling.steps,
+            "guidance_scale": sampling.guidance_scale,
+            "scheduler": "the pipeline's own",
+            "teacher_steps": cfg.teacher_steps,
+            "teacher_guidance_scale": cfg.teacher_guidance_scale,
+        },
         "judge": {
             "tasks": bench.judge.tasks,
             "training_steps": cfg.oracle_steps,

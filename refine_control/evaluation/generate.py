@@ -1,5 +1,6 @@
 """Sampling for evaluation: every model gets the same prompts, controls and initial noise."""
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,20 @@ class Sampling:
     steps: int = 20
     guidance_scale: float = 3.0
     batch_size: int = 32
+
+
+def recommended_sampling(pipeline_dir: str | Path) -> Sampling | None:
+    """The steps and guidance scale a pipeline dir recommends (`sampling.json`), or None."""
+    from refine_control.run_dir import SAMPLING_FILE
+
+    path = Path(pipeline_dir) / SAMPLING_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text("utf-8"))
+        return Sampling(int(data["steps"]), float(data["guidance_scale"]))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"{path} is not a valid sampling file ({err})") from err
 
 
 def load_pipeline(path: str | Path, controlnet: str | Path | None = None) -> StableDiffusionControlNetPipeline:

@@ -62,10 +62,14 @@ def format_table(report: dict[str, Any]) -> str:
     if not data.get("held_out", True):
         where += " (training data, not held out)"
     sampling = report["sampling"]
+    settings = f"{sampling['steps']} steps, guidance {sampling['guidance_scale']}"
+    teacher = (sampling.get("teacher_steps"), sampling.get("teacher_guidance_scale"))
+    if "teacher" in columns and teacher != (sampling["steps"], sampling["guidance_scale"]):
+        settings = f"{report['model']} {settings}, teacher {teacher[0]} steps, guidance {teacher[1]}"
     lines += [
         "",
-        f"{report['num_samples']} samples of {where}; seed {report['seed']}; {sampling['steps']} steps, "
-        f"guidance {sampling['guidance_scale']}; same prompts, controls and noise for every model.",
+        f"{report['num_samples']} samples of {where}; seed {report['seed']}; {settings}; same prompts, controls and "
+        "initial noise for every model.",
         f"Note: {report['note']}.",
     ]
     return "\n".join(lines)

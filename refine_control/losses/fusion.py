@@ -35,8 +35,15 @@ class TriLevelLoss(nn.Module):
     def needs_teacher(self) -> bool:
         return self.weights["output"] > 0 or self.weights["feature"] > 0
 
-    def forward(self, student: DenoiserOutput, teacher: DenoiserOutput | None, target: torch.Tensor) -> LossOutput:
-        values = {name: term(student, teacher, target) for name, term in self.terms.items()}
+    def forward(
+        self,
+        student: DenoiserOutput,
+        teacher: DenoiserOutput | None,
+        target: torch.Tensor,
+        weight: torch.Tensor | None = None,
+    ) -> LossOutput:
+        """`weight` (B,): per-sample timestep weights of the task and output terms (None: equal)."""
+        values = {name: term(student, teacher, target, weight) for name, term in self.terms.items()}
         total = sum((self.weights[name] * value for name, value in values.items()), torch.zeros(()))
         return LossOutput(total, {name: value.detach() for name, value in values.items()})
 

@@ -12,20 +12,45 @@ from torch import nn
 from refine_control.models.denoiser import DenoiserOutput
 
 
-class TaskLoss(nn.Module):
-    """L_task = ‖ε̂_S − target‖²: the usual denoising objective (target = ε, or v for v-prediction teachers)."""
+def high_pass(x: torch.Tensor) -> torch.Tensor:
+    """x minus its 3×3 local mean: the fine detail (textures, edges) that pixel losses on whole images neglect."""
+    return x - F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
 
-    def forward(self, student: DenoiserOutput, teacher: DenoiserOutput | None, target: torch.Tensor) -> torch.Tensor:
-        return F.mse_loss(student.noise_pred.float(), target.float())
+
+def weighted_mse(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Mean squared error; with `weight` (B,), each sample's mean error is weighted before the batch mean."""
+    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(dim=1)
+    return (per_sample * weight).mean() if weight is not None else per_sample.mean()
+
+
+class TaskLoss(nn.Module):
+    """L_task = w(t)·‖ε̂_S − target‖²: the usual denoising objective (target = ε, or v for v-prediction teachers),
+    with per-sample timestep weights w(t) (min-SNR-γ by default, 1 to weigh timesteps equally)."""
+
+    def forward(
+        self,
+        student: DenoiserOutput,
+        teacher: DenoiserOutput | None,
+        target: torch.Tensor,
+        weight: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return weighted_mse(student.noise_pred, target, weight)
 
 
 class OutputLoss(nn.Module):
-    """L_out = ‖ε̂_S − sg(ε̂_T)‖²: mimic the teacher's prediction on the same noisy latents and conditions."""
+    """L_out = w(t)·‖ε̂_S − sg(ε̂_T)‖²: mimic the teacher's prediction on the same noisy latents and conditions,
+    with the task term's timestep weights."""
 
-    def forward(self, student: DenoiserOutput, teacher: DenoiserOutput | None, target: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        student: DenoiserOutput,
+        teacher: DenoiserOutput | None,
+        target: torch.Tensor,
+        weight: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         if teacher is None:
             raise ValueError("the output term needs the teacher's prediction")
-        return F.mse_loss(student.noise_pred.float(), teacher.noise_pred.detach().float())
+        return weighted_mse(student.noise_pred, teacher.noise_pred.detach(), weight)
 
 
 def _projector(c_student: int, c_teacher: int) -> nn.Module:
@@ -53,7 +78,14 @@ class FeatureLoss(nn.Module):
         self.normalize = normalize
         self.projectors = nn.ModuleDict({_key(name): _projector(cs, ct) for name, (cs, ct) in channels.items()})
 
-    def forward(self, student: DenoiserOutput, teacher: DenoiserOutput | None, target: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        student: DenoiserOutput,
+        teacher: DenoiserOutput | None,
+        target: torch.Tensor,
+        weight: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`weight` is ignored: each tap is already normalised by the teacher's scale (see `normalize`)."""
         if teacher is None:
             raise ValueError("the feature term needs the teacher's features")
         losses = []

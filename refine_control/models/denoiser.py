@@ -6,6 +6,7 @@ intermediate tensors by stable names (see `feature_names`) so teacher and studen
 """
 
 import contextlib
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -14,6 +15,16 @@ from diffusers import ControlNetModel, UNet2DConditionModel
 from torch import nn
 
 from refine_control.models.student import residual_names
+
+
+def guidance_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
+    """(B,) guidance scales minus one → (B, dim) sinusoidal embedding, as diffusers' ControlNet pipeline computes it
+    for a UNet with `time_cond_proj_dim` (the w-embedding of "Latent Consistency Models", arXiv 2310.04378)."""
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32, device=w.device) * -(math.log(10000.0) / (half - 1)))
+    angles = (w.float() * 1000.0)[:, None] * freqs[None, :]
+    emb = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+    return torch.nn.functional.pad(emb, (0, 1)) if dim % 2 else emb
 
 
 @dataclass
@@ -34,7 +45,11 @@ def _stage_modules(prefix: str, model: nn.Module) -> dict[str, nn.Module]:
 
 
 class ControlledDenoiser(nn.Module):
-    """(latents, timestep, text embeddings, control image, scale) → noise prediction."""
+    """(latents, timestep, text embeddings, control image, scale[, guidance]) → noise prediction.
+
+    A guidance-distilled (few-step) student's UNet has `time_cond_proj_dim`: it reads the guidance scale through a
+    sinusoidal embedding of (scale − 1), as diffusers' ControlNet pipeline computes it, and needs no
+    unconditional pass."""
 
     def __init__(self, unet: UNet2DConditionModel, controlnet: ControlNetModel) -> None:
         super().__init__()
@@ -48,9 +63,17 @@ class ControlledDenoiser(nn.Module):
         encoder_hidden_states: torch.Tensor,
         controlnet_cond: torch.Tensor,
         conditioning_scale: torch.Tensor | float = 1.0,
+        guidance_scale: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Shapes: sample (B, 4, h, w), timestep (B,), encoder_hidden_states (B, L, D), controlnet_cond (B, 3, H, W)."""
-        return self._run(sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale)[0]
+        """Shapes: sample (B, 4, h, w), timestep (B,), encoder_hidden_states (B, L, D), controlnet_cond (B, 3, H, W),
+        guidance_scale (B,) for a guidance-embedded UNet (required there, ignored otherwise)."""
+        return self._run(sample, timestep, encoder_hidden_states, controlnet_cond, conditioning_scale, guidance_scale)[
+            0
+        ]
+
+    @property
+    def guidance_embedded(self) -> bool:
+        return self.unet.config.time_cond_proj_dim is not None
 
     def forward_features(
         self,
@@ -84,7 +107,14 @@ class ControlledDenoiser(nn.Module):
         encoder_hidden_states: torch.Tensor,
         controlnet_cond: torch.Tensor,
         conditioning_scale: torch.Tensor | float,
+        guidance_scale: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        timestep_cond = None
+        if self.guidance_embedded:
+            if guidance_scale is None:
+                raise ValueError("this denoiser embeds the guidance scale: pass `guidance_scale`")
+            dim = self.unet.config.time_cond_proj_dim
+            timestep_cond = guidance_embedding(guidance_scale.reshape(-1) - 1, dim).to(sample.dtype)
         down, mid = self.controlnet(
             sample,
             timestep,
@@ -98,6 +128,7 @@ class ControlledDenoiser(nn.Module):
             sample,
             timestep,
             encoder_hidden_states=encoder_hidden_states,
+            timestep_cond=timestep_cond,
             down_block_additional_residuals=down,
             mid_block_additional_residual=mid,
             return_dict=False,
@@ -129,3 +160,19 @@ class ControlledDenoiser(nn.Module):
         finally:
             for handle in handles:
                 handle.remove()
+
+
+def with_guidance_input(unet: UNet2DConditionModel, dim: int = 256) -> UNet2DConditionModel:
+    """A copy of `unet` that also reads a guidance-scale embedding of width `dim` (`time_cond_proj_dim`).
+
+    Every weight is copied; the new projection starts at zero, so the copy computes exactly what `unet` did until
+    few-step training teaches it to use the scale."""
+    if unet.config.time_cond_proj_dim is not None:
+        return unet
+    config = {k: v for k, v in unet.config.items() if not k.startswith("_")}
+    guided = UNet2DConditionModel.from_config({**config, "time_cond_proj_dim": dim}).to(unet.device, unet.dtype)
+    missing, unexpected = guided.load_state_dict(unet.state_dict(), strict=False)
+    if unexpected or missing != ["time_embedding.cond_proj.weight"]:
+        raise RuntimeError(f"unexpected weights when adding the guidance input: {missing} / {unexpected}")
+    nn.init.zeros_(guided.time_embedding.cond_proj.weight)
+    return guided

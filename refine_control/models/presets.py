@@ -30,7 +30,13 @@ class StudentPreset:
     shrink_unet: bool  # False: train a ControlNet only, on the teacher's frozen UNet
     layers_per_block: int | None = None  # None keeps the teacher's depth (required when the UNet is shared)
     attention_free_stages: int = 0  # leading (highest-resolution) stages whose attention is removed
+    controlnet_width: float | None = None  # compact only: the ControlNet's own multiplier (None: mirror the UNet)
+    conditioning_width: float = 1.0  # multiplier on the control-image encoder (conditioning embedding) widths
+    use_when: str = ""  # one line for the preset table and --help: what it is good for (measured)
 
+
+# How a student's weights start: random, or copied from the teacher (see models/initialise.py).
+INIT_METHODS = ("random", "leading", "uniform")
 
 STUDENT_PRESETS: Registry[StudentPreset] = Registry("student preset")
 for _preset in (
@@ -50,6 +56,17 @@ for _preset in (
     StudentPreset(
         "compact-tiny", "compact-small without full-resolution attention", 0.5, True, 1, attention_free_stages=1
     ),
+    # Experimental: a wider UNet with a narrow ControlNet and control encoder at the same cost.
+    StudentPreset(
+        "compact-wide",
+        "UNet at 0.67x width, ControlNet at 0.33x, control encoder at 0.5x, 1 layer per block",
+        2 / 3,
+        True,
+        1,
+        attention_free_stages=1,
+        controlnet_width=1 / 3,
+        conditioning_width=0.5,
+    ),
 ):
     STUDENT_PRESETS.register(_preset.name, _preset)
 
@@ -57,13 +74,36 @@ for _preset in (
 def _scaled_widths(widths: tuple[int, ...], factor: float, groups: int, heads: Any, preset: str) -> tuple[int, ...]:
     out = tuple(max(groups, int(w * factor / groups + 0.5) * groups) for w in widths)
     head_counts = heads if isinstance(heads, (list, tuple)) else [heads] * len(out)
-    for width, h in zip(out, head_counts, strict=True):
+    for teacher_width, width, h in zip(widths, out, head_counts, strict=True):
         if h and width % h:
-            raise ConfigError(
-                f"student preset {preset!r} does not fit this teacher: width {width} is not divisible by {h} heads",
-                hint="choose a preset with another width, e.g. controlnet-half",
+            raise PresetMismatchError(
+                f"student preset {preset!r} does not fit this teacher: its width {teacher_width} × {factor:g} "
+                f"rounds to {width}, which {h} attention heads do not divide"
             )
     return out
+
+
+class PresetMismatchError(ConfigError):
+    """A preset cannot be built from this teacher's configs."""
+
+
+def fitting_presets(teacher_unet: "UNet2DConditionModel", teacher_controlnet: "ControlNetModel") -> list[str]:
+    """The presets that can be built from this teacher (checked on the meta device: no weights, no memory)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(_config(teacher_unet))
+        controlnet = type(teacher_controlnet).from_config(_config(teacher_controlnet))
+    fitting = []
+    for name in STUDENT_PRESETS.names():
+        try:
+            with torch.device("meta"):
+                _build(unet, controlnet, STUDENT_PRESETS.get(name))
+        except PresetMismatchError:
+            continue
+        fitting.append(name)
+    return fitting
 
 
 def _drop_attention(block_types: tuple[str, ...], stages: int, *, up: bool) -> tuple[str, ...]:
@@ -89,8 +129,22 @@ def build_student(
 ) -> tuple["UNet2DConditionModel", "ControlNetModel"]:
     """Build a randomly initialised student (UNet, ControlNet) for `preset` from the teacher's configs.
 
-    For ControlNet-only presets the returned UNet *is* `teacher_unet` (shared, frozen by the caller).
+    For ControlNet-only presets the returned UNet *is* `teacher_unet` (shared, frozen by the caller). A preset
+    that does not fit the teacher is a `ConfigError` that names the presets that do.
     """
+    try:
+        return _build(teacher_unet, teacher_controlnet, preset)
+    except PresetMismatchError as err:
+        fitting = fitting_presets(teacher_unet, teacher_controlnet)
+        raise ConfigError(
+            str(err),
+            hint=f"presets that fit this teacher: {', '.join(fitting)}" if fitting else "no preset fits this teacher",
+        ) from None
+
+
+def _build(
+    teacher_unet: "UNet2DConditionModel", teacher_controlnet: "ControlNetModel", preset: StudentPreset
+) -> tuple["UNet2DConditionModel", "ControlNetModel"]:
     from diffusers import ControlNetModel, UNet2DConditionModel
 
     from refine_control.models.student import AsymControlNetModel
@@ -110,21 +164,43 @@ def build_student(
             tuple(unet_cfg["up_block_types"]), preset.attention_free_stages, up=True
         )
         unet = UNet2DConditionModel.from_config(unet_cfg)
-        # The student ControlNet mirrors the compact UNet, as ControlNetModel.from_unet does.
-        controlnet = ControlNetModel.from_unet(
-            unet,
-            conditioning_embedding_out_channels=tuple(cn_cfg["conditioning_embedding_out_channels"]),
-            load_weights_from_unet=False,
-            conditioning_channels=cn_cfg.get("conditioning_channels", 3),
+        conditioning = _scaled_widths(
+            tuple(cn_cfg["conditioning_embedding_out_channels"]), preset.conditioning_width, 1, None, preset.name
         )
-        return unet, controlnet
+        if preset.controlnet_width is None:
+            # The student ControlNet mirrors the compact UNet, as ControlNetModel.from_unet does.
+            controlnet = ControlNetModel.from_unet(
+                unet,
+                conditioning_embedding_out_channels=conditioning,
+                load_weights_from_unet=False,
+                conditioning_channels=cn_cfg.get("conditioning_channels", 3),
+            )
+            return unet, controlnet
+        # A ControlNet narrower than its UNet: asymmetric output convolutions reach the UNet's widths.
+        student_cn_cfg = dict(cn_cfg)
+        student_cn_cfg.update(
+            layers_per_block=unet.config.layers_per_block,
+            down_block_types=tuple(unet.config.down_block_types),
+            block_out_channels=_scaled_widths(
+                tuple(cn_cfg["block_out_channels"]), preset.controlnet_width, groups, _heads(unet.config), preset.name
+            ),
+            conditioning_embedding_out_channels=conditioning,
+            target_block_out_channels=tuple(unet.config.block_out_channels),
+        )
+        return unet, AsymControlNetModel.from_config(student_cn_cfg)
     if preset.layers_per_block not in (None, teacher_controlnet.config.layers_per_block):
-        raise ConfigError(f"student preset {preset.name!r} changes the depth but shares the teacher's UNet")
+        raise PresetMismatchError(
+            f"student preset {preset.name!r} has {preset.layers_per_block} layers per block but shares the teacher's "
+            f"UNet, which has {teacher_controlnet.config.layers_per_block}"
+        )
     cn_cfg["block_out_channels"] = _scaled_widths(
         tuple(cn_cfg["block_out_channels"]), preset.width, groups, _heads(teacher_controlnet.config), preset.name
     )
     cn_cfg["down_block_types"] = _drop_attention(
         tuple(cn_cfg["down_block_types"]), preset.attention_free_stages, up=False
+    )
+    cn_cfg["conditioning_embedding_out_channels"] = _scaled_widths(
+        tuple(cn_cfg["conditioning_embedding_out_channels"]), preset.conditioning_width, 1, None, preset.name
     )
     cn_cfg["target_block_out_channels"] = tuple(teacher_unet.config.block_out_channels)
     return teacher_unet, AsymControlNetModel.from_config(cn_cfg)

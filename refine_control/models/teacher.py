@@ -3,11 +3,19 @@
 One code path for all of them: the components of a `StableDiffusionControlNetPipeline` layout are loaded one by
 one with `local_files_only=True` (never a download), so a base text-to-image pipeline plus a separate
 `--controlnet DIR` works too.
+
+Weights load from safetensors only: a component folder that holds only pickle files (`.bin`, `.pt`, ...) is
+refused before anything reads them, since unpickling can run code from the file (`weights_only=True` narrows
+that, it does not close it). `--allow-pickle-weights` (`allow_pickle_weights=True`, or the
+`pickle_weights_allowed()` context the CLI sets) lets a user load pickled weights they trust.
 """
 
+import contextlib
 import json
 import logging
 import re
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +31,35 @@ logger = logging.getLogger(__name__)
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 REQUIRED = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+_ALLOW_PICKLE: ContextVar[bool] = ContextVar("allow_pickle_weights", default=False)
+
+
+@contextlib.contextmanager
+def pickle_weights_allowed(allowed: bool = True) -> Iterator[None]:
+    """Within this block, `load_teacher` accepts pickled weights when no safetensors file is there."""
+    token = _ALLOW_PICKLE.set(allowed)
+    try:
+        yield
+    finally:
+        _ALLOW_PICKLE.reset(token)
+
+
+def check_weight_format(what: str, folder: Path, allow_pickle: bool) -> None:
+    """Refuse a component folder whose weights exist only as pickle files (unless allowed)."""
+    if not folder.is_dir():
+        return  # reported by the loader with its own message
+    files = [p for p in folder.iterdir() if p.is_file()]
+    if any(p.name.endswith(".safetensors") for p in files):
+        return
+    pickles = sorted(p.name for p in files if p.suffix in PICKLE_SUFFIXES)
+    if pickles and not allow_pickle:
+        raise ConfigError(
+            f"the teacher's {what} in {folder} has only pickle weights ({', '.join(pickles)}), which can run "
+            "code when loaded; refusing to load them",
+            hint="convert them to safetensors (`save_pretrained(DIR, safe_serialization=True)` where you trust "
+            "them), or pass --allow-pickle-weights if you trust these files",
+        )
 
 
 @dataclass
@@ -113,21 +150,39 @@ def _model_index(path: Path) -> dict[str, Any]:
 
 
 def load_teacher(
-    spec: str, controlnet: str | None = None, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+    spec: str,
+    controlnet: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    allow_pickle_weights: bool | None = None,
 ) -> Teacher:
-    """Load the teacher frozen (eval mode, no gradients) with the trainer's dtype and device."""
+    """Load the teacher frozen (eval mode, no gradients) with the trainer's dtype and device.
+
+    `allow_pickle_weights`: None follows `pickle_weights_allowed()` (off by default): safetensors only."""
     path = resolve_teacher_path(spec)
     index = _model_index(path)
-    opts = {"local_files_only": True}
-    vae = _load("vae", path, lambda: AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype, **opts))
+    allow_pickle = _ALLOW_PICKLE.get() if allow_pickle_weights is None else allow_pickle_weights
+    folders = {name: path / name for name in ("vae", "text_encoder", "unet", "controlnet")}
+    if controlnet is not None:
+        folders["controlnet"] = Path(controlnet).expanduser()
+    for name, folder in folders.items():
+        check_weight_format(name, folder, allow_pickle)
+    # use_safetensors=True: diffusers/transformers then never fall back to a pickle file by themselves.
+    opts: dict[str, Any] = {"local_files_only": True}
+    weights = {**opts, "use_safetensors": None if allow_pickle else True}
+    vae = _load(
+        "vae", path, lambda: AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype, **weights)
+    )
     text_encoder = _load(
         "text_encoder",
         path,
-        lambda: CLIPTextModel.from_pretrained(path, subfolder="text_encoder", dtype=dtype, **opts),
+        lambda: CLIPTextModel.from_pretrained(path, subfolder="text_encoder", dtype=dtype, **weights),
     )
     tokenizer = _load("tokenizer", path, lambda: CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", **opts))
     unet = _load(
-        "unet", path, lambda: UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype, **opts)
+        "unet",
+        path,
+        lambda: UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype, **weights),
     )
     scheduler_name = index.get("scheduler", [None, "DDIMScheduler"])[1]
     scheduler_cls = getattr(diffusers, str(scheduler_name), None)
@@ -138,12 +193,14 @@ def load_teacher(
         cn_path = Path(controlnet).expanduser()
         if not (cn_path / "config.json").is_file():
             raise ConfigError(f"--controlnet {controlnet!r} is not a ControlNetModel directory (no config.json)")
-        cn = _load("controlnet", cn_path, lambda: ControlNetModel.from_pretrained(cn_path, torch_dtype=dtype, **opts))
+        cn = _load(
+            "controlnet", cn_path, lambda: ControlNetModel.from_pretrained(cn_path, torch_dtype=dtype, **weights)
+        )
     elif (path / "controlnet").is_dir():
         cn = _load(
             "controlnet",
             path,
-            lambda: ControlNetModel.from_pretrained(path, subfolder="controlnet", torch_dtype=dtype, **opts),
+            lambda: ControlNetModel.from_pretrained(path, subfolder="controlnet", torch_dtype=dtype, **weights),
         )
     else:
         raise ConfigError(

@@ -6,9 +6,10 @@
   soft-label producers).
 - Intra-class contrastive KD (arXiv 2509.22053): `intraclass` (gated intra-class InfoNCE, feature memory, KD
   student, distance diagnostics), `soft_kd` (the Hinton KD loss).
-- Parameter transfer (arXiv 2509.22056): `transfer` (general partial transfer with a report, also used by the
-  distillation core), `transfer_model` (the data model and two-layer ReLU CNN).
+- Parameter transfer (arXiv 2509.22056): the general partial-transfer routine lives in the core
+  (`refine_control.models.transfer`, also used by `refine-distill --init`); `transfer_model` holds the paper's data
+  model and two-layer ReLU CNN.
 
 The `*_experiment` modules and `cli` (`refine-weaklabel`) run the CPU-scale reproductions. Submodules are not
-imported here, so `import refine_control.weaklabel.transfer` stays light.
+imported here, so importing one of them stays light.
 """

@@ -23,10 +23,10 @@ from typing import Any
 
 import torch
 
+from refine_control.models.transfer import transfer_parameters
 from refine_control.weaklabel.datasets import ImageDataset
 from refine_control.weaklabel.jobs import Job, RunResult, cached_dataset, fmt_value, generator, stopwatch
 from refine_control.weaklabel.report import Record, mean_std, zero_crossing
-from refine_control.weaklabel.transfer import transfer_parameters
 from refine_control.weaklabel.transfer_model import (
     GDConfig,
     TwoLayerReLUCNN,

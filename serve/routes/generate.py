@@ -1,7 +1,8 @@
 """`POST /v1/generate`: one image, returned when it is done (PNG, or base64 JSON on request).
 
-The request body is read only after a queue slot is taken (`TicketDep`), then the image is decoded and resized to
-the output size in a worker thread, and the job waits in the bounded queue. A client that disconnects cancels its
+The body has been read whole by the guard middleware (with a deadline) before this runs; a queue slot is taken
+(`TicketDep`) before it is parsed, then the image is decoded and resized to the output size in a worker thread,
+and the job waits in the bounded queue. A client that disconnects cancels its
 job. For progress and explicit cancellation use the jobs API (`POST /v1/jobs`), which takes the same body.
 """
 

@@ -2,7 +2,8 @@
 
 Layout (names are fixed here; nothing is looked up from paths written inside the files):
 
-    manifest.json                      format, versions, pipeline facts, sha256 + size of every file below
+    manifest.json                      format, versions, pipeline facts, sha256 + size of every file below, the
+                                       parity verdict; written last, `"complete": true` (else refused)
     text_encoder.onnx  denoiser.onnx  vae_decoder.onnx      FP32 graphs
     denoiser.int8.onnx  denoiser.fp16.onnx                  other precisions, when exported
     *.ort                              the same graphs in ONNX Runtime's mobile format (`--ort`)
@@ -58,12 +59,16 @@ class VerifiedGraph:
 class ModelDir:
     """A model dir whose manifest has been read; files are verified one by one as they are used."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], manifest: dict[str, Any] | None = None) -> None:
+        """`manifest`: only for the exporter, which checks its temp dir with the provisional manifest it holds in
+        memory (the one on disk is written last, marked complete); everyone else reads `manifest.json`."""
         self.path = Path(path).expanduser()
         if not self.path.is_dir():
             raise ModelDirError(f"model dir {self.path} does not exist or is not a directory")
         self.root = Path(os.path.realpath(self.path))
-        self.manifest = self._read_manifest()
+        self.manifest = (
+            self._check_manifest(manifest, self.path / MANIFEST) if manifest is not None else self._read_manifest()
+        )
         self.files: dict[str, dict[str, Any]] = self.manifest["files"]
 
     def _read_manifest(self) -> dict[str, Any]:
@@ -71,7 +76,7 @@ class ModelDir:
         if not path.is_file():
             raise ModelDirError(
                 f"{self.path} has no {MANIFEST}: not a complete refine-export model dir",
-                hint="export it with `refine-export RUN --output-dir DIR` (the manifest is written last)",
+                hint="export it with `refine-export RUN --output-dir DIR` (the manifest is its last file)",
             )
         if path.stat().st_size > _MAX_MANIFEST_BYTES:
             raise ModelDirError(f"{path} is larger than {_MAX_MANIFEST_BYTES} bytes; refusing to read it")
@@ -79,6 +84,15 @@ class ModelDir:
             manifest = json.loads(path.read_text("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise ModelDirError(f"{path} is not valid JSON ({err})") from err
+        manifest = self._check_manifest(manifest, path)
+        if manifest.get("complete") is not True:
+            raise ModelDirError(
+                f"{path} is not marked complete: an interrupted export, or one by an older refine-export",
+                hint="export the model again with `refine-export RUN --output-dir DIR`",
+            )
+        return manifest
+
+    def _check_manifest(self, manifest: Any, path: Path) -> dict[str, Any]:
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise ModelDirError(f"{path} is not a refine-control model manifest (format must be {FORMAT!r})")
         if manifest.get("format_version") != FORMAT_VERSION:

@@ -141,6 +141,8 @@ class OnnxControlNetPipeline:
             of "ddim", "euler", "euler_ancestral", "lcm", built from the model's noise schedule.
         model_format: "onnx" or "ort" (ONNX Runtime's mobile format, written by `refine-export --ort`).
         num_threads: intra-op threads per session (default: the CPUs this process may use).
+        manifest: for the exporter only: check the files against this in-memory manifest instead of reading
+            `manifest.json` (which an export writes last).
 
     Calling the pipeline:
         image = pipe(prompt, control_image, negative_prompt="", steps=20, guidance_scale=7.5,
@@ -171,10 +173,11 @@ class OnnxControlNetPipeline:
         scheduler: str | None = None,
         model_format: str = "onnx",
         num_threads: int | None = None,
+        manifest: dict[str, Any] | None = None,
     ) -> None:
         if model_format not in MODEL_FORMATS:
             raise ConfigError(f"`model_format` must be one of {', '.join(MODEL_FORMATS)}, got {model_format!r}")
-        self.model = ModelDir(model_dir)
+        self.model = ModelDir(model_dir, manifest)
         available = self.model.precisions(model_format)
         if precision not in available:
             raise ModelDirError(

@@ -5,9 +5,22 @@ import numpy as np
 import pytest
 from tiny_models import write_image_folder
 
+from refine_control.errors import ConfigError
 from refine_control.evaluation.cli import main
 
-FAST = ["--num-samples", "64", "--steps", "1", "--oracle-steps", "3", "--batch-size", "64", "-q"]
+FAST = [
+    "--num-samples",
+    "64",
+    "--steps",
+    "1",
+    "--teacher-steps",
+    "1",
+    "--oracle-steps",
+    "3",
+    "--batch-size",
+    "64",
+    "-q",
+]
 
 
 def _tiny64_pipeline():
@@ -188,3 +201,19 @@ def test_asymmetric_student_loads_in_a_fresh_process(tiny_pipeline_dir, tiny_dat
     code = "import sys; from refine_control.evaluation.generate import load_pipeline; load_pipeline(sys.argv[1])"
     result = subprocess.run([sys.executable, "-c", code, str(run / "student")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_a_model_is_sampled_with_its_own_recommendation_and_the_teacher_with_its_defaults(fake_run):
+    from refine_control.evaluation.evaluate import EvalConfig
+
+    student = fake_run / "student"
+    assert EvalConfig(str(fake_run)).model_sampling(student).steps == 20  # no recommendation: the teacher's
+    (student / "sampling.json").write_text(json.dumps({"steps": 4, "guidance_scale": 2.5}))
+    own = EvalConfig(str(fake_run)).model_sampling(student)
+    assert (own.steps, own.guidance_scale) == (4, 2.5)
+    given = EvalConfig(str(fake_run), steps=8, guidance_scale=1.0).model_sampling(student)
+    assert (given.steps, given.guidance_scale) == (8, 1.0)
+    assert EvalConfig(str(fake_run)).teacher_sampling.steps == 20
+    (student / "sampling.json").write_text("{}")
+    with pytest.raises(ConfigError, match="not a valid sampling file"):
+        EvalConfig(str(fake_run)).model_sampling(student)

@@ -155,6 +155,21 @@ def test_missing_file_and_missing_manifest(model_copy: Path, tmp_path: Path, cap
     assert code == 2 and "has no manifest.json" in errors[0]
 
 
+@pytest.mark.parametrize("complete", [None, False, "true"])
+def test_manifest_not_marked_complete_is_refused(model_copy: Path, complete):
+    """Only the manifest written last by a finished export says `"complete": true` (an interrupted or older export
+    does not), and the runtime loads nothing else."""
+    manifest = json.loads((model_copy / "manifest.json").read_text())
+    assert manifest["complete"] is True and manifest["export"]["parity_passed"] is True
+    if complete is None:
+        del manifest["complete"]
+    else:
+        manifest["complete"] = complete
+    (model_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelDirError, match="is not marked complete: an interrupted export"):
+        OnnxControlNetPipeline(model_copy)
+
+
 def test_manifest_with_unsafe_names_is_refused(model_copy: Path):
     manifest = json.loads((model_copy / "manifest.json").read_text())
     manifest["files"]["../escape.onnx"] = {"sha256": "0" * 64, "bytes": 1}

@@ -164,6 +164,15 @@ def test_bad_json_is_400(fake_client, raw):
     assert_error(post_raw(fake_client, raw), 400, "invalid_json")
 
 
+def test_huge_integers_are_4xx(fake_client):
+    """Python refuses to parse integer literals over 4300 digits (ValueError inside `json.loads`): 400, not 500."""
+    for digits in (4301, 5000, 100_000):
+        raw = b'{"prompt": "p", "control_image": "x", "steps": ' + b"9" * digits + b"}"
+        assert_error(post_raw(fake_client, raw), 400, "invalid_json")
+    raw = b'{"prompt": "p", "control_image": "x", "seed": ' + b"9" * 4000 + b"}"  # parses; out of range
+    assert_error(post_raw(fake_client, raw), 422, "invalid_request")
+
+
 def test_non_object_and_unknown_fields_are_422(fake_client):
     assert_error(post_raw(fake_client, b"[1, 2]"), 422)
     data = assert_error(fake_client.post("/v1/generate", json=body(**{f"x{CANARY}": 1})), 422, "invalid_request")

@@ -2,6 +2,7 @@
 
 import asyncio
 import re
+import time
 
 import pytest
 from serve_client import make_client
@@ -278,6 +279,23 @@ def test_route_table_snapshot(fake_client):
         ("POST", "/v1/jobs"),
         ("POST", "/v1/preprocess"),
     ]
+
+
+def test_head_works_where_get_does(fake_client):
+    """HEAD answers every GET route with GET's status and headers and no body (FastAPI alone answers 405)."""
+    job_id = fake_client.post("/v1/jobs", json={"prompt": "p", "control_image": b64(png_bytes()), "steps": 1}).json()
+    for _ in range(500):  # done, so GET and HEAD of /result see the same state
+        if fake_client.get(f"/v1/jobs/{job_id['id']}").json()["status"] == "done":
+            break
+        time.sleep(0.01)
+    paths = ["/healthz", "/readyz", "/v1/models", "/", "/docs", "/openapi.json", "/static/app.js"]
+    paths += [f"/v1/jobs/{job_id['id']}", f"/v1/jobs/{job_id['id']}/result", "/v1/jobs/" + "a" * 22, "/nope"]
+    for path in paths:
+        get, head = fake_client.get(path), fake_client.head(path)
+        assert head.status_code == get.status_code and head.content == b"", path
+        for name in ("content-type", "content-length", "cache-control", "x-content-type-options"):
+            assert head.headers.get(name) == get.headers.get(name), (path, name)
+    assert fake_client.head("/v1/generate").status_code == 405  # POST-only routes stay POST-only
 
 
 def test_static_files_cannot_escape(fake_client):

@@ -52,7 +52,7 @@ def test_full_queue_is_503_with_retry_after_and_health_stays_fast(gated):
         r = client.post(path, json=body())
         assert r.status_code == 503 and r.json()["error"] == "queue_full"
         assert int(r.headers["retry-after"]) >= 1
-    # the body of a refused request is never read: garbage still gets 503, not 400
+    # a refused request's body is read (the middleware reads every body first) but never parsed: garbage → 503
     r = client.post("/v1/generate", content=b"{garbage", headers={"Content-Type": "application/json"})
     assert r.status_code == 503
     start = time.monotonic()

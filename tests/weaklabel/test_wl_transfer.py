@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from refine_control.weaklabel.transfer import transfer_parameters
+from refine_control.models.transfer import transfer_parameters
 from refine_control.weaklabel.transfer_experiment import TransferSettings, run_synthetic
 from refine_control.weaklabel.transfer_model import (
     GDConfig,

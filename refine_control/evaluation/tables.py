@@ -1,0 +1,281 @@
+"""README tables rendered from the distillation result files: `results/presets/` (`benchmarks/presets.py`),
+`results/recipe/` (`benchmarks/recipe.py`) and `results/ablation/` (`benchmarks/ablation.py`)."""
+
+import statistics
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from refine_control.config import DistillConfig
+from refine_control.models.presets import STUDENT_PRESETS
+from refine_control.results import Table, markdown_table, provenance, read_results, register_table
+
+Result = dict[str, Any]
+
+# The bar a compact student must meet (README, "Student presets"): ratios to the teacher on the same samples.
+BAR = {"macs_fewer": 4.0, "edge_f1_kept": 0.90, "mask_iou_kept": 0.90, "colour_kept": 0.95, "shape_kept": 0.95}
+BAR_TEACHER_PSNR_DB = 24.0
+
+# metric key → (column title, digits, higher is better)
+QUALITY = {
+    "edge_f1": ("edge F1 ↑", 3, True),
+    "mask_iou": ("mask IoU ↑", 3, True),
+    "colour_acc": ("colour acc ↑", 3, True),
+    "shape_acc": ("shape acc ↑", 3, True),
+    "psnr_gt_db": ("PSNR vs GT ↑", 2, True),
+    "teacher_psnr_db": ("PSNR vs teacher ↑", 2, True),
+    "domain_fid": ("domain FID ↓", 2, False),
+}
+
+
+def kept(result: Result) -> dict[str, float]:
+    """The student's ratios to the teacher, the teacher PSNR and the cost ratio of one run."""
+    m, t = result["metrics"], result["metrics"]["teacher"]
+    return {
+        "macs_fewer": m["teacher_macs_per_step"] / m["macs_per_step"],
+        "edge_f1_kept": m["edge_f1"] / t["edge_f1"],
+        "mask_iou_kept": m["mask_iou"] / t["mask_iou"],
+        "colour_kept": m["colour_acc"] / t["colour_acc"],
+        "shape_kept": m["shape_acc"] / t["shape_acc"],
+        "teacher_psnr_db": m["teacher_psnr_db"],
+    }
+
+
+def meets_bar(result: Result) -> bool:
+    ratios = kept(result)
+    return all(ratios[k] >= v for k, v in BAR.items()) and ratios["teacher_psnr_db"] >= BAR_TEACHER_PSNR_DB
+
+
+def _stat(values: Sequence[float], fmt: Callable[[float], str]) -> str:
+    if len(values) == 1:
+        return fmt(values[0])
+    return f"{fmt(statistics.fmean(values))} ± {fmt(statistics.stdev(values))}"
+
+
+def _num(digits: int) -> Callable[[float], str]:
+    return lambda v: f"{v:.{digits}f}"
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.0f}%"
+
+
+def _quality_cells(runs: Sequence[Result], keys: Sequence[str]) -> list[str]:
+    return [_stat([r["metrics"][k] for r in runs], _num(QUALITY[k][1])) for k in keys]
+
+
+def _teacher_cells(result: Result, keys: Sequence[str]) -> list[str]:
+    teacher = result["metrics"]["teacher"]
+    return [f"{teacher[k]:.{QUALITY[k][1]}f}" if k in teacher else "-" for k in keys]
+
+
+def _by_student(results: Sequence[Result]) -> dict[str, list[Result]]:
+    out: dict[str, list[Result]] = {}
+    for r in results:
+        out.setdefault(r["config"]["student"], []).append(r)
+    return out
+
+
+def _scoring(result: Result) -> str:
+    e = result["config"]["eval"]
+    return (
+        f"`refine-eval` on {e['num_samples']} held-out {e['split']} shapes, {e['steps']} steps, guidance "
+        f"{e['guidance_scale']:g}, the same noise for student and teacher"
+    )
+
+
+def _recipe(config: dict[str, Any]) -> str:
+    return (
+        f"{config['max_steps']} steps, batch {config['batch_size']}, learning rate {config['learning_rate']:g} "
+        f"{config['lr_schedule']}, init `{config['init']}`, min-SNR γ {config['snr_gamma']}, "
+        f"{config['builtin_labelled']} labelled shapes"
+    )
+
+
+@register_table("presets")
+def presets_table(root: Path) -> Table:
+    results = read_results("presets", root)
+    header = [
+        "preset", "params", "GMAC/step", "distil time", "edge F1 (kept)", "mask IoU (kept)", "colour acc",
+        "shape acc", "PSNR vs teacher", "domain FID", "meets the bar", "use when",
+    ]  # fmt: skip
+    first, teacher = results[0]["metrics"], results[0]["metrics"]["teacher"]
+    rows = [
+        [
+            "teacher", f"{first['teacher_params'] / 1e6:.2f} M", f"{first['teacher_macs_per_step'] / 1e9:.3f}", "-",
+            f"{teacher['edge_f1']:.3f}", f"{teacher['mask_iou']:.3f}", f"{teacher['colour_acc']:.3f}",
+            f"{teacher['shape_acc']:.3f}", "-", f"{teacher['domain_fid']:.2f}", "-", "the reference",
+        ]
+    ]  # fmt: skip
+    by_preset = _by_student(results)
+    for name in STUDENT_PRESETS.names():
+        runs = by_preset.get(name)
+        if not runs:
+            continue
+        m, k = [r["metrics"] for r in runs], [kept(r) for r in runs]
+        rows.append(
+            [
+                f"`{name}`",
+                f"{m[0]['params'] / 1e6:.2f} M",
+                f"{m[0]['macs_per_step'] / 1e9:.3f} ({k[0]['macs_fewer']:.2f}× fewer)",
+                _stat([x["distil_s"] / 60 for x in m], _num(1)) + " min",
+                _stat([x["edge_f1"] for x in m], _num(3)) + f" ({_stat([x['edge_f1_kept'] for x in k], _pct)})",
+                _stat([x["mask_iou"] for x in m], _num(3)) + f" ({_stat([x['mask_iou_kept'] for x in k], _pct)})",
+                _stat([x["colour_acc"] for x in m], _num(3)),
+                _stat([x["shape_acc"] for x in m], _num(3)),
+                _stat([x["teacher_psnr_db"] for x in m], _num(1)) + " dB",
+                _stat([x["domain_fid"] for x in m], _num(2)),
+                "yes" if all(meets_bar(r) for r in runs) else "no",
+                STUDENT_PRESETS.get(name).use_when,
+            ]
+        )
+    seeds = sorted({r["seed"] for r in results})
+    missing = [n for n in STUDENT_PRESETS.names() if n not in by_preset]
+    caption = (
+        f"Built-in teacher; every student distilled with the `refine-distill` defaults ({_recipe(results[0]['config'])})"
+        f", seeds {', '.join(map(str, seeds))} (mean ± std); {_scoring(results[0])}. MACs per denoiser step at "
+        "batch 1 (UNet + ControlNet). The bar: ≥ 4× fewer MACs, ≥ 90% of the teacher's edge F1 and mask IoU, ≥ 95% "
+        "of its colour and shape accuracy, ≥ 24 dB PSNR vs the teacher, on every seed. Distil time: wall clock, one "
+        "thread per run with two runs sharing the 2 cores. "
+        + (f"Not run: {', '.join(missing)} (the same network as another row on this teacher). " if missing else "")
+        + provenance(results)
+    )
+    return Table(markdown_table(header, rows), caption)
+
+
+# Fields of a run's config.json that do not change what is trained.
+_BOOKKEEPING = {
+    "output_dir",
+    "overwrite",
+    "resume",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "log_every",
+    "resolved",
+    "eval",
+}
+
+
+def _changed(config: dict[str, Any], reference: dict[str, Any]) -> str:
+    diffs = [f"{k} = {config[k]}" for k in config if k not in _BOOKKEEPING and config[k] != reference.get(k)]
+    return ", ".join(diffs) or "(the default recipe)"
+
+
+@register_table("recipe")
+def recipe_table(root: Path) -> Table:
+    results = {r["name"]: r for r in read_results("recipe", root)}
+    default = results["default"]
+    keys = ["edge_f1", "mask_iou", "colour_acc", "shape_acc", "teacher_psnr_db", "domain_fid"]
+    header = ["variant", "what differs from the default", *(QUALITY[k][0] for k in keys), "meets the bar"]
+    rows = [
+        [
+            f"`{name}`",
+            _changed(r["config"], default["config"]),
+            *_quality_cells([r], keys),
+            "yes" if meets_bar(r) else "no",
+        ]
+        for name, r in sorted(results.items(), key=lambda item: item[0] != "default")
+    ]
+    rows.append(["teacher", "-", *_teacher_cells(default, keys), "-"])
+    caption = (
+        f"Default recipe: student `{default['config']['student']}`, {_recipe(default['config'])}; one seed (0); "
+        f"{_scoring(default)}. Chosen on the validation split; the test split reports only the chosen recipe (preset "
+        "table). " + provenance(list(results.values()))
+    )
+    return Table(markdown_table(header, rows), caption)
+
+
+@register_table("ablation")
+def ablation_table(root: Path) -> Table:
+    keys = list(QUALITY)
+    variants = _by_variant(read_results("ablation", root))
+    default = DistillConfig.__dataclass_fields__["student"].default
+    full = [r for r in read_results("presets", root) if r["config"]["student"] == default]
+    rows_spec = [
+        ("(a) scratch: random init, task loss only", variants.get("scratch", [])),
+        ("(b) + output KD", variants.get("output-kd", [])),
+        ("(c) + feature KD (the tri-level loss)", variants.get("feature-kd", [])),
+        ("(d) + weights selected from the teacher (the default)", full),
+    ]
+    rows_spec = [(label, runs) for label, runs in rows_spec if runs]
+    rows = [[label, *_quality_cells(runs, keys)] for label, runs in rows_spec]
+    reference = rows_spec[0][1][0]
+    rows.append(["teacher", *_teacher_cells(reference, keys)])
+    header = ["variant", *(QUALITY[k][0] for k in keys)]
+    caption = f"Student `{default}` ({_recipe(reference['config'])}); {_scoring(reference)}; mean ± std over seeds. "
+    if variants.get("scratch") and full:
+        worse = [
+            QUALITY[k][0].rstrip(" ↑↓")
+            for k in keys
+            if (
+                statistics.fmean(r["metrics"][k] for r in full)
+                > statistics.fmean(r["metrics"][k] for r in variants["scratch"])
+            )
+            != QUALITY[k][2]
+        ]
+        caption += (
+            "The default beats scratch on every metric. "
+            if not worse
+            else f"The default does not beat scratch on: {', '.join(worse)}. "
+        )
+    return Table(markdown_table(header, rows), caption + provenance([r for _, runs in rows_spec for r in runs]))
+
+
+def _by_variant(results: Sequence[Result]) -> dict[str, list[Result]]:
+    """Group `<variant>-seed<k>` result files by variant."""
+    out: dict[str, list[Result]] = {}
+    for r in results:
+        out.setdefault(r["name"].rsplit("-seed", 1)[0], []).append(r)
+    return out
+
+
+@register_table("demo")
+def demo_table(root: Path) -> Table:
+    """The last recorded `make demo`: teacher vs student side by side, and where the time went."""
+    from refine_control.demo import side_by_side
+
+    (demo,) = read_results("demo", root)
+    m = demo["metrics"]
+    config = demo["config"]
+    lines = side_by_side(
+        {"teacher": m["teacher"], "student": m["student"]}, config["eval_samples"], config["sampling_steps"]
+    )
+    stages = ", ".join(f"{name} {seconds / 60:.1f} min" for name, seconds in m["seconds"].items())
+    caption = (
+        f"`make demo` after setup: {sum(m['seconds'].values()) / 60:.1f} min ({stages}); machine: "
+        f"{demo['machine'].get('cpu', 'unknown')}, {demo['machine'].get('logical_cpus')} logical CPUs. "
+        + provenance([demo])
+    )
+    return Table("```\n" + "\n".join(lines[:-1]) + "\n```\n\n" + lines[-1] + ".", caption)
+
+
+@register_table("few_step")
+def few_step_table(root: Path) -> Table:
+    """The few-step student at 1, 2, 4, 8 steps (no guidance pair) against the teacher's 20 guided steps."""
+    runs = sorted(read_results("few_step", root), key=lambda r: r["config"]["eval"]["steps"])
+    keys = ["edge_f1", "mask_iou", "colour_acc", "shape_acc"]
+    header = ["model", "steps", "passes per step", *(QUALITY[k][0] for k in keys), "PSNR vs teacher ↑", "domain FID ↓"]
+    teacher = runs[0]["metrics"]["teacher"]
+    rows = [
+        ["teacher", "20", "2 (guidance pair)", *_teacher_cells(runs[0], keys), "-", f"{teacher['domain_fid']:.2f}"]
+    ]
+    for r in runs:
+        m = r["metrics"]
+        cells = [f"{m[k]:.3f} ({100 * m[k] / teacher[k]:.0f}%)" for k in keys]
+        label = "few-step student + tiny VAE" if r["config"].get("tiny_decoder") else "few-step student"
+        rows.append(
+            [
+                label, str(r["config"]["eval"]["steps"]), "1 (scale embedded)", *cells,
+                f"{m['teacher_psnr_db']:.2f}", f"{m['domain_fid']:.2f}",
+            ]
+        )  # fmt: skip
+    first = runs[0]
+    caption = (
+        f"The few-step student: `refine-distill --from RUN --few-step` ({first['config']['max_steps']} steps of latent "
+        f"consistency distillation, learning rate {first['config']['learning_rate']:g}) on the default "
+        f"`{first['config']['student']}` student; guidance scale {first['config']['eval']['guidance_scale']:g} given "
+        "as an input, LCM scheduler. The teacher samples 20 DDIM steps with classifier-free guidance 3. "
+        f"`refine-eval` on {first['config']['eval']['num_samples']} held-out {first['config']['eval']['split']} shapes, "
+        "the same prompts, controls and initial noise for both; percentages are of the teacher. " + provenance(runs)
+    )
+    return Table(markdown_table(header, rows), caption)

@@ -1,0 +1,89 @@
+"""The preset, recipe and ablation tables, rendered from small hand-made result files."""
+
+import pytest
+
+from refine_control.evaluation.tables import ablation_table, few_step_table, meets_bar, presets_table, recipe_table
+from refine_control.results import write_result
+
+TEACHER = {
+    "edge_f1": 0.96, "mask_iou": 0.95, "colour_acc": 1.0, "shape_acc": 1.0, "psnr_gt_db": 28.0, "domain_fid": 2.0,
+}  # fmt: skip
+CONFIG = {
+    "student": "compact-wide", "max_steps": 1600, "batch_size": 16, "learning_rate": 0.002, "lr_schedule": "cosine",
+    "init": "uniform", "snr_gamma": 5.0, "builtin_labelled": 500, "output_dir": "x", "seed": 0,
+    "eval": {"num_samples": 256, "split": "test", "steps": 20, "guidance_scale": 3.0},
+}  # fmt: skip
+
+
+def result(root, group, name, seed=0, edge_f1=0.9, macs=100e6, config=None, **extra):
+    metrics = {
+        "edge_f1": edge_f1, "mask_iou": 0.9, "colour_acc": 0.99, "shape_acc": 0.98, "psnr_gt_db": 27.0,
+        "teacher_psnr_db": 30.0, "domain_fid": 2.5, "teacher": TEACHER, "params": 1.5e6, "macs_per_step": macs,
+        "teacher_params": 6.6e6, "teacher_macs_per_step": 400e6, "distil_s": 600.0, **extra,
+    }  # fmt: skip
+    write_result(
+        (group, name), metrics=metrics, config={**CONFIG, **(config or {})}, seed=seed, command="c", wall_s=1.0,
+        root=root, commit=("abc1234", False), machine={},
+    )  # fmt: skip
+
+
+def test_the_bar_needs_every_ratio(tmp_path):
+    base = {"metrics": {**TEACHER, "teacher": TEACHER, "teacher_psnr_db": 30.0}}
+    base["metrics"].update(macs_per_step=100e6, teacher_macs_per_step=400e6)
+    assert meets_bar(base)  # 4.0× fewer MACs and everything kept
+    assert not meets_bar({"metrics": {**base["metrics"], "macs_per_step": 101e6}})  # 3.96×
+    assert not meets_bar({"metrics": {**base["metrics"], "edge_f1": 0.89 * 0.96}})  # 89% kept
+    assert not meets_bar({"metrics": {**base["metrics"], "teacher_psnr_db": 23.9}})
+
+
+def test_presets_table_averages_seeds_and_says_who_meets_the_bar(tmp_path):
+    result(tmp_path, "presets", "compact-wide-seed0", 0, edge_f1=0.90)
+    result(tmp_path, "presets", "compact-wide-seed1", 1, edge_f1=0.92)
+    result(tmp_path, "presets", "controlnet-half-seed0", 0, macs=330e6, config={"student": "controlnet-half"})
+    table = presets_table(tmp_path)
+    rows = {line.split(" | ")[0].strip("| `"): line for line in table.markdown.splitlines()}
+    wide = rows["compact-wide"]
+    assert "0.910 ± 0.014 (95% ± 1%)" in wide  # mean and sample std of 0.90 and 0.92; kept = F1 / 0.96
+    assert "0.100 (4.00× fewer)" in wide and " | yes | " in wide
+    assert "(1.21× fewer)" in rows["controlnet-half"] and " | no | " in rows["controlnet-half"]
+    assert rows["teacher"].startswith("| teacher | 6.60 M | 0.400")
+    assert (
+        "seeds 0, 1" in table.caption and "Not run: controlnet-quarter, compact-small, compact-tiny" in table.caption
+    )
+
+
+def test_recipe_table_names_what_each_variant_changed(tmp_path):
+    result(tmp_path, "recipe", "default")
+    result(tmp_path, "recipe", "init-random", config={"init": "random"}, edge_f1=0.7)
+    table = recipe_table(tmp_path)
+    lines = table.markdown.splitlines()
+    assert lines[2].startswith("| `default` | (the default recipe) |")
+    assert lines[3].startswith("| `init-random` | init = random | 0.700 |") and lines[3].endswith("| no |")
+
+
+def test_ablation_table_compares_the_default_with_scratch(tmp_path):
+    for seed in (0, 1):
+        result(tmp_path, "ablation", f"scratch-seed{seed}", seed, edge_f1=0.3, config={"init": "random"})
+        result(tmp_path, "presets", f"compact-wide-seed{seed}", seed, edge_f1=0.9)
+    table = ablation_table(tmp_path)
+    assert "| (a) scratch: random init, task loss only | 0.300 ± 0.000 |" in table.markdown
+    # Every other metric is equal in these files, so the default does not beat scratch on them.
+    assert "does not beat scratch on: mask IoU, colour acc" in table.caption
+
+
+@pytest.mark.parametrize("missing", ["presets", "recipe"])
+def test_a_missing_results_group_is_a_clear_error(tmp_path, missing):
+    from refine_control.results import ResultsError
+
+    with pytest.raises(ResultsError, match=f"no results for group '{missing}'"):
+        (presets_table if missing == "presets" else recipe_table)(tmp_path)
+
+
+def test_few_step_table_lists_each_step_count_against_the_teacher(tmp_path):
+    for steps, f1 in ((4, 0.96), (1, 0.2)):
+        config = {"max_steps": 600, "eval": {**CONFIG["eval"], "steps": steps}}
+        result(tmp_path, "few_step", f"steps{steps}", edge_f1=f1, config=config)
+    lines = few_step_table(tmp_path).markdown.splitlines()
+    assert lines[2].startswith("| teacher | 20 | 2 (guidance pair) | 0.960 |")
+    assert lines[3].startswith("| few-step student | 1 | 1 (scale embedded) | 0.200 (21%) |")
+    assert lines[4].startswith("| few-step student | 4 | 1 (scale embedded) | 0.960 (100%) |")
