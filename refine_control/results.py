@@ -7,8 +7,9 @@ Every result file records what produced it, so a number in the docs can be trace
      "seed": 0, "commit": "<git HEAD sha>", "dirty": false, "command": "refine-weaklabel upllrs ...",
      "wall_s": 93.4, "date": "2026-11-28T17:30:32+00:00", "machine": {...}, "notes": "..."}
 
-`dirty` says whether tracked files other than `results/` and Markdown differed from `commit` when the run
-started writing (documentation edits do not change what code produced a number). Without git, `commit` and
+`dirty` says whether tracked files other than `results/` and Markdown differed from `commit` (documentation
+edits do not change what code produced a number); a long run should take `git_state()` when it starts and pass
+it as `commit=`, since the checkout may change while it runs. Without git, `commit` and
 `dirty` are "unknown".
 
 A table is a function `(results_root: Path) -> Table` registered under a name with `@register_table("NAME")`;

@@ -54,3 +54,51 @@ def strong_view(x: torch.Tensor, generator: torch.Generator | None = None) -> to
     """Cutout (3/8 of the side) + 20% pixel dropout + N(0, 0.1²) noise."""
     out = cutout(x, max(2, (3 * x.shape[-1]) // 8), generator)
     return add_noise(pixel_dropout(out, 0.2, generator), 0.1, generator)
+
+
+def random_affine(
+    x: torch.Tensor,
+    *,
+    degrees: float,
+    shear: float,
+    scale: tuple[float, float],
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Per-image rotation (±degrees), shear (±shear, radians) and isotropic scale, about the centre, zero fill."""
+    B = x.shape[0]
+    rot = (torch.rand(B, generator=generator) * 2 - 1) * degrees * torch.pi / 180
+    sh = (torch.rand(B, generator=generator) * 2 - 1) * shear
+    sc = scale[0] + torch.rand(B, generator=generator) * (scale[1] - scale[0])
+    cos, sin = torch.cos(rot), torch.sin(rot)
+    theta = torch.zeros(B, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1] = cos / sc, (-sin + sh * cos) / sc
+    theta[:, 1, 0], theta[:, 1, 1] = sin / sc, (cos + sh * sin) / sc
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(x, grid, padding_mode="zeros", align_corners=False)
+
+
+def contrast_brightness(x: torch.Tensor, strength: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per-image contrast factor in [1−s, 1+s] about the image mean, then brightness offset in [−s/2, s/2]."""
+    B = x.shape[0]
+    c = 1 + (torch.rand(B, 1, 1, 1, generator=generator) * 2 - 1) * strength
+    b = (torch.rand(B, 1, 1, 1, generator=generator) - 0.5) * strength
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return ((x - mean) * c + mean + b).clamp(0.0, 1.0)
+
+
+def conv_weak_view(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """FixMatch's weak view for a conv net, translated to small grey images: a random shift of up to 1/8 of the
+    side (FixMatch: crop with 4-px padding on 32 px). No flip: a flip changes a digit's class."""
+    return random_shift(x, max(1, x.shape[-1] // 8), generator)
+
+
+def conv_strong_view(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """FixMatch's strong view, translated: the weak shift + a random affine (±25°, shear ±0.3, scale 0.85–1.15)
+    + contrast/brightness jitter (RandAugment-like ops at full strength) + one Cutout of half the side."""
+    out = conv_weak_view(x, generator)
+    out = random_affine(out, degrees=25.0, shear=0.3, scale=(0.85, 1.15), generator=generator)
+    out = contrast_brightness(out, 0.5, generator)
+    return cutout(out, max(2, x.shape[-1] // 2), generator)
+
+
+VIEWS = {"mlp": (weak_view, strong_view), "conv": (conv_weak_view, conv_strong_view)}

@@ -1,7 +1,12 @@
 """`refine-weaklabel`: run one paper's CPU-scale experiment over seeds and print its results table.
 
 refine-weaklabel {upllrs,softlabel,intraclass,transfer} --dataset {digits,fashion-mnist,mnist,synthetic}
-                 [--seed S] [--num-seeds N] [--json FILE] [--quick] [--threads T] [--max-samples N] [-v | -q]
+                 [--seed S] [--num-seeds N] [--results-dir DIR] [--json FILE] [--quick] [--threads T]
+                 [--max-samples N] [--only KEY=VALUE ...] [-v | -q]
+
+With `--results-dir`, every run (one seed × one setting) is written as a result file
+(`refine_control.results`) whose `command` is this command line; `results/weaklabel/<experiment>/` holds the
+committed ones that docs/weaklabel.md is rendered from.
 """
 
 import argparse
@@ -9,10 +14,13 @@ import dataclasses
 import logging
 import math
 import platform
+import shlex
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
 from typing import Any, NoReturn
 
 import torch
@@ -21,6 +29,7 @@ from tqdm import tqdm
 from refine_control.atomic import write_json
 from refine_control.cli_utils import run_cli, setup_logging
 from refine_control.errors import ConfigError
+from refine_control.results import git_state, machine_info, write_result
 from refine_control.weaklabel import (
     intraclass_experiment,
     softlabel_experiment,
@@ -28,29 +37,35 @@ from refine_control.weaklabel import (
     upllrs_experiment,
 )
 from refine_control.weaklabel.datasets import DATASETS
-from refine_control.weaklabel.jobs import Job, cached_dataset
-from refine_control.weaklabel.report import Record, markdown_table
-from refine_control.weaklabel.training import FitConfig
-from refine_control.weaklabel.transfer_model import GDConfig
-from refine_control.weaklabel.upllrs import SeparationConfig
+from refine_control.weaklabel.jobs import Job, RunResult, cached_dataset, flat_records
+from refine_control.weaklabel.report import markdown_table
 
 logger = logging.getLogger(__name__)
 
 COMMANDS = {
-    "upllrs": "UPLLRS vs PRODEN/CC/RC across unreliability rates (IJCAI 2023)",
-    "softlabel": "student accuracy vs Δ+γ of biased soft labels (NeurIPS 2023)",
-    "intraclass": "teacher with vs without the intra-class contrastive term, and its KD student",
-    "transfer": "partial parameter transfer vs scratch across shared-signal strength",
+    "upllrs": "UPLLRS vs PRODEN/CC/RC on the paper's (γ, μ) grid (IJCAI 2023)",
+    "softlabel": "student accuracy vs Δ+γ of biased soft labels, incl. a trained biased teacher (NeurIPS 2023)",
+    "intraclass": "intra-class contrastive teachers vs a λ = 0 teacher at equal training, and their KD students",
+    "transfer": "partial parameter transfer vs scratch over ‖u‖ (or blend s), N₁ and N₂",
 }
+EXPERIMENTS: dict[str, ModuleType] = {
+    "upllrs": upllrs_experiment,
+    "softlabel": softlabel_experiment,
+    "intraclass": intraclass_experiment,
+    "transfer": transfer_experiment,
+}
+DEFAULT_DATASET = {"upllrs": "fashion-mnist", "softlabel": "fashion-mnist", "intraclass": "fashion-mnist"}
 
 
 @dataclass(frozen=True)
 class WeakLabelConfig:
     command: str
-    dataset: str = "digits"
+    dataset: str = "fashion-mnist"
     seed: int = 0
     num_seeds: int = 1
     json: str | None = None
+    results_dir: str | None = None
+    only: tuple[str, ...] = ()
     quick: bool = False
     threads: int = 1
     max_samples: int | None = None
@@ -71,10 +86,18 @@ class WeakLabelConfig:
             raise ConfigError(
                 f"`--max-samples` must be >= 60 (6 per class for the 4:1:1 split), got {self.max_samples}"
             )
+        for item in self.only:
+            key, sep, value = item.partition("=")
+            if not sep or not key or not value:
+                raise ConfigError(f"`--only` takes KEY=VALUE, got {item!r}")
 
     @property
     def seeds(self) -> list[int]:
         return list(range(self.seed, self.seed + self.num_seeds))
+
+    @property
+    def filters(self) -> dict[str, str]:
+        return dict(item.partition("=")[::2] for item in self.only)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -89,74 +112,48 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for name, help_text in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        default = "synthetic" if name == "transfer" else "digits"
+        default = DEFAULT_DATASET.get(name, "synthetic")
         p.add_argument("--dataset", choices=DATASETS, default=default, help=f"data set (default: {default})")
         p.add_argument("--seed", type=int, default=0, help="first seed (default: 0)")
         p.add_argument("--num-seeds", type=int, default=1, help="run seeds S..S+N-1 and report mean ± std")
-        p.add_argument("--json", metavar="FILE", help="also write records and tables to FILE (atomically)")
+        p.add_argument(
+            "--results-dir",
+            metavar="DIR",
+            help=f"write one result file per run to DIR/{name}/ (e.g. results/weaklabel)",
+        )
+        p.add_argument("--json", metavar="FILE", help="also write every run and the tables to FILE (atomically)")
+        p.add_argument(
+            "--only", metavar="KEY=VALUE", action="append", default=[],
+            help="run only the jobs whose tag KEY equals VALUE (repeatable; e.g. --only mu=0.5)",
+        )  # fmt: skip
         p.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run in seconds, not a result")
         p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
-        p.add_argument(
-            "--max-samples", type=int, help="class-balanced subset before the 4:1:1 split (not used by transfer)"
-        )
+        p.add_argument("--max-samples", type=int, help="class-balanced subset before the split (where one is used)")
         p.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
         p.add_argument("-q", "--quiet", dest="verbose", action="store_const", const=-1, help="no progress bar")
     return parser
 
 
 def settings_for(cfg: WeakLabelConfig) -> Any:
-    """The experiment's settings for this data set, shrunk under `--quick`."""
-    big = cfg.dataset in ("fashion-mnist", "mnist")
-    default_n = 6000 if big else None
-    n = cfg.max_samples if cfg.max_samples is not None else (600 if cfg.quick and big else default_n)
-    tiny = FitConfig(epochs=3, batch_size=64, lr=3e-3, patience=0)
-    if cfg.command == "upllrs":
-        sep = SeparationConfig(epochs_per_step=5 if big else 10)
-        s = upllrs_experiment.UPLLRSSettings(max_samples=n, separation=sep)
-        if cfg.quick:
-            s = dataclasses.replace(
-                s,
-                mus=(0.5,),
-                hidden=(64,),
-                fit=tiny,
-                separation=SeparationConfig(epochs_per_step=1, max_steps=3, warmup_steps=1),
-            )
-        return s
-    if cfg.command == "softlabel":
-        s = softlabel_experiment.SoftLabelSettings(max_samples=n)
-        if cfg.quick:
-            s = dataclasses.replace(
-                s, fit=tiny, rounds=1, biased_grid=s.biased_grid[:2], pll_grid=s.pll_grid[:1], noise_grid=(1.0,)
-            )
-        return s
-    if cfg.command == "intraclass":
-        s = intraclass_experiment.IntraClassSettings(max_samples=n)
-        if cfg.quick:
-            s = dataclasses.replace(
-                s, lams=(0.0, 0.5), teacher_hidden=(64,), teacher_fit=tiny, student_fit=tiny, gating_epochs=1
-            )
-        return s
-    s = transfer_experiment.TransferSettings()
-    if cfg.quick:
-        s = dataclasses.replace(
-            s,
-            alphas=(0.0, 1.0),
-            shared=(0.0, 2.0),
-            blend=(0.0, 1.0),
-            dim=200,
-            n_upstream=100,
-            n_test=200,
-            gd=GDConfig(steps=30),
-        )
+    """The experiment's settings for this data set (tiny under `--quick`), with `--max-samples` applied."""
+    module = EXPERIMENTS[cfg.command]
+    s = module.quick_settings(cfg.dataset) if cfg.quick else module.default_settings(cfg.dataset)
+    if cfg.max_samples is not None:
+        if not hasattr(s, "max_samples"):
+            raise ConfigError(f"`--max-samples` does not apply to `{cfg.command}`")
+        s = dataclasses.replace(s, max_samples=cfg.max_samples)
     return s
 
 
-PLANNERS = {
-    "upllrs": upllrs_experiment,
-    "softlabel": softlabel_experiment,
-    "intraclass": intraclass_experiment,
-    "transfer": transfer_experiment,
-}
+def select(jobs: list[Job], filters: dict[str, str]) -> list[Job]:
+    """Jobs whose tags match every KEY=VALUE filter; an unknown KEY is a usage error."""
+    if not filters:
+        return jobs
+    known = set().union(*(job.tags for job in jobs)) if jobs else set()
+    unknown = sorted(set(filters) - known)
+    if unknown:
+        raise ConfigError(f"`--only` key(s) {', '.join(unknown)} unknown here; tags are: {', '.join(sorted(known))}")
+    return [j for j in jobs if all(str(j.tags.get(k)) == v for k, v in filters.items())]
 
 
 def _finite(obj: Any) -> Any:
@@ -170,32 +167,50 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def run(cfg: WeakLabelConfig) -> tuple[list[Record], list[tuple[str, list[Record], list[str]]]]:
-    """Plan the command's jobs over the seeds, run them with a progress bar, and build the tables."""
+def run(cfg: WeakLabelConfig, command: str = "") -> tuple[list[RunResult], list[tuple[str, list[Any], list[str]]]]:
+    """Plan the command's jobs over the seeds, run them with a progress bar, write result files, build tables."""
     torch.set_num_threads(cfg.threads)
     settings = settings_for(cfg)
-    module = PLANNERS[cfg.command]
+    module = EXPERIMENTS[cfg.command]
+    jobs = select(module.plan(cfg.dataset, cfg.seeds, settings), cfg.filters)
+    if not jobs:
+        raise ConfigError("no job matches the `--only` filters")
     if cfg.dataset != "synthetic":  # fail fast (with the install hint) before any training
-        cached_dataset(cfg.dataset, cfg.seeds[0], None if cfg.command == "transfer" else settings.max_samples)
-    jobs: list[Job] = module.plan(cfg.dataset, cfg.seeds, settings)
-    records: list[Record] = []
+        cached_dataset(cfg.dataset, cfg.seeds[0], None)
+    out_dir = Path(cfg.results_dir) / cfg.command if cfg.results_dir else None
+    commit = git_state()  # the code this process imported, whatever happens to the checkout while it runs
+    results: list[RunResult] = []
     with tqdm(jobs, desc=f"{cfg.command} {cfg.dataset}", unit="job", disable=cfg.verbose < 0, file=sys.stderr) as bar:
         for job in bar:
             bar.set_postfix_str(job.name)
-            records += job.run()
-    return records, module.tables(records)
+            done = job.run()
+            if out_dir is not None:
+                machine = machine_info(cfg.threads)
+                for r in done:
+                    write_result(
+                        out_dir / f"{r.name}.json", metrics=r.metrics, config={**r.config, "quick": cfg.quick},
+                        seed=r.seed, command=command, wall_s=r.wall_s, notes=r.notes, machine=machine,
+                        root=out_dir.parent.parent, commit=commit,
+                    )  # fmt: skip
+            results += done
+    return results, module.tables(flat_records(results))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+
     def body() -> int:
         try:
             args = build_parser().parse_args(argv)
         except SystemExit as exc:  # --help
             return int(exc.code or 0)
-        cfg = WeakLabelConfig(**vars(args))
+        values = vars(args)
+        values["only"] = tuple(values["only"])
+        cfg = WeakLabelConfig(**values)
         setup_logging(cfg.verbose)
         start = time.perf_counter()
-        records, tables = run(cfg)
+        command = shlex.join(["refine-weaklabel", *argv])
+        results, tables = run(cfg, command)
         elapsed = time.perf_counter() - start
         out = [f"## refine-weaklabel {cfg.command} --dataset {cfg.dataset} (seeds {cfg.seeds[0]}..{cfg.seeds[-1]})"]
         for title, rows, cols in tables:
@@ -206,9 +221,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             payload = {
                 "config": dataclasses.asdict(cfg),
                 "settings": dataclasses.asdict(settings_for(cfg)),
+                "command": command,
                 "elapsed_s": elapsed,
                 "versions": {"python": platform.python_version(), "torch": torch.__version__},
-                "records": records,
+                "runs": [dataclasses.asdict(r) for r in results],
                 "tables": [{"title": t, "columns": c, "rows": r} for t, r, c in tables],
             }
             write_json(cfg.json, _finite(payload))

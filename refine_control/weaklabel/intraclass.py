@@ -15,14 +15,14 @@ Other-class samples are deliberately not negatives: inter-class separation is le
 """
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from refine_control.weaklabel.augment import add_noise, random_shift
 from refine_control.weaklabel.datasets import Split
-from refine_control.weaklabel.nets import MLP
 from refine_control.weaklabel.soft_kd import kd_loss
 from refine_control.weaklabel.training import FitConfig, FitResult, fit, predict_logits
 
@@ -108,45 +108,75 @@ class IntraClassConfig:
 
 
 def two_views(x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Spec §3.2 views: with probability 0.5 a ±1-pixel shift, then N(0, 0.05²) pixel noise."""
+    """Spec §3.2 views: with probability 0.5 a shift of up to max(1, side/14) pixels (±1 on 8×8, ±2 on 28×28),
+    then N(0, 0.05²) pixel noise."""
+    shift = max(1, x.shape[-1] // 14)
 
     def view() -> torch.Tensor:
-        shifted = random_shift(x, 1, generator)
+        shifted = random_shift(x, shift, generator)
         use = (torch.rand(len(x), generator=generator) < 0.5)[:, None, None, None]
         return add_noise(torch.where(use, shifted, x), 0.05, generator)
 
     return view(), view()
 
 
+@dataclass
+class GateStats:
+    """Per epoch: share of anchors whose margin passes δ, and share that entered L_intra (gate passed and at
+    least one same-class negative). Logged for every teacher, λ = 0 included, so the gate has a control."""
+
+    passed: list[float] = field(default_factory=list)
+    used: list[float] = field(default_factory=list)
+    _p: int = 0
+    _u: int = 0
+    _n: int = 0
+
+    def add(self, passed: int, used: int, n: int) -> None:
+        self._p, self._u, self._n = self._p + passed, self._u + used, self._n + n
+
+    def end_epoch(self, _epoch: int = 0) -> None:
+        if self._n:
+            self.passed.append(self._p / self._n)
+            self.used.append(self._u / self._n)
+        self._p = self._u = self._n = 0
+
+
 def train_teacher(
-    model: MLP,
+    model: nn.Module,
     train: Split,
     val: Split | None,
     cfg: IntraClassConfig,
     fit_cfg: FitConfig,
     generator: torch.Generator | None,
+    *,
+    stats: GateStats | None = None,
 ) -> FitResult:
-    """L_CE (on view 1) + λ · gated intra-class InfoNCE between the two views, with a feature memory."""
-    memory = None
-    if cfg.lam > 0:
-        with torch.no_grad():
-            dim = model.project(model.features(train.x[:1])).shape[1]
-        memory = FeatureMemory(cfg.memory_size, dim)
+    """L_CE (on view 1) + λ · gated intra-class InfoNCE between the two views, with a feature memory.
+
+    Every teacher, λ = 0 included, draws the same two views and runs the same forward passes, gate and memory,
+    so a λ = 0 teacher is the equal-training control (it only drops the λ term from the loss).
+    """
+    with torch.no_grad():
+        dim = model.project(model.features(train.x[:1])).shape[1]
+    memory = FeatureMemory(cfg.memory_size, dim)
 
     def step(idx: torch.Tensor) -> torch.Tensor:
         y = train.y[idx]
-        if memory is None:
-            return F.cross_entropy(model(two_views(train.x[idx], generator)[0]), y)
         v1, v2 = two_views(train.x[idx], generator)
         f1, f2 = model.features(v1), model.features(v2)
         logits = model.head(f1)
         z1, z2 = model.project(f1), model.project(f2)
-        gate = None if cfg.margin is None else probability_margin(logits.detach(), y) > cfg.margin
-        intra, _ = intra_class_infonce(z1, z2, y, tau=cfg.tau, anchors=gate, memory=memory)
+        margin = probability_margin(logits.detach(), y)
+        gate = None if cfg.margin is None else margin > cfg.margin
+        intra, used = intra_class_infonce(z1, z2, y, tau=cfg.tau, anchors=gate, memory=memory)
         memory.push(z1, y)
-        return F.cross_entropy(logits, y) + cfg.lam * intra
+        if stats is not None:
+            stats.add(int(gate.sum()) if gate is not None else len(y), used, len(y))
+        loss = F.cross_entropy(logits, y)
+        return loss + cfg.lam * intra if cfg.lam > 0 else loss
 
-    return fit(model, len(train), step, val, fit_cfg, generator)
+    on_epoch_end = stats.end_epoch if stats is not None else None
+    return fit(model, len(train), step, val, fit_cfg, generator, on_epoch_end=on_epoch_end)
 
 
 def train_kd_student(
@@ -159,20 +189,33 @@ def train_kd_student(
     *,
     temperature: float = 4.0,
     kd_weight: float = 0.9,
+    transfer_x: torch.Tensor | None = None,
 ) -> FitResult:
-    """Hinton KD from a frozen teacher on the same augmented views (kd_weight = 0 trains the student on CE)."""
+    """Hinton KD from a frozen teacher on the same augmented views (kd_weight = 0 trains the student on CE).
+
+    `transfer_x` adds unlabelled images to the transfer set: an epoch then runs over labelled + unlabelled
+    images, the KD term covers all of them and the CE term only the labelled ones of each batch.
+    """
     teacher.eval()
+    x = train.x if transfer_x is None else torch.cat([train.x, transfer_x])
+    y = train.y if transfer_x is None else torch.cat([train.y, torch.full((len(transfer_x),), -1)])
 
     def step(idx: torch.Tensor) -> torch.Tensor:
-        v, _ = two_views(train.x[idx], generator)
+        v, _ = two_views(x[idx], generator)
         s_logits = student(v)
+        labels = y[idx]
         if kd_weight == 0:
-            return F.cross_entropy(s_logits, train.y[idx])
+            return F.cross_entropy(s_logits, labels)
         with torch.no_grad():
             t_logits = teacher(v)
-        return kd_loss(s_logits, t_logits, train.y[idx], temperature=temperature, kd_weight=kd_weight)
+        if transfer_x is None:
+            return kd_loss(s_logits, t_logits, labels, temperature=temperature, kd_weight=kd_weight)
+        soft = kd_loss(s_logits, t_logits, temperature=temperature)
+        has = labels >= 0
+        ce = F.cross_entropy(s_logits[has], labels[has]) if has.any() else s_logits.sum() * 0.0
+        return (1.0 - kd_weight) * ce + kd_weight * soft
 
-    return fit(student, len(train), step, val, fit_cfg, generator)
+    return fit(student, len(x), step, val, fit_cfg, generator)
 
 
 @dataclass(frozen=True)
@@ -198,7 +241,7 @@ def class_distances(feats: torch.Tensor, labels: torch.Tensor, *, normalise: boo
 
 
 @torch.no_grad()
-def teacher_diagnostics(model: MLP, split: Split, temperature: float = 4.0) -> dict[str, float]:
+def teacher_diagnostics(model: nn.Module, split: Split, temperature: float = 4.0) -> dict[str, float]:
     """Test-set intra/inter ratio of the penultimate features and the mean softmax entropy at T."""
     model.eval()
     stats = class_distances(model.features(split.x), split.y)

@@ -67,3 +67,14 @@ def pivot(rows: Sequence[Record], index: Sequence[str], column: str, value: str)
             cols.append(name)
         out.setdefault(key, dict(zip(index, key, strict=True)))[name] = r[value]
     return list(out.values()), [*index, *cols]
+
+
+def zero_crossing(points: Sequence[tuple[float, float]]) -> float | None:
+    """The x above which the piecewise-linear curve through `points` (x, y) stays ≥ 0: linear interpolation at
+    the last sign change from < 0 to ≥ 0. None when y is never negative, or is still negative at the largest x."""
+    pts = sorted(points)
+    if not pts or all(g >= 0 for _, g in pts) or pts[-1][1] < 0:
+        return None
+    i = max(j for j, (_, g) in enumerate(pts) if g < 0)
+    (x0, g0), (x1, g1) = pts[i], pts[i + 1]
+    return x0 + (0 - g0) * (x1 - x0) / (g1 - g0)

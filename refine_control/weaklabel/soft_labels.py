@@ -78,8 +78,32 @@ def soft_label_indicators(soft: torch.Tensor, y: torch.Tensor, k: int) -> Indica
 
 
 def best_k_indicators(soft: torch.Tensor, y: torch.Tensor, ks: tuple[int, ...] = (1, 2, 3, 4)) -> Indicators:
-    """The k with the smallest Δ_k + γ_k (spec G-B5: the theory holds for any fixed k)."""
+    """The k with the smallest Δ_k + γ_k on (soft, y) (spec G-B5: the theory holds for any fixed k).
+
+    Pass *validation* soft labels and labels to choose k (`choose_k`); on the training labels this would let the
+    true training labels pick the learner's k.
+    """
     return min((soft_label_indicators(soft, y, k) for k in ks), key=lambda ind: (ind.total, ind.k))
+
+
+def choose_k(val_soft: torch.Tensor, val_y: torch.Tensor, ks: tuple[int, ...] = (1, 2, 3)) -> int:
+    """k for the top-k learner, chosen on a validation split: the smallest Δ_k + γ_k there (ties → smaller k)."""
+    k = best_k_indicators(val_soft, val_y, ks).k
+    assert k is not None
+    return k
+
+
+def class_margins(sets: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per class a: P[a ∈ S | y = a] − max_{j≠a} P[j ∈ S | y = a]. Positive for every class ⇔ the true label is
+    the most frequent candidate of its class, i.e. identifiable by a learner with enough data, whatever Δ + γ."""
+    classes = sets.shape[1]
+    out = torch.full((classes,), float("nan"))  # NaN for a class without samples
+    for a in range(classes):
+        rows = sets[y == a].float()
+        if len(rows):
+            freq = rows.mean(0)
+            out[a] = freq[a] - torch.cat([freq[:a], freq[a + 1 :]]).max()
+    return out
 
 
 def topk_partial_loss(logits: torch.Tensor, sets: torch.Tensor) -> torch.Tensor:
@@ -155,3 +179,60 @@ def additive_noise_soft_labels(
     noisy = (onehot + sigma * torch.randn(onehot.shape, generator=generator)).clamp_min(0.0)
     total = noisy.sum(1, keepdim=True)
     return torch.where(total > 0, noisy / total.clamp_min(1e-12), torch.full_like(noisy, 1.0 / num_classes))
+
+
+def class_conditional_sets(
+    y: torch.Tensor,
+    num_classes: int,
+    *,
+    p_true: torch.Tensor,
+    p_confuser: torch.Tensor,
+    p_other: float,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Candidate sets whose statistics depend on the class a = y: the true label joins w.p. `p_true[a]`, the
+    confuser (a + 1) mod C w.p. `p_confuser[a]`, every other label w.p. `p_other`; an empty set gets one uniform
+    wrong label. Returns (uniform soft labels over the set, sets).
+
+    Δ averages over classes while γ is a maximum, so Δ + γ can exceed 1 while `p_true[a] > p_confuser[a]` and
+    `p_true[a] > p_other` keep the true label the most frequent candidate of every class (identifiable).
+    """
+    if p_true.shape != (num_classes,) or p_confuser.shape != (num_classes,):
+        raise ValueError(f"p_true and p_confuser need shape ({num_classes},)")
+    n = len(y)
+    rows = torch.arange(n)
+    sets = torch.rand(n, num_classes, generator=generator) < p_other
+    confuser = (y + 1) % num_classes
+    sets[rows, confuser] = torch.rand(n, generator=generator) < p_confuser[y]
+    sets[rows, y] = torch.rand(n, generator=generator) < p_true[y]
+    empty = ~sets.any(1)
+    wrong = (y + torch.randint(1, num_classes, (n,), generator=generator)) % num_classes
+    sets[rows[empty], wrong[empty]] = True
+    return sets.float() / sets.float().sum(1, keepdim=True), sets
+
+
+def rank_second_targets(
+    y: torch.Tensor, score: torch.Tensor, num_classes: int, *, first: float = 0.5, second: float = 0.35
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training targets for a "skilful but bad" teacher that ranks the true class second.
+
+    The wrong label ranked first is r = (y + 1 + b) mod C, where b ∈ {0, …, C−2} is the bucket of `score`
+    (any per-sample number, e.g. a fixed random projection of the image) among the samples of the same class
+    (equal-frequency buckets). So r is a deterministic, learnable function of the image, and it is spread
+    evenly over the C−1 wrong labels of each class: top-1 accuracy 0, true label in the top 2, and no wrong
+    label that co-occurs systematically (γ_2 ≈ 1/(C−1)). Returns (targets (N, C), r).
+    """
+    if not 0 < second < first and first + second < 1:
+        raise ValueError(f"need 0 < second < first and first + second < 1, got {first}, {second}")
+    n = len(y)
+    bucket = torch.zeros(n, dtype=torch.long)
+    for a in y.unique():
+        idx = torch.nonzero(y == a).flatten()
+        order = torch.argsort(score[idx], stable=True)
+        bucket[idx[order]] = (torch.arange(len(idx)) * (num_classes - 1)) // len(idx)
+    r = (y + 1 + bucket) % num_classes
+    rest = (1.0 - first - second) / (num_classes - 2)
+    targets = torch.full((n, num_classes), rest)
+    targets[torch.arange(n), r] = first
+    targets[torch.arange(n), y] = second
+    return targets, r

@@ -8,12 +8,16 @@ What is from the paper or its public code, and what is ours (see docs/weaklabel.
   training epoch, and moves the γ-fraction with the largest loss to D_U. The cap is
   T_max = round(2 ln 0.6 / ln(1−γ)); from step W_s on, validation accuracy feeds an early-stopping monitor
   (patience P_s, a step counts as bad only when strictly below the best). Samples are tracked by index.
+  The code starts the monitor at W_s = 6 and keeps every removal, so it can never remove less than
+  1 − (1−γ)^(W_s+P_s+1) (46% at γ = 0.05). Ours by default: monitor from step 0 and keep the D_R of the
+  best-validation step (`restore_best`), so the removed fraction is chosen by validation and may be 0.
 - Stage 2 [code, "general solution"]: PRODEN on D_R (the code puts the loss on a strong view; we use the weak
-  view, because our strong view costs an MLP 4-7 points on digits; confidences renormalised on S after
-  each batch) + FixMatch on D_U (pseudo-label from a weak view if max prob ≥ τ, CE on a strong view, divided
-  by the full unlabeled batch), total L_R + λ_u L_U with an unlabeled batch μ_u times the labeled one.
-- Ours: Adam instead of SGD + cosine, no weight EMA, image augmentations scaled to 8×8 / 28×28 (augment.py),
-  an MLP backbone, γ = 0.05 and fewer epochs for the small data sets (the spec's CPU recipe).
+  view, the same labelled view every baseline gets, so the comparison isolates separation + SSL; confidences
+  renormalised on S after each batch) + FixMatch on D_U (pseudo-label from a weak view if max prob ≥ τ, CE on
+  a strong view, divided by the full unlabeled batch), total L_R + λ_u L_U with an unlabeled batch μ_u times
+  the labeled one.
+- Ours: Adam instead of SGD + cosine, no weight EMA, small CNNs, and FixMatch's weak/strong views translated
+  to 28×28 grey images (augment.py); the views are passed in, so an MLP can use the pixel-level ones.
 """
 
 import logging
@@ -35,17 +39,23 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SeparationConfig:
+    """Stage-1 settings. The defaults are the *restoring* stop rule (see `recursive_separation`); the paper's
+    code rule is `warmup_steps=6, restore_best=False`, which can never remove less than 1 − (1−γ)^(W_s+P_s+1)."""
+
     gamma: float = 0.05  # fraction of the current D_R moved per step (paper: 0.03 on CIFAR-10)
     epochs_per_step: int = 5  # E_s (paper: 5)
-    warmup_steps: int = 6  # W_s: steps before the monitor starts (code: from the 7th step on)
+    warmup_steps: int = 0  # W_s: steps before the monitor starts (code: 6, i.e. from the 7th step on)
     patience: int = 5  # P_s
     batch_size: int = 128
     lr: float = 1e-3
     max_steps: int | None = None  # None = the adaptive cap round(2 ln 0.6 / ln(1−γ))
+    restore_best: bool = True  # end with the D_R the best-validation step was trained on (may be all data)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.gamma < 1.0:
             raise ValueError(f"`gamma` must be in (0, 1), got {self.gamma}")
+        if self.warmup_steps < 0 or self.patience < 1 or self.epochs_per_step < 1:
+            raise ValueError(f"invalid SeparationConfig: {self}")
 
     @property
     def step_cap(self) -> int:
@@ -66,6 +76,12 @@ class SeparationResult:
     reliable: torch.Tensor  # indices into the training set (D_R)
     unreliable: torch.Tensor  # indices (D_U), in the order they were moved
     steps: list[SeparationStep] = field(default_factory=list)
+    best_step: int | None = None  # the step whose D_R was kept (restoring rule); None = the last step's
+
+    @property
+    def removed_fraction(self) -> float:
+        n = len(self.reliable) + len(self.unreliable)
+        return len(self.unreliable) / max(1, n)
 
 
 def separation_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -87,6 +103,13 @@ def recursive_separation(
 ) -> SeparationResult:
     """Split the training set into D_R / D_U by repeated small-loss ranking with fresh models.
 
+    Step t trains a fresh model on the current D_R_t (D_R_0 = everything), scores its validation accuracy,
+    then moves the γ-fraction of D_R_t with the largest loss to D_U. The monitor (from step `warmup_steps`)
+    stops after `patience` consecutive steps strictly below the best. With `restore_best`, the result is the
+    D_R_t of the best-scoring step, so nothing is removed when the model trained on all data scores best: the
+    removed fraction is chosen by validation accuracy, with no floor. Without it (the paper's code), the
+    removals of every step taken are kept.
+
     Args:
         make_model: step index → freshly initialised model (re-initialised every step, as in the code).
         truth_reliable: optional ground truth (N,) bool, used only to log the precision of each removal.
@@ -95,6 +118,7 @@ def recursive_separation(
     removed_all: list[int] = []
     steps: list[SeparationStep] = []
     best, bad = -1.0, 0
+    best_step, best_reliable, best_removed = None, reliable, 0
     for t in range(cfg.step_cap):
         model = make_model(t)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -110,6 +134,8 @@ def recursive_separation(
                 per_sample.mean().backward()
                 opt.step()
         val_acc = accuracy(model, val)
+        if t >= cfg.warmup_steps and val_acc >= best:
+            best_step, best_reliable, best_removed = t, reliable, len(removed_all)
         m = int(cfg.gamma * len(reliable))
         order = torch.argsort(last_loss, descending=True, stable=True)
         out = reliable[order[:m]]
@@ -127,6 +153,9 @@ def recursive_separation(
                 bad += 1
                 if bad >= cfg.patience:
                     break
+    if cfg.restore_best and best_step is not None:
+        removed = torch.tensor(removed_all[:best_removed], dtype=torch.long)
+        return SeparationResult(best_reliable, removed, steps, best_step)
     return SeparationResult(reliable, torch.tensor(removed_all, dtype=torch.long), steps)
 
 
@@ -138,15 +167,24 @@ class FixMatchConfig:
     weight: float = 1.0  # λ_u (the paper's ξ, most likely; 2 on CIFAR-10)
 
 
+View = Callable[[torch.Tensor, torch.Generator | None], torch.Tensor]
+
+
 def fixmatch_loss(
-    model: nn.Module, x_u: torch.Tensor, cfg: FixMatchConfig, generator: torch.Generator | None = None
+    model: nn.Module,
+    x_u: torch.Tensor,
+    cfg: FixMatchConfig,
+    generator: torch.Generator | None = None,
+    *,
+    weak: View = weak_view,
+    strong: View = strong_view,
 ) -> tuple[torch.Tensor, float]:
     """FixMatch on an unlabeled batch: returns (loss, share of samples above the threshold)."""
     with torch.no_grad():
-        q = F.softmax(model(weak_view(x_u, generator)) / cfg.temperature, 1)
+        q = F.softmax(model(weak(x_u, generator)) / cfg.temperature, 1)
         conf, pseudo = q.max(1)
         keep = (conf >= cfg.threshold).float()
-    ce = F.cross_entropy(model(strong_view(x_u, generator)), pseudo, reduction="none")
+    ce = F.cross_entropy(model(strong(x_u, generator)), pseudo, reduction="none")
     return (ce * keep).sum() / len(x_u), keep.mean().item()
 
 
@@ -159,11 +197,19 @@ def train_upllrs_stage2(
     cfg: FitConfig,
     fixmatch: FixMatchConfig,
     generator: torch.Generator | None = None,
+    *,
+    weak: View = weak_view,
+    strong: View = strong_view,
+    mask_rates: list[float] | None = None,
 ) -> FitResult:
     """PRODEN on D_R (weak view, see the module note) + λ_u · FixMatch on D_U.
 
     An "epoch" keeps the baselines' length (len(x) / batch iterations; the code also fixes iterations per
-    epoch), labeled batches are drawn from D_R with replacement, so a smaller D_R gets no fewer updates.
+    epoch), so a smaller D_R gets no fewer updates: the epoch's permutation of range(len(x)) is mapped onto D_R
+    (position p → D_R[p mod |D_R|]). With D_R = everything and D_U empty this is exactly `train_pll("proden")`
+    with the same model, generator and views, so a separation that removes nothing reproduces PRODEN bit for
+    bit and the paired difference isolates what separation + SSL change.
+    `mask_rates`, when given, receives the share of unlabeled samples above the FixMatch threshold per step.
     """
     rel, unrel = split.reliable, split.unreliable
     if len(rel) == 0:
@@ -172,15 +218,17 @@ def train_upllrs_stage2(
     use_u = fixmatch.weight > 0 and len(unrel) > 0
 
     def step(batch: torch.Tensor) -> torch.Tensor:
-        pos = torch.randint(0, len(rel), (len(batch),), generator=generator)
+        pos = batch % len(rel)
         idx = rel[pos]
-        logits = model(weak_view(x[idx], generator))
+        logits = model(weak(x[idx], generator))
         loss = weighted_ce(logits, conf[pos])
         conf[pos] = renormalised_on_candidates(logits, mask[idx])
         if use_u:
             n_u = fixmatch.unlabeled_ratio * len(pos)
             u_idx = unrel[torch.randint(0, len(unrel), (n_u,), generator=generator)]
-            loss_u, _ = fixmatch_loss(model, x[u_idx], fixmatch, generator)
+            loss_u, rate = fixmatch_loss(model, x[u_idx], fixmatch, generator, weak=weak, strong=strong)
+            if mask_rates is not None:
+                mask_rates.append(rate)
             loss = loss + fixmatch.weight * loss_u
         return loss
 

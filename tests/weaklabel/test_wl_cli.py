@@ -1,10 +1,12 @@
 import dataclasses
 import json
+import shlex
 import subprocess
 import sys
 
 import pytest
 
+from refine_control.results import read_results
 from refine_control.weaklabel.cli import COMMANDS, WeakLabelConfig, build_parser, main
 
 
@@ -13,7 +15,7 @@ def test_help_lists_every_command(capsys):
     out = capsys.readouterr().out
     assert all(name in out for name in COMMANDS)
     assert main(["transfer", "--help"]) == 0
-    assert "--dataset" in capsys.readouterr().out
+    assert "--results-dir" in capsys.readouterr().out
 
 
 def test_parser_dests_match_the_config_fields():
@@ -29,6 +31,10 @@ def test_parser_dests_match_the_config_fields():
         (["softlabel", "--num-seeds", "0"], "--num-seeds"),
         (["frobnicate"], "invalid choice"),
         (["transfer", "--seed", "x"], "invalid int"),
+        (["transfer", "--quick", "--only", "strength"], "KEY=VALUE"),
+        (["transfer", "--dataset", "synthetic", "--quick", "--only", "colour=red"], "colour unknown here"),
+        (["transfer", "--dataset", "synthetic", "--quick", "--only", "seed=7"], "no job matches"),
+        (["transfer", "--dataset", "synthetic", "--max-samples", "100"], "does not apply to `transfer`"),
     ],
 )
 def test_bad_input_is_one_line_on_stderr_and_exit_code_2(argv, message, capsys):
@@ -46,20 +52,36 @@ def test_missing_dataset_gives_the_install_command(tmp_path, monkeypatch, capsys
     assert err.startswith("error: Fashion-MNIST not found") and "apt-get install dataset-fashion-mnist" in err
 
 
-def test_quick_run_prints_a_table_and_writes_json(tmp_path, capsys):
-    path = tmp_path / "out" / "transfer.json"
-    assert main(["transfer", "--dataset", "synthetic", "--quick", "--json", str(path)]) == 0
-    out = capsys.readouterr().out
-    assert "| dataset" in out and "gain α=1.0" in out
-    data = json.loads(path.read_text())
-    assert data["config"]["command"] == "transfer" and len(data["records"]) == 4
-    assert data["tables"][0]["columns"][0] == "dataset"
+def test_quick_run_writes_result_files_whose_command_reproduces_them(tmp_path, capsys):
+    out = tmp_path / "results" / "weaklabel"
+    argv = ["transfer", "--dataset", "synthetic", "--quick", "-q", "--results-dir", str(out)]
+    assert main([*argv, "--json", str(tmp_path / "t.json")]) == 0
+    assert "gain of α=1 over scratch" in capsys.readouterr().out
+    runs = read_results("weaklabel/transfer", tmp_path / "results")
+    assert [r["name"] for r in runs] == ["synthetic_u0_n1-50_s0", "synthetic_u2_n1-50_s0"]
+    first = runs[0]
+    assert first["command"] == shlex.join(["refine-weaklabel", *argv, "--json", str(tmp_path / "t.json")])
+    assert first["seed"] == 0 and first["config"]["strength"] == 0.0 and first["config"]["quick"] is True
+    assert set(first["metrics"]["test_acc"]) == {"10", "20"} and first["wall_s"] > 0
+    before = {r["name"]: r["metrics"] for r in runs}
+    assert main(shlex.split(first["command"])[1:]) == 0  # the recorded command reproduces the files
+    after = {r["name"]: r["metrics"] for r in read_results("weaklabel/transfer", tmp_path / "results")}
+    assert after == before
+    data = json.loads((tmp_path / "t.json").read_text())
+    assert data["config"]["command"] == "transfer" and len(data["runs"]) == 2
+
+
+def test_only_selects_jobs(tmp_path):
+    out = tmp_path / "res"
+    argv = ["transfer", "--dataset", "synthetic", "--quick", "-q", "--results-dir", str(out), "--only", "strength=2"]
+    assert main(argv) == 0
+    assert sorted(p.name for p in (out / "transfer").iterdir()) == ["synthetic_u2_n1-50_s0.json"]
 
 
 def test_quick_upllrs_run_on_synthetic(capsys):
-    assert main(["upllrs", "--dataset", "synthetic", "--quick", "--seed", "1"]) == 0
+    assert main(["upllrs", "--dataset", "synthetic", "--quick", "--seed", "1", "-q"]) == 0
     out = capsys.readouterr().out
-    assert "upllrs_no_ssl" in out and "recursive separation" in out
+    assert "upllrs γ=0.05" in out and "recursive separation" in out and "removed_fraction" in out
 
 
 def test_importing_the_subpackage_pulls_in_no_diffusers_and_no_sklearn():

@@ -65,3 +65,27 @@ def test_numpy_only_unpickler_round_trips_arrays_and_refuses_other_globals():
         load_numpy_pickle(pickle.dumps(print))
     with pytest.raises(pickle.UnpicklingError):
         load_numpy_pickle(pickle.dumps(np.array([object()], dtype=object)))
+
+
+def test_test_samples_come_from_outside_the_training_subset():
+    ds = load_dataset("synthetic", seed=1, max_samples=300, test_samples=500)
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (240, 60, 500)
+    assert torch.bincount(ds.test.y, minlength=10).tolist() == [50] * 10
+    seen = {tuple(v.flatten().tolist()) for v in torch.cat([ds.train.x, ds.val.x])}
+    assert not any(tuple(v.flatten().tolist()) in seen for v in ds.test.x)
+
+
+def test_too_small_a_pool_for_the_test_set_is_an_error(tmp_path):
+    for part, n in (("train", 48), ("t10k", 12)):
+        _write_idx(tmp_path / f"{part}-images-idx3-ubyte.gz", np.zeros((n, 28, 28)))
+        _write_idx(tmp_path / f"{part}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    with pytest.raises(ConfigError, match="only 30 images left for a test set of 40"):
+        load_dataset("fashion-mnist", seed=0, max_samples=30, test_samples=40, fashion_mnist_dir=tmp_path)
+
+
+def test_downsample_averages_2x2_blocks():
+    full = load_dataset("synthetic", seed=2, max_samples=200)
+    half = load_dataset("synthetic", seed=2, max_samples=200, downsample=2)
+    assert half.image_shape == (1, 4, 4) and torch.equal(half.train.y, full.train.y)
+    block = full.train.x[0, 0, 2:4, 4:6]
+    assert half.train.x[0, 0, 1, 2].item() == pytest.approx(block.mean().item())

@@ -72,3 +72,55 @@ def test_kd_loss_golden_values():
     mixed = kd_loss(s, t, y, temperature=T, kd_weight=0.9).item()
     assert mixed == pytest.approx(0.1 * F.cross_entropy(s, y).item() + 0.9 * T * T * kl, rel=1e-5)
     assert not math.isnan(mixed)
+
+
+def _tiny_split(n: int = 48):
+    from refine_control.weaklabel.datasets import Split
+
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(n) % 3
+    x = (torch.rand(3, 1, 4, 4, generator=g)[y] + 0.1 * torch.randn(n, 1, 4, 4, generator=g)).clamp(0, 1)
+    return Split(x, y)
+
+
+def test_lambda_zero_is_an_equal_training_control():
+    """λ = 0 and λ = 1 with a gate no anchor can pass (δ = 2) must train identically: same batches, same views,
+    same passes; only the (here empty) intra-class term differs."""
+    from refine_control.weaklabel.intraclass import IntraClassConfig, train_teacher
+    from refine_control.weaklabel.nets import build_net
+    from refine_control.weaklabel.training import FitConfig
+
+    train = _tiny_split()
+    cfg_fit = FitConfig(epochs=2, batch_size=16, lr=1e-2, patience=0)
+    models = []
+    for cfg in (IntraClassConfig(lam=0.0, margin=0.5), IntraClassConfig(lam=1.0, margin=2.0)):
+        model = build_net("mlp:8", (1, 4, 4), 3, seed=0, proj_dim=4)
+        train_teacher(model, train, None, cfg, cfg_fit, torch.Generator().manual_seed(1))
+        models.append(model)
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        assert torch.equal(a, b)
+    changed = build_net("mlp:8", (1, 4, 4), 3, seed=0, proj_dim=4)
+    train_teacher(
+        changed, train, None, IntraClassConfig(lam=1.0, margin=None), cfg_fit, torch.Generator().manual_seed(1)
+    )
+    assert not torch.equal(changed.body[1].weight, models[0].body[1].weight)  # the term does act when it can
+
+
+def test_gate_stats_by_hand():
+    from refine_control.weaklabel.datasets import Split
+    from refine_control.weaklabel.intraclass import GateStats, IntraClassConfig, train_teacher
+    from refine_control.weaklabel.nets import build_net
+    from refine_control.weaklabel.training import FitConfig
+
+    x = torch.rand(5, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    train = Split(x, torch.tensor([0, 0, 0, 0, 1]))  # sample 4 has no classmate
+    stats = GateStats()
+    model = build_net("mlp:8", (1, 4, 4), 2, seed=0, proj_dim=4)
+    cfg = IntraClassConfig(lam=1.0, margin=None, memory_size=0)
+    train_teacher(model, train, None, cfg, FitConfig(epochs=3, batch_size=5, lr=1e-3, patience=0), None, stats=stats)
+    assert stats.passed == [1.0, 1.0, 1.0]  # no gate: every anchor counts as passing
+    assert stats.used == pytest.approx([0.8, 0.8, 0.8])  # 4 of 5 anchors have a same-class negative
+    stats = GateStats()
+    cfg = IntraClassConfig(lam=1.0, margin=2.0, memory_size=0)  # a margin above 1 can never be reached
+    train_teacher(model, train, None, cfg, FitConfig(epochs=2, batch_size=5, lr=1e-3, patience=0), None, stats=stats)
+    assert stats.passed == [0.0, 0.0] and stats.used == [0.0, 0.0]

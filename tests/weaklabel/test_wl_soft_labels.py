@@ -6,8 +6,13 @@ from refine_control.weaklabel.soft_labels import (
     additive_noise_soft_labels,
     best_k_indicators,
     biased_soft_labels,
+    choose_k,
+    class_conditional_sets,
+    class_margins,
     is_sufficient,
     partial_label_soft_labels,
+    rank_second_targets,
+    set_indicators,
     soft_label_indicators,
     topk_partial_loss,
     topk_sets,
@@ -89,3 +94,53 @@ def test_partial_and_noise_producers():
     assert torch.allclose(noisy.sum(1), torch.ones(5000)) and bool((noisy >= 0).all())
     clean = additive_noise_soft_labels(y, 10, sigma=0.0)
     assert torch.equal(clean, F.one_hot(y, 10).float())
+
+
+def test_choose_k_by_hand():
+    assert choose_k(SOFT, Y, (1, 2)) == 1  # Δ+γ: k=1 → 0.5 + 0.5; k=2 → 1/6 + 1
+    # truth always second, first label a different wrong one per sample: k=1 → Δ=1, γ=1; k=2 → Δ=0, γ=1
+    y = torch.tensor([0, 1, 2, 3])
+    soft = torch.full((4, 4), 0.05)
+    soft[torch.arange(4), (y + 1) % 4] = 0.6
+    soft[torch.arange(4), y] = 0.3
+    assert choose_k(soft, y, (1, 2, 3)) == 2
+
+
+def test_class_margins_by_hand():
+    sets = torch.tensor([[1, 1, 0], [1, 0, 0], [1, 1, 0], [0, 0, 1]], dtype=torch.bool)
+    margins = class_margins(sets, torch.tensor([0, 0, 1, 1]))
+    # class 0: freq (1, .5, 0) → 1 − .5; class 1: freq (.5, .5, .5) → .5 − .5; class 2: no samples
+    assert margins[:2].tolist() == pytest.approx([0.5, 0.0]) and torch.isnan(margins[2])
+
+
+@pytest.mark.parametrize(("odd_confuser", "identifiable"), [(0.3, True), (0.6, False)])
+def test_class_conditional_sets_exceed_the_bound_yet_stay_identifiable(odd_confuser, identifiable):
+    c, n = 10, 40_000
+    y = torch.arange(n) % c
+    even = torch.arange(c) % 2 == 0
+    p_true = torch.where(even, torch.tensor(1.0), torch.tensor(0.45))
+    p_conf = torch.where(even, torch.tensor(0.9), torch.tensor(odd_confuser))
+    soft, sets = class_conditional_sets(
+        y, c, p_true=p_true, p_confuser=p_conf, p_other=0.1, generator=torch.Generator().manual_seed(0)
+    )
+    delta, gamma, _ = set_indicators(sets, y)
+    assert delta == pytest.approx(0.5 * 0.55, abs=0.01)
+    assert gamma == pytest.approx(0.9, abs=0.015)
+    assert delta + gamma > 1.1  # far outside the paper's sufficient condition
+    margins = class_margins(sets, y)
+    assert margins[::2].tolist() == pytest.approx([0.1] * 5, abs=0.02)  # even: 1 − 0.9
+    expected_odd = 0.45 - odd_confuser
+    assert margins[1::2].tolist() == pytest.approx([expected_odd] * 5, abs=0.035)  # empty sets add ~0.02
+    assert bool((margins > 0).all()) is identifiable
+    assert torch.allclose(soft.sum(1), torch.ones(n))
+
+
+def test_rank_second_targets_by_hand():
+    y = torch.tensor([0, 0, 0, 1, 1, 1])
+    score = torch.tensor([3.0, 1.0, 2.0, 0.0, 5.0, 4.0])
+    targets, first = rank_second_targets(y, score, 4, first=0.5, second=0.35)
+    # class 0 ranks (1, 2, 0) by score → buckets 0, 1, 2 → first = (0 + 1 + b) mod 4; class 1 ranks (3, 5, 4)
+    assert first.tolist() == [3, 1, 2, 2, 0, 3]
+    assert targets[0].tolist() == pytest.approx([0.35, 0.075, 0.075, 0.5])
+    assert targets[4].tolist() == pytest.approx([0.5, 0.35, 0.075, 0.075])
+    assert bool((targets.argmax(1) != y).all())

@@ -78,10 +78,45 @@ def test_two_layer_cnn_forward_by_hand_and_learns_a_strong_signal():
     assert sign_accuracy(model, xt, yt) > 0.9
 
 
-def test_synthetic_transfer_job_reports_every_alpha():
-    s = TransferSettings(alphas=(0.0, 0.5, 1.0), dim=100, filters=4, n_upstream=60, n_test=100, gd=GDConfig(steps=20))
-    records = run_synthetic(0, 1.0, s)
-    assert [r["alpha"] for r in records] == [0.0, 0.5, 1.0]
-    assert records[0]["gain"] == 0.0 and records[0]["inherited"] == 0.0
-    assert records[2]["inherited"] == 1.0
-    assert all(0.0 <= r["test_acc"] <= 1.0 for r in records)
+def test_synthetic_job_is_paired_across_upstream_sizes():
+    s = TransferSettings(
+        alphas=(0.0, 0.5, 1.0), n_upstream=(30, 60), n_downstream=(5, 10), dim=100, filters=4, n_test=100,
+        gd=GDConfig(steps=20),
+    )  # fmt: skip
+    runs = run_synthetic(0, 1.0, s)
+    assert [r.config["n_upstream"] for r in runs] == [30, 60]
+    assert [r.name for r in runs] == ["synthetic_u1_n1-30_s0", "synthetic_u1_n1-60_s0"]
+    a, b = (r.metrics["test_acc"] for r in runs)
+    assert set(a) == {"5", "10"} and set(a["5"]) == {"0", "0.5", "1"}
+    # α = 0 is the same scratch model (same downstream data, init and GD) whatever N₁ is
+    assert a["5"]["0"] == b["5"]["0"] and a["10"]["0"] == b["10"]["0"]
+    assert runs[0].metrics["inherited"] == {"0": 0.0, "0.5": 0.5, "1": 1.0}
+    assert runs[0].config["pretraining_on_target"] is False
+
+
+def test_real_data_marks_blend_1_as_pretraining_on_the_target():
+    from refine_control.weaklabel.datasets import load_dataset
+    from refine_control.weaklabel.transfer_experiment import run_real
+
+    ds = load_dataset("synthetic", seed=0, max_samples=600)  # stands in for digits (classes 4, 9, 0, 1 are used)
+    s = TransferSettings(alphas=(0.0, 1.0), n_upstream=(20,), n_downstream=(5,), filters=2, gd=GDConfig(steps=5))
+    [one] = run_real("digits", 0, 1.0, s, ds)
+    [half] = run_real("digits", 0, 0.5, s, ds)
+    assert one.config["pretraining_on_target"] is True and half.config["pretraining_on_target"] is False
+    assert one.metrics["test_acc"]["5"]["0"] == half.metrics["test_acc"]["5"]["0"]  # same downstream task
+
+
+@pytest.mark.parametrize(
+    ("points", "expected"),
+    [
+        ([(0.0, -0.2), (1.0, -0.1), (2.0, 0.1)], 1.5),  # crosses between 1 and 2: 1 + 0.1/0.2
+        ([(0.0, -0.1), (0.5, 0.1), (1.0, -0.1), (2.0, 0.3)], 1.25),  # the last sign change counts
+        ([(0.0, 0.1), (1.0, 0.2)], None),  # never negative
+        ([(0.0, -0.1), (1.0, -0.2)], None),  # never crosses
+    ],
+)
+def test_zero_crossing_by_hand(points, expected):
+    from refine_control.weaklabel.report import zero_crossing
+
+    got = zero_crossing(points)
+    assert got == (pytest.approx(expected) if expected is not None else None)
