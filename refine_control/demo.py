@@ -183,6 +183,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             value = getattr(args, name)
             if value is not None and value < 1:
                 raise ConfigError(f"`--{name.replace('_', '-')}` must be >= 1, got {value}")
+        from refine_control.evaluation.evaluate import MIN_FID_SAMPLES
+
+        if args.eval_samples < MIN_FID_SAMPLES:  # refine-eval would refuse it only after the distillation
+            raise ConfigError(
+                f"`--eval-samples` {args.eval_samples} is too few for the domain FID; use >= {MIN_FID_SAMPLES}"
+            )
         cfg = DemoConfig(
             args.output_dir,
             eval_samples=args.eval_samples,
