@@ -8,6 +8,9 @@ held-out test shapes and noise:
     (c) + feature KD  random init, the full tri-level loss                 --init random
     (d) + teacher init  the default recipe (weights selected from the teacher): results/presets/<default>-seed<k>
 
+and, for label scarcity, scratch (a) and the default recipe (d) with 25 labelled shapes instead of 500
+(`--variants scratch-labelled25,default-labelled25`; README's label-scarcity table).
+
     python benchmarks/ablation.py --seeds 0 1      # (a)-(c) → results/ablation/<variant>-seed<k>.json
 
 (d) is the preset table's run of the default student with the same seeds (`benchmarks/presets.py`). README's
@@ -31,6 +34,12 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "scratch": ("(a) scratch: random init, task loss only", ("--init", "random", "--loss-weights", "1,0,0")),
     "output-kd": ("(b) + output KD", ("--init", "random", "--loss-weights", "1,1,0")),
     "feature-kd": ("(c) + feature KD (tri-level loss)", ("--init", "random")),
+    # Label scarcity: does the teacher matter when the labelled set is small? Scratch vs the default recipe.
+    "scratch-labelled25": (
+        "scratch, 25 labelled shapes",
+        ("--init", "random", "--loss-weights", "1,0,0", "--builtin-labelled", "25"),
+    ),
+    "default-labelled25": ("the default recipe, 25 labelled shapes", ("--builtin-labelled", "25")),
 }
 
 

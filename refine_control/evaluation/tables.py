@@ -1,5 +1,6 @@
 """README tables rendered from the distillation result files: `results/presets/` (`benchmarks/presets.py`),
-`results/recipe/` (`benchmarks/recipe.py`) and `results/ablation/` (`benchmarks/ablation.py`)."""
+`results/recipe/` (`benchmarks/recipe.py`), `results/ablation/` (`benchmarks/ablation.py`) and `results/few_step/`
+(`benchmarks/few_step.py`)."""
 
 import statistics
 from collections.abc import Callable, Sequence
@@ -185,6 +186,12 @@ def recipe_table(root: Path) -> Table:
     return Table(markdown_table(header, rows), caption)
 
 
+def _beats(runs: Sequence[Result], others: Sequence[Result], key: str) -> bool:
+    """Whether `runs` are strictly better than `others` on `key`, by their means."""
+    ours, theirs = (statistics.fmean(r["metrics"][key] for r in group) for group in (runs, others))
+    return ours > theirs if QUALITY[key][2] else ours < theirs
+
+
 @register_table("ablation")
 def ablation_table(root: Path) -> Table:
     keys = list(QUALITY)
@@ -202,23 +209,58 @@ def ablation_table(root: Path) -> Table:
     reference = rows_spec[0][1][0]
     rows.append(["teacher", *_teacher_cells(reference, keys)])
     header = ["variant", *(QUALITY[k][0] for k in keys)]
-    caption = f"Student `{default}` ({_recipe(reference['config'])}); {_scoring(reference)}; mean ± std over seeds. "
+    recipe = _recipe(reference["config"]).split(", init")[0]
+    caption = f"Student `{default}` ({recipe}; init as each row says); {_scoring(reference)}; mean ± std over seeds. "
     if variants.get("scratch") and full:
-        worse = [
-            QUALITY[k][0].rstrip(" ↑↓")
-            for k in keys
-            if (
-                statistics.fmean(r["metrics"][k] for r in full)
-                > statistics.fmean(r["metrics"][k] for r in variants["scratch"])
-            )
-            != QUALITY[k][2]
-        ]
+        worse = [QUALITY[k][0].rstrip(" ↑↓") for k in keys if not _beats(full, variants["scratch"], k)]
         caption += (
             "The default beats scratch on every metric. "
             if not worse
             else f"The default does not beat scratch on: {', '.join(worse)}. "
         )
     return Table(markdown_table(header, rows), caption + provenance([r for _, runs in rows_spec for r in runs]))
+
+
+@register_table("label_scarcity")
+def label_scarcity_table(root: Path) -> Table:
+    """Scratch vs the default recipe at each labelled-set size: does the teacher matter when labels are scarce?"""
+    keys = list(QUALITY)
+    default = DistillConfig.__dataclass_fields__["student"].default
+    ablation = read_results("ablation", root)
+    scratch = [
+        r for r in ablation if r["config"]["loss_weights"] == [1.0, 0.0, 0.0] and r["config"]["init"] == "random"
+    ]
+    distilled = [r for r in ablation if r["name"].startswith("default-")]
+    distilled += [r for r in read_results("presets", root) if r["config"]["student"] == default]
+    sizes = sorted({r["config"]["builtin_labelled"] for r in scratch + distilled})
+    rows, verdicts = [], []
+    for size in sizes:
+        arms = {
+            "scratch (random init, task loss only)": [r for r in scratch if r["config"]["builtin_labelled"] == size],
+            "the default recipe (teacher init, tri-level loss)": [
+                r for r in distilled if r["config"]["builtin_labelled"] == size
+            ],
+        }
+        for label, runs in arms.items():
+            if runs:
+                rows.append([str(size), label, *_quality_cells(runs, keys)])
+        if all(arms.values()):
+            s, d = arms.values()
+            better = [QUALITY[k][0].rstrip(" ↑↓") for k in keys if _beats(d, s, k)]
+            verdicts.append(
+                f"with {size} labelled shapes the default beats scratch on {len(better)} of {len(keys)} metrics"
+                + (f" ({', '.join(better)})" if better else "")
+            )
+    runs = scratch + distilled
+    rows.append(["-", "teacher", *_teacher_cells(runs[0], keys)])
+    header = ["labelled shapes", "recipe", *(QUALITY[k][0] for k in keys)]
+    caption = (
+        f"Student `{default}`, {runs[0]['config']['max_steps']} steps, batch {runs[0]['config']['batch_size']} "
+        f"for every arm; {_scoring(runs[0])}; mean ± std over seeds where there are several. "
+        + ("; ".join(verdicts)[:1].upper() + "; ".join(verdicts)[1:] + ". " if verdicts else "")
+        + provenance(runs)
+    )
+    return Table(markdown_table(header, rows), caption)
 
 
 def _by_variant(results: Sequence[Result]) -> dict[str, list[Result]]:

@@ -2,7 +2,14 @@
 
 import pytest
 
-from refine_control.evaluation.tables import ablation_table, few_step_table, meets_bar, presets_table, recipe_table
+from refine_control.evaluation.tables import (
+    ablation_table,
+    few_step_table,
+    label_scarcity_table,
+    meets_bar,
+    presets_table,
+    recipe_table,
+)
 from refine_control.results import write_result
 
 TEACHER = {
@@ -48,7 +55,8 @@ def test_presets_table_averages_seeds_and_says_who_meets_the_bar(tmp_path):
     assert "(1.21× fewer)" in rows["controlnet-half"] and " | no | " in rows["controlnet-half"]
     assert rows["teacher"].startswith("| teacher | 6.60 M | 0.400")
     assert (
-        "seeds 0, 1" in table.caption and "Not distilled in this sweep: controlnet-quarter, compact-small, compact-tiny" in table.caption
+        "seeds 0, 1" in table.caption
+        and "Not distilled in this sweep: controlnet-quarter, compact-small, compact-tiny" in table.caption
     )
 
 
@@ -69,6 +77,27 @@ def test_ablation_table_compares_the_default_with_scratch(tmp_path):
     assert "| (a) scratch: random init, task loss only | 0.300 ± 0.000 |" in table.markdown
     # Every other metric is equal in these files, so the default does not beat scratch on them.
     assert "does not beat scratch on: mask IoU, colour acc" in table.caption
+
+
+def test_label_scarcity_table_pairs_scratch_and_default_per_labelled_set(tmp_path):
+    scratch = {"init": "random", "loss_weights": [1.0, 0.0, 0.0]}
+    default = {"loss_weights": [1.0, 1.0, 1.0]}
+    result(tmp_path, "ablation", "scratch-seed0", edge_f1=0.95, config=scratch)
+    result(tmp_path, "presets", "compact-wide-seed0", edge_f1=0.90, config=default)
+    result(tmp_path, "ablation", "scratch-labelled25-seed0", edge_f1=0.40, config={**scratch, "builtin_labelled": 25})
+    result(tmp_path, "ablation", "default-labelled25-seed0", edge_f1=0.80, config={**default, "builtin_labelled": 25})
+    result(tmp_path, "ablation", "output-kd-seed0", edge_f1=0.1, config={"init": "random", "loss_weights": [1, 1, 0]})
+    table = label_scarcity_table(tmp_path)
+    rows = table.markdown.splitlines()[2:]
+    assert [r.split(" | ")[:3] for r in rows] == [
+        ["| 25", "scratch (random init, task loss only)", "0.400"],
+        ["| 25", "the default recipe (teacher init, tri-level loss)", "0.800"],
+        ["| 500", "scratch (random init, task loss only)", "0.950"],
+        ["| 500", "the default recipe (teacher init, tri-level loss)", "0.900"],
+        ["| -", "teacher", "0.960"],
+    ]  # output KD is neither arm
+    assert "With 25 labelled shapes the default beats scratch on 1 of 7 metrics (edge F1)" in table.caption
+    assert "with 500 labelled shapes the default beats scratch on 0 of 7 metrics" in table.caption
 
 
 @pytest.mark.parametrize("missing", ["presets", "recipe"])
