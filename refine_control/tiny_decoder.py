@@ -17,9 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, AutoencoderTiny
-from tqdm.auto import tqdm
 
 from refine_control.losses.terms import high_pass
+from refine_control.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def distil_tiny_vae(
     optimizer = torch.optim.AdamW(tiny.parameters(), lr=settings.learning_rate, weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed)
     start, losses = time.perf_counter(), []
-    for step in tqdm(range(settings.steps), desc="tiny VAE", disable=not progress):
+    for step in progress_bar(range(settings.steps), desc="tiny VAE", disable=not progress):
         warmup = min(1.0, (step + 1) / settings.warmup_steps)
         for group in optimizer.param_groups:
             group["lr"] = settings.learning_rate * warmup * 0.5 * (1 + math.cos(math.pi * step / settings.steps))

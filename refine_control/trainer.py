@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
-from tqdm.auto import tqdm
 
 from refine_control.atomic import write_json, write_text
 from refine_control.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
@@ -36,6 +35,7 @@ from refine_control.models.initialise import initialise_student
 from refine_control.models.presets import STUDENT_PRESETS, build_student, count_params
 from refine_control.models.teacher import Teacher, load_teacher
 from refine_control.preprocess import get_preprocessor
+from refine_control.progress import progress_bar
 from refine_control.run_dir import SAMPLING_FILE, prepare_run_dir, save_student
 
 logger = logging.getLogger(__name__)
@@ -426,7 +426,7 @@ def train(cfg: DistillConfig) -> Path:
         )
         total = setup.stage1_steps + setup.stage2_steps
         step_times: list[float] = []
-        progress = tqdm(range(start, total), initial=start, total=total, disable=not main, desc="distilling")
+        progress = progress_bar(range(start, total), initial=start, total=total, disable=not main, desc="distilling")
         with contextlib.ExitStack() as stack:
             metrics = stack.enter_context((run / "metrics.jsonl").open("a")) if main else None
             for step in progress:
@@ -440,7 +440,7 @@ def train(cfg: DistillConfig) -> Path:
                     ema.update(student)
                 step_times.append(time.perf_counter() - tic)
                 done = step + 1
-                progress.set_postfix({k: f"{v:.4f}" for k, v in terms.items()} | {"stage": stage})
+                progress.set_postfix({k: f"{v:.4f}" for k, v in terms.items()} | {"stage": stage}, refresh=False)
                 if metrics is not None and (done % cfg.log_every == 0 or done == total):
                     row = {"step": done, "stage": stage, "lr": lr, "sec_per_step": step_times[-1], **terms}
                     metrics.write(json.dumps(row) + "\n")
