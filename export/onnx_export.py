@@ -170,7 +170,7 @@ def export_graph(
                     opset_version=opset,
                     input_names=list(spec.inputs),
                     output_names=list(spec.outputs),
-                    dynamic_axes=spec.all_dynamic_axes(),
+                    dynamic_axes=dict(spec.dynamic_axes),
                 )
     except Exception as err:  # the exporters raise many types; keep the first line, chain the rest
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]

@@ -5,8 +5,8 @@ pipeline ran on the run's own data. Which node types get quantised is *measured*
 weight MatMul, Gemm) is quantised alone, the whole graph is timed against FP32 on a real input and its output
 error measured on captured inputs; only types that make it at least `MIN_SPEEDUP` faster on this CPU and stay
 within `MAX_RELATIVE_ERROR` are kept. Attention MatMuls (activation × activation) always stay FP32. If no type
-qualifies, the accurate types (or the most accurate one) are quantised anyway, for size, and the report says so. Dynamic INT8 is not offered: its ConvInteger kernels are
-~3× slower than FP32 convolutions on x86 (research/anchors_mission.md §4.2).
+qualifies, the accurate types (or the most accurate one) are quantised anyway, for size, and the report says so.
+Dynamic INT8 is not offered: ONNX Runtime's ConvInteger kernels are slower than its FP32 convolutions on x86.
 
 FP16: onnxruntime's own converter (onnxconverter-common's output does not load in ORT here), keeping FP32
 inputs/outputs. ONNX Runtime's CPU provider lacks FP16 kernels for most ops and inserts Casts back to FP32; the

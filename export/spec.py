@@ -20,17 +20,13 @@ DEFAULT_OPSET = 18
 
 @dataclass(frozen=True)
 class GraphSpec:
-    """One graph: input/output names and, per input, its dynamic axes (axis → symbolic name)."""
+    """One graph: input/output names and, per input and output name, its dynamic axes (axis → symbolic name)."""
 
     name: str
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     dynamic_axes: dict[str, dict[int, str]]
     atol: float  # FP32 parity bound against PyTorch (max abs error) on real inputs
-
-    def all_dynamic_axes(self) -> dict[str, dict[int, str]]:
-        """Dynamic axes of inputs and outputs (the TorchScript exporter's `dynamic_axes`)."""
-        return dict(self.dynamic_axes)
 
 
 TEXT_ENCODER = GraphSpec(

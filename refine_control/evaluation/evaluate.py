@@ -190,11 +190,6 @@ def _folder_tasks(captions: list[str]) -> dict[str, int]:
     return {"caption": len(distinct)} if 2 <= len(distinct) <= len(captions) // 4 else {"rotation": 4}
 
 
-@torch.no_grad()
-def _features(net: FeatureNet, images: np.ndarray) -> torch.Tensor:
-    return torch.cat([net(to_batch(images[i : i + 256])) for i in range(0, len(images), 256)]).double()
-
-
 def domain_fid_kid(net: FeatureNet, real: np.ndarray, fake: np.ndarray, seed: int) -> tuple[float, float]:
     """Domain FID and KID (torchmetrics, with `net`'s 64-d features instead of Inception's)."""
     from torchmetrics.image.fid import FrechetInceptionDistance
