@@ -202,15 +202,16 @@ def ablation_table(root: Path) -> Table:
         ("(a) scratch: random init, task loss only", variants.get("scratch", [])),
         ("(b) + output KD", variants.get("output-kd", [])),
         ("(c) + feature KD (the tri-level loss)", variants.get("feature-kd", [])),
-        ("(d) + weights selected from the teacher (the default)", full),
+        ("(d) the default: (c) with weights selected from the teacher", full),
     ]
+    not_run = [label.split(" ", 1)[0] for label, runs in rows_spec if not runs]
     rows_spec = [(label, runs) for label, runs in rows_spec if runs]
     rows = [[label, *_quality_cells(runs, keys)] for label, runs in rows_spec]
     reference = rows_spec[0][1][0]
     rows.append(["teacher", *_teacher_cells(reference, keys)])
     header = ["variant", *(QUALITY[k][0] for k in keys)]
     recipe = _recipe(reference["config"]).split(", init")[0]
-    caption = f"Student `{default}` ({recipe}; init as each row says); {_scoring(reference)}; mean ± std over seeds. "
+    caption = f"Student `{default}` ({recipe}; init as each row says); {_scoring(reference)}; mean ± std where a row has several seeds. "
     if variants.get("scratch") and full:
         worse = [QUALITY[k][0].rstrip(" ↑↓") for k in keys if not _beats(full, variants["scratch"], k)]
         caption += (
@@ -218,6 +219,8 @@ def ablation_table(root: Path) -> Table:
             if not worse
             else f"The default does not beat scratch on: {', '.join(worse)}. "
         )
+    if not_run:
+        caption += f"Not run yet: {', '.join(not_run)}. "
     return Table(markdown_table(header, rows), caption + provenance([r for _, runs in rows_spec for r in runs]))
 
 
