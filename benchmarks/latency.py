@@ -590,6 +590,10 @@ def ort_worker(job: dict[str, Any]) -> dict[str, Any]:
 def worker_main(job_path: str, out_path: str) -> int:
     """Entry point of a worker process: run one model × runtime, write its timings and peak RSS."""
     job = json.loads(Path(job_path).read_text())
+    if job["runtime"] != "peaks":
+        from refine_control.export.exporter import quiet_exporter_logs  # imports torch, which sets its log levels
+
+        quiet_exporter_logs()
     if job["runtime"] == "peaks":
         result = gemm_peaks(job["threads"], job["gemm_size"])
     else:
