@@ -855,9 +855,10 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
         best = max(students, key=lambda r: r["macs_teacher_over_model"])
         out["fewest_macs"] = {k: best[k] for k in ("model", "size", "macs_teacher_over_model")}
         fastest = max(students, key=lambda r: r["teacher_pytorch_over_model_fastest"] or 0.0)
-        out["fastest_vs_teacher_pytorch"] = {
-            k: fastest[k] for k in ("model", "size", "teacher_pytorch_over_model_fastest")
-        }
+        if fastest["teacher_pytorch_over_model_fastest"]:  # None when the teacher ran in no PyTorch case
+            out["fastest_vs_teacher_pytorch"] = {
+                k: fastest[k] for k in ("model", "size", "teacher_pytorch_over_model_fastest")
+            }
     int8 = [r for r in report["ratios"] if r["pytorch_over_ort_int8"]]
     if int8:
         out["ort_int8_over_pytorch_fp32"] = {r["model"] + f"@{r['size']}": r["pytorch_over_ort_int8"] for r in int8}
@@ -866,6 +867,7 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
         for c in report["cases"]
         if "sizes" in c
         for s in c["sizes"]
+        if achieved(report, c, s)["fraction_of_peak_cfg"] is not None
     ]
     if fractions:
         frac, model, runtime, size = max(fractions)

@@ -70,3 +70,15 @@ def test_bad_input_is_one_line_and_exit_2(latency, tiny_pipeline_dir, capsys, ex
     assert latency.main(["--teacher", str(tiny_pipeline_dir), "--quick", *extra]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+def test_headline_of_an_ort_only_run_has_no_pytorch_ratio(latency):
+    """`make demo` times ORT FP32 only: the summary must not need a PyTorch case."""
+    ratio = {"model": "student", "size": 64, "macs_teacher_over_model": 4.0}
+    report = {
+        "ratios": [{**ratio, "teacher_pytorch_over_model_fastest": None, "pytorch_over_ort_int8": None}],
+        "cases": [],
+    }
+    headline = latency.headline(report)
+    assert "fastest_vs_teacher_pytorch" not in headline
+    assert latency.summary({"headline": headline}) == "fewest MACs: student at 64², 4.00× fewer than the teacher"
