@@ -24,7 +24,6 @@ prints figures, and exits 1 only when every case failed to run.
 
 import argparse
 import json
-import logging
 import os
 import platform
 import resource
@@ -33,7 +32,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from functools import partial
@@ -590,10 +588,6 @@ def ort_worker(job: dict[str, Any]) -> dict[str, Any]:
 def worker_main(job_path: str, out_path: str) -> int:
     """Entry point of a worker process: run one model × runtime, write its timings and peak RSS."""
     job = json.loads(Path(job_path).read_text())
-    if job["runtime"] != "peaks":
-        from refine_control.export.exporter import quiet_exporter_logs  # imports torch, which sets its log levels
-
-        quiet_exporter_logs()
     if job["runtime"] == "peaks":
         result = gemm_peaks(job["threads"], job["gemm_size"])
     else:
@@ -1006,6 +1000,11 @@ def summary(report: dict[str, Any]) -> str:
         f = h["best_fraction_of_peak_cfg"]
         lines.append(
             f"best fraction of the measured peak: {100 * f['fraction']:.1f}% ({f['model']}, {f['runtime']}, {f['size']}²)"
+            + (
+                " - above 100%: other load disturbed the peak probe, so read no fraction of this run"
+                if f["fraction"] > 1
+                else ""
+            )
         )
     return "\n".join(lines)
 
@@ -1225,9 +1224,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return worker_main(*args.worker)
     setup_logging(-1)
     offline_env()
-    # The ONNX exporter logs every op it cannot register (torchvision's) and warns about pytree internals.
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    # The ONNX exporter logs every op it cannot register (torchvision's) and warns about pytree internals; torch
+    # sets its loggers' levels when imported, so this imports it first.
+    from refine_control.export.exporter import quiet_exporter_logs
+
+    quiet_exporter_logs()
 
     def body() -> int:
         from refine_control.atomic import write_json, write_text

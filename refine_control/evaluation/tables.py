@@ -136,8 +136,8 @@ def presets_table(root: Path) -> Table:
         f"Built-in teacher; every student distilled with the `refine-distill` defaults ({_recipe(results[0]['config'])})"
         f", seeds {', '.join(map(str, seeds))} (mean ± std); {_scoring(results[0])}. MACs per denoiser step at "
         "batch 1 (UNet + ControlNet). The bar: ≥ 4× fewer MACs, ≥ 90% of the teacher's edge F1 and mask IoU, ≥ 95% "
-        "of its colour and shape accuracy, ≥ 24 dB PSNR vs the teacher, on every seed. Distil time: wall clock, one "
-        "thread per run with two runs sharing the 2 cores. "
+        "of its colour and shape accuracy, ≥ 24 dB PSNR vs the teacher, on every seed. Distil time: wall clock on the "
+        "shared 2-core machine, one thread per run with other runs alongside (2-3 at a time): a rough guide only. "
         + (f"Not distilled in this sweep: {', '.join(missing)}. " if missing else "")
         + provenance(results)
     )
