@@ -288,7 +288,8 @@ def demo_table(root: Path) -> Table:
     stages = ", ".join(f"{name} {seconds / 60:.1f} min" for name, seconds in m["seconds"].items())
     caption = (
         f"`make demo` after setup: {sum(m['seconds'].values()) / 60:.1f} min ({stages}); machine: "
-        f"{demo['machine'].get('cpu', 'unknown')}, {demo['machine'].get('logical_cpus')} logical CPUs. "
+        f"{demo['machine'].get('cpu', 'unknown')}, {demo['machine'].get('logical_cpus')} logical CPUs, load average "
+        f"{demo['machine'].get('load_average_1min', '?')} at the start (above 1: other work shared the cores). "
         + provenance([demo])
     )
     return Table("```\n" + "\n".join(lines[:-1]) + "\n```\n\n" + lines[-1] + ".", caption)
