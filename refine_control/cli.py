@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="refine-distill",
         description="Distil a ControlNet teacher (UNet + ControlNet, diffusers format) into a small student with the "
         "tri-level knowledge fusion loss (task, output, feature) and a semi-supervised second stage.",
-        epilog=f"student presets (measured cost and quality: README, 'Student presets'):\n{presets}\n\nExample: refine-distill --teacher builtin --output-dir runs/demo",
+        epilog=f"student presets (measured cost and quality: README, 'Student presets'):\n{presets}\n\n"
+        "Example: refine-distill --teacher builtin --output-dir runs/demo",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p = parser.add_argument

@@ -265,6 +265,7 @@ def provenance(results: Sequence[Mapping[str, Any]], groups: Sequence[str] | Non
     wall = sum(float(r["wall_s"]) for r in results)
     where = ", ".join(f"results/{g}/" for g in groups)
     return (
-        f"Rendered from {len(results)} result file{'s' if len(results) != 1 else ''} in {where} ({seed_text}; commit {', '.join(commits)}; "
+        f"Rendered from {len(results)} result file{'s' if len(results) != 1 else ''} in {where} ({seed_text}; "
+        f"commit {', '.join(commits)}; "
         f"{wall / 60:.1f} min of runs in total)."
     )

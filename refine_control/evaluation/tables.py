@@ -211,7 +211,10 @@ def ablation_table(root: Path) -> Table:
     rows.append(["teacher", *_teacher_cells(reference, keys)])
     header = ["variant", *(QUALITY[k][0] for k in keys)]
     recipe = _recipe(reference["config"]).split(", init")[0]
-    caption = f"Student `{default}` ({recipe}; init as each row says); {_scoring(reference)}; mean ± std where a row has several seeds. "
+    caption = (
+        f"Student `{default}` ({recipe}; init as each row says); {_scoring(reference)}; mean ± std where a row has "
+        "several seeds. "
+    )
     if variants.get("scratch") and full:
         worse = [QUALITY[k][0].rstrip(" ↑↓") for k in keys if not _beats(full, variants["scratch"], k)]
         caption += (
