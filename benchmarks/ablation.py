@@ -9,7 +9,9 @@ held-out test shapes and noise:
     (d) + teacher init  the default recipe (weights selected from the teacher): results/presets/<default>-seed<k>
 
 and, for label scarcity, scratch (a) and the default recipe (d) with 25 labelled shapes instead of 500
-(`--variants scratch-labelled25,default-labelled25`; README's label-scarcity table).
+(`--variants scratch-labelled25,default-labelled25`; README's label-scarcity table), and the semi-supervised stage
+there: stage 2 on unlabelled shapes added after the same labelled steps, against as many more labelled steps
+(`--variants stage2-labelled25,longer-labelled25`; README's semi-supervised table).
 
     python benchmarks/ablation.py --seeds 0 1      # (a)-(c) → results/ablation/<variant>-seed<k>.json
 
@@ -40,6 +42,16 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
         ("--init", "random", "--loss-weights", "1,0,0", "--builtin-labelled", "25"),
     ),
     "default-labelled25": ("the default recipe, 25 labelled shapes", ("--builtin-labelled", "25")),
+    # The semi-supervised stage under label scarcity: stage 2 on 1,000 unlabelled shapes added after the same
+    # 1,600 labelled steps (800 more steps), against an equal-compute control of 2,400 labelled steps.
+    "stage2-labelled25": (
+        "25 labelled shapes + stage 2 on 1,000 unlabelled (800 steps)",
+        ("--builtin-labelled", "25", "--builtin-unlabelled", "1000", "--stage2-steps", "800"),
+    ),
+    "longer-labelled25": (
+        "25 labelled shapes, 2,400 labelled steps (the same compute)",
+        ("--builtin-labelled", "25", "--max-steps", "2400"),
+    ),
 }
 
 
