@@ -9,7 +9,7 @@ from typing import Any
 
 from refine_control.config import DistillConfig
 from refine_control.models.presets import STUDENT_PRESETS
-from refine_control.results import Table, markdown_table, provenance, read_results, register_table
+from refine_control.results import ResultsError, Table, markdown_table, provenance, read_results, register_table
 
 Result = dict[str, Any]
 
@@ -267,6 +267,37 @@ def label_scarcity_table(root: Path) -> Table:
         + provenance(runs)
     )
     return Table(markdown_table(header, rows), caption)
+
+
+@register_table("semi_supervised")
+def semi_supervised_table(root: Path) -> Table:
+    """Stage 2 on unlabelled images added after the labelled steps, against as many more labelled steps."""
+    keys = list(QUALITY)
+    variants = _by_variant(read_results("ablation", root))
+    arms = [(name, variants[name]) for name in ("stage2-labelled25", "longer-labelled25") if name in variants]
+    base = variants.get("default-labelled25", [])
+    if not arms:
+        raise ResultsError("no semi-supervised runs in results/ablation/ (stage2-labelled25, longer-labelled25)")
+
+    def label(run: Result) -> str:
+        c = run["config"]
+        stage2 = c["stage2_steps"] if c["builtin_unlabelled"] else 0
+        text = f"{c['builtin_labelled']} labelled, {c['max_steps']} labelled steps"
+        return text + (f" + stage 2: {stage2} steps with {c['builtin_unlabelled']} unlabelled" if stage2 else "")
+
+    rows = [[label(runs[0]), *_quality_cells(runs, keys)] for runs in [base, *(r for _, r in arms)] if runs]
+    rows.append(["teacher", *_teacher_cells(arms[0][1][0], keys)])
+    caption = (
+        f"Student `{arms[0][1][0]['config']['student']}`, the default recipe otherwise; {_scoring(arms[0][1][0])}. "
+    )
+    if len(arms) == 2:
+        stage2, longer = arms[0][1], arms[1][1]
+        better = [QUALITY[k][0].rstrip(" ↑↓") for k in keys if _beats(stage2, longer, k)]
+        caption += f"At equal compute, stage 2 beats more labelled steps on {len(better)} of {len(keys)} metrics" + (
+            f" ({', '.join(better)}). " if better else ". "
+        )
+    runs = [r for _, group in arms for r in group] + base
+    return Table(markdown_table(["training", *(QUALITY[k][0] for k in keys)], rows), caption + provenance(runs))
 
 
 def _by_variant(results: Sequence[Result]) -> dict[str, list[Result]]:

@@ -9,6 +9,7 @@ from refine_control.evaluation.tables import (
     meets_bar,
     presets_table,
     recipe_table,
+    semi_supervised_table,
 )
 from refine_control.results import write_result
 
@@ -98,6 +99,23 @@ def test_label_scarcity_table_pairs_scratch_and_default_per_labelled_set(tmp_pat
     ]  # output KD is neither arm
     assert "With 25 labelled shapes the default beats scratch on 1 of 7 metrics (edge F1)" in table.caption
     assert "with 500 labelled shapes the default beats scratch on 0 of 7 metrics" in table.caption
+
+
+def test_semi_supervised_table_compares_stage_2_with_equal_compute(tmp_path):
+    scarce = {"builtin_labelled": 25, "builtin_unlabelled": 0, "stage2_steps": None}
+    result(tmp_path, "ablation", "default-labelled25-seed0", edge_f1=0.90, config=scarce)
+    stage2 = {**scarce, "builtin_unlabelled": 1000, "stage2_steps": 800}
+    result(tmp_path, "ablation", "stage2-labelled25-seed0", edge_f1=0.93, config=stage2)
+    result(tmp_path, "ablation", "longer-labelled25-seed0", edge_f1=0.92, config={**scarce, "max_steps": 2400})
+    table = semi_supervised_table(tmp_path)
+    rows = [r.split(" | ")[:2] for r in table.markdown.splitlines()[2:]]
+    assert rows == [
+        ["| 25 labelled, 1600 labelled steps", "0.900"],
+        ["| 25 labelled, 1600 labelled steps + stage 2: 800 steps with 1000 unlabelled", "0.930"],
+        ["| 25 labelled, 2400 labelled steps", "0.920"],
+        ["| teacher", "0.960"],
+    ]
+    assert "stage 2 beats more labelled steps on 1 of 7 metrics (edge F1)" in table.caption
 
 
 @pytest.mark.parametrize("missing", ["presets", "recipe"])
