@@ -4,7 +4,28 @@ import torch
 from torch import nn
 
 
-class MLP(nn.Module):
+class FeatureClassifier(nn.Module):
+    """`body` (input → penultimate features), a linear `head`, and an optional projection `proj` for contrastive
+    losses; subclasses build the three in `__init__`."""
+
+    body: nn.Module
+    head: nn.Linear
+    proj: nn.Linear | None
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, ...) → (B, D) penultimate features."""
+        return self.body(x)
+
+    def project(self, feats: torch.Tensor) -> torch.Tensor:
+        """(B, D) → (B, P) L2-normalised projection (the normalised features when there is no head)."""
+        z = self.proj(feats) if self.proj is not None else feats
+        return nn.functional.normalize(z, dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class MLP(FeatureClassifier):
     """Flatten → hidden ReLU layers → linear head; `features()` is the penultimate representation.
 
     With `proj_dim`, a linear projection head `project()` (for contrastive losses) sits on the features.
@@ -22,18 +43,6 @@ class MLP(nn.Module):
         self.head = nn.Linear(width, num_classes)
         self.proj = nn.Linear(width, proj_dim) if proj_dim else None
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, ...) → (B, D) penultimate features."""
-        return self.body(x)
-
-    def project(self, feats: torch.Tensor) -> torch.Tensor:
-        """(B, D) → (B, P) L2-normalised projection (the normalised features when there is no head)."""
-        z = self.proj(feats) if self.proj is not None else feats
-        return nn.functional.normalize(z, dim=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
 
 def build_mlp(
     image_shape: tuple[int, ...], hidden: tuple[int, ...], num_classes: int, *, seed: int, proj_dim: int | None = None
@@ -47,7 +56,7 @@ def build_mlp(
         return MLP(in_dim, hidden, num_classes, proj_dim)
 
 
-class SmallCNN(nn.Module):
+class SmallCNN(FeatureClassifier):
     """conv3×3(c1) → ReLU → pool2 → conv3×3(c2) → ReLU → pool2 → linear(hidden) → ReLU → head.
 
     Small enough for CPU grids (16/32 channels: ~0.1 M parameters on 28×28), but a conv net, so shifts and
@@ -76,16 +85,6 @@ class SmallCNN(nn.Module):
         )  # fmt: skip
         self.head = nn.Linear(hidden, num_classes)
         self.proj = nn.Linear(hidden, proj_dim) if proj_dim else None
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
-
-    def project(self, feats: torch.Tensor) -> torch.Tensor:
-        z = self.proj(feats) if self.proj is not None else feats
-        return nn.functional.normalize(z, dim=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
 
 
 def build_net(
