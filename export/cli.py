@@ -33,8 +33,8 @@ class ExportConfig:
     ort: bool = False
     calibration_samples: int = 8
     parity_samples: int = 4
-    steps: int = 10
-    guidance_scale: float = 7.5
+    steps: int | None = None  # None: the student's recommendation (a few-step student's sampling.json), else 10
+    guidance_scale: float | None = None  # None: likewise, else 7.5
     int8_op_types: tuple[str, ...] | None = None  # None: measure which types run faster in INT8 here
     exporter: str = "dynamo"
     opset: int = 18
@@ -47,9 +47,9 @@ class ExportConfig:
         checks = [
             (self.calibration_samples >= 1, "--calibration-samples", self.calibration_samples, ">= 1"),
             (self.parity_samples >= 1, "--parity-samples", self.parity_samples, ">= 1"),
-            (self.steps >= 1, "--steps", self.steps, ">= 1"),
+            (self.steps is None or 1 <= self.steps <= 50, "--steps", self.steps, "in 1..50"),
             (
-                math.isfinite(self.guidance_scale) and self.guidance_scale >= 0,
+                self.guidance_scale is None or (math.isfinite(self.guidance_scale) and self.guidance_scale >= 0),
                 "--guidance-scale",
                 self.guidance_scale,
                 "a finite number >= 0",
@@ -104,8 +104,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--calibration-samples", type=int, default=8, help="pipeline runs on the run's data for INT8 calibration"
     )
     parser.add_argument("--parity-samples", type=int, default=4, help="prompt/control/seed triples for parity")
-    parser.add_argument("--steps", type=int, default=10, help="denoising steps of calibration and parity runs")
-    parser.add_argument("--guidance-scale", type=float, default=7.5, help="CFG scale of calibration/parity runs")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="denoising steps of calibration and parity runs (default: the student's recommendation, e.g. 4 for a "
+        "few-step student; else 10)",
+    )
+    parser.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=None,
+        help="guidance scale of calibration and parity runs (default: the student's recommendation, else 7.5)",
+    )
     parser.add_argument(
         "--int8-op-types",
         default="auto",

@@ -23,12 +23,11 @@ from tqdm.auto import tqdm
 
 from refine_control.atomic import atomic_dir, write_json
 from refine_control.errors import ConfigError, ExportError, ParityError
+from refine_control.evaluation.generate import recommended_sampling
 from refine_control.export.manifest import build_manifest, source_run, write_manifest
 from refine_control.export.onnx_export import (
     Student,
-    export_denoiser,
-    export_text_encoder,
-    export_vae_decoder,
+    export_graphs,
     load_student,
     read_run_config,
 )
@@ -38,7 +37,8 @@ from refine_control.export.quantize import convert_fp16, count_ops, quantize_int
 from refine_control.export.samples import Sample, load_samples, run_data_dir
 from refine_control.faults import fault_point
 from refine_control.serve.runtime.layout import MANIFEST, PARITY, SCHEDULER, TOKENIZER, graph_file
-from refine_control.serve.runtime.pipeline import PromptEncoder, default_threads
+from refine_control.serve.runtime.pipeline import PromptEncoder
+from refine_control.serve.runtime.session import default_threads
 
 if TYPE_CHECKING:
     from refine_control.export.cli import ExportConfig
@@ -73,19 +73,16 @@ def check_output_dir(cfg: "ExportConfig") -> None:
 def _pipeline_facts(student: Student, preprocessor: str) -> dict[str, Any]:
     pipe = student.pipeline
     facts = {
-        "latent_channels": int(pipe.unet.config.in_channels),
-        "vae_scale_factor": student.vae_scale_factor,
+        **student.geometry.to_facts(),
         "vae_scaling_factor": float(pipe.vae.config.scaling_factor),
         "vae_shift_factor": getattr(pipe.vae.config, "shift_factor", None),
-        "size_multiple": student.size_multiple,
-        "resolution": student.resolution,
-        "text_max_length": int(pipe.tokenizer.model_max_length),
         "pad_token_id": int(pipe.tokenizer.pad_token_id),
-        "cross_attention_dim": int(pipe.unet.config.cross_attention_dim),
-        "control_channels": int(pipe.controlnet.config.conditioning_channels),
         "preprocessor": preprocessor,
         "scheduler": type(pipe.scheduler).__name__,
     }
+    recommended = recommended_sampling(student.run / "student")
+    if recommended is not None:  # a few-step student says how it samples
+        facts["recommended_sampling"] = {"steps": recommended.steps, "guidance_scale": recommended.guidance_scale}
     if not preprocessor.startswith("aux:"):
         from refine_control.preprocess import get_preprocessor
 
@@ -170,10 +167,14 @@ def _export(cfg: "ExportConfig", config: dict[str, Any], data_dir: Path, threads
     # 2. The student and real inputs from its data (calibration and parity samples are disjoint).
     student = load_student(cfg.run, config)
     n_cal = cfg.calibration_samples if cfg.int8 else 0
-    samples = load_samples(data_dir, preprocessor, student.resolution, n_cal + cfg.parity_samples)
+    samples = load_samples(data_dir, preprocessor, student.geometry.resolution, n_cal + cfg.parity_samples)
     calibration, parity_samples = samples[:n_cal], samples[n_cal:]
-    settings = SamplingSettings(cfg.steps, cfg.guidance_scale)
     facts = _pipeline_facts(student, preprocessor)
+    recommended = facts.get("recommended_sampling", {})
+    settings = SamplingSettings(
+        cfg.steps or recommended.get("steps", 10),
+        recommended.get("guidance_scale", 7.5) if cfg.guidance_scale is None else cfg.guidance_scale,
+    )
     source = source_run(cfg.run, config)
     export_info = {"config": cfg.to_json(), "exporter": cfg.exporter, "opset": cfg.opset}
     details: dict[str, dict[str, Any]] = {}
@@ -184,14 +185,7 @@ def _export(cfg: "ExportConfig", config: dict[str, Any], data_dir: Path, threads
     with atomic_dir(cfg.output_dir) as tmp:
         # 3. FP32 graphs, tokenizer, scheduler; a provisional manifest (in memory) lets the runtime load them.
         bar.set_postfix_str("exporting graphs")
-        for graph, export in (
-            ("text_encoder", export_text_encoder),
-            ("denoiser", export_denoiser),
-            ("vae_decoder", export_vae_decoder),
-        ):
-            started = time.perf_counter()
-            export(student, tmp / graph_file(graph), cfg.exporter, cfg.opset)
-            logger.info("%s exported (%s exporter, %.1f s)", graph, cfg.exporter, time.perf_counter() - started)
+        export_graphs(student, tmp, cfg.exporter, cfg.opset)
         _write_tokenizer_and_scheduler(student, tmp, [s.prompt for s in samples])
         provisional = build_manifest(tmp, pipeline=facts, source=source, export=export_info)
         bar.update()

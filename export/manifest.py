@@ -15,6 +15,7 @@ from refine_control.atomic import write_json
 from refine_control.serve.runtime.layout import FORMAT, FORMAT_VERSION, GRAPHS, MANIFEST, MODEL_FORMATS, PRECISIONS
 from refine_control.serve.runtime.layout import graph_file as layout_graph_file
 from refine_control.serve.runtime.model_dir import sha256_file
+from refine_control.serve.runtime.session import ort_session
 
 VERSIONED = ("refine-control", "torch", "diffusers", "transformers", "onnx", "onnxscript", "onnxruntime")
 
@@ -35,12 +36,7 @@ def list_files(model_dir: Path) -> dict[str, dict[str, Any]]:
 
 def graph_io(path: Path) -> dict[str, Any]:
     """Inputs and outputs (name, element type, shape with symbolic dims) as ONNX Runtime sees them."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    session = ort_session(path, threads=1, optimization="none")
 
     def describe(args: Any) -> list[dict[str, Any]]:
         return [{"name": a.name, "type": a.type, "shape": list(a.shape)} for a in args]

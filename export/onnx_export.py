@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import logging
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +21,10 @@ import torch
 from torch import nn
 
 from refine_control.errors import ConfigError, ExportError
-from refine_control.export.spec import DENOISER, TEXT_ENCODER, VAE_DECODER, GraphSpec
+from refine_control.export.spec import SPECS, GraphSpec
 from refine_control.models.denoiser import ControlledDenoiser
+from refine_control.serve.runtime.geometry import Geometry
+from refine_control.serve.runtime.layout import graph_file
 
 logger = logging.getLogger(__name__)
 
@@ -52,32 +55,26 @@ def read_run_config(run: Path) -> dict[str, Any]:
 
 @dataclass
 class Student:
-    """The run's student pipeline (a diffusers `StableDiffusionControlNetPipeline`) and what export needs of it."""
+    """The run's student pipeline (a diffusers `StableDiffusionControlNetPipeline`) and its geometry."""
 
     run: Path
     config: dict[str, Any]
     pipeline: Any
 
     @property
-    def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.pipeline.vae.config.block_out_channels) - 1)
-
-    @property
-    def downsampling(self) -> int:
-        """The UNet's total downsampling: latent sizes must be multiples of it."""
-        return 2 ** (len(self.pipeline.unet.config.block_out_channels) - 1)
-
-    @property
-    def size_multiple(self) -> int:
-        return self.vae_scale_factor * self.downsampling
-
-    @property
-    def resolution(self) -> int:
-        resolved = self.config.get("resolved", {}).get("resolution")
-        return int(resolved or self.pipeline.unet.config.sample_size * self.vae_scale_factor)
+    def geometry(self) -> Geometry:
+        return Geometry.from_pipeline(self.pipeline, self.config.get("resolved", {}).get("resolution"))
 
     def denoiser(self) -> ControlledDenoiser:
         return ControlledDenoiser(self.pipeline.unet, self.pipeline.controlnet).eval()
+
+    def graph_module(self, graph: str) -> nn.Module:
+        """The module exported as `graph`."""
+        if graph == "text_encoder":
+            return TextEncoderGraph(self.pipeline.text_encoder).eval()
+        if graph == "vae_decoder":
+            return VaeDecoderGraph(self.pipeline.vae).eval()
+        return self.denoiser()
 
 
 def load_student(run: Path, config: dict[str, Any]) -> Student:
@@ -93,7 +90,6 @@ def load_student(run: Path, config: dict[str, Any]) -> Student:
         raise ConfigError(f"could not load the student from {run / 'student'}: {first_line}") from err
     unet_cfg, cn_cfg = pipeline.unet.config, pipeline.controlnet.config
     unsupported = [
-        (getattr(unet_cfg, "time_cond_proj_dim", None) is not None, "a guidance-embedding UNet (time_cond_proj_dim)"),
         (getattr(unet_cfg, "addition_embed_type", None) is not None, "added conditioning (SDXL-style)"),
         (getattr(cn_cfg, "global_pool_conditions", False), "a ControlNet with global_pool_conditions"),
     ]
@@ -136,7 +132,7 @@ def export_graph(
     example: tuple[torch.Tensor, ...],
     path: Path,
     spec: GraphSpec,
-    *,
+    geometry: Geometry,
     exporter: str,
     opset: int,
     dynamic_shapes: dict[str, Any] | None = None,
@@ -155,7 +151,7 @@ def export_graph(
                     str(path),
                     dynamo=True,
                     opset_version=opset,
-                    input_names=list(spec.inputs),
+                    input_names=list(geometry.inputs(spec.name)),
                     output_names=list(spec.outputs),
                     dynamic_shapes=dynamic_shapes,
                     external_data=external,
@@ -168,9 +164,9 @@ def export_graph(
                     str(path),
                     dynamo=False,
                     opset_version=opset,
-                    input_names=list(spec.inputs),
+                    input_names=list(geometry.inputs(spec.name)),
                     output_names=list(spec.outputs),
-                    dynamic_axes=dict(spec.dynamic_axes),
+                    dynamic_axes=spec.axes(geometry),
                 )
     except Exception as err:  # the exporters raise many types; keep the first line, chain the rest
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
@@ -196,55 +192,15 @@ def strip_debug_info(path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def export_text_encoder(student: Student, path: Path, exporter: str, opset: int) -> None:
-    from torch.export import Dim
-
-    tokenizer = student.pipeline.tokenizer
-    ids = torch.randint(0, len(tokenizer), (2, tokenizer.model_max_length), dtype=torch.int64)
-    shapes = {"input_ids": {0: Dim("batch")}}
-    module = TextEncoderGraph(student.pipeline.text_encoder).eval()
-    export_graph(module, (ids,), path, TEXT_ENCODER, exporter=exporter, opset=opset, dynamic_shapes=shapes)
-
-
-def _example_latent_size(student: Student) -> int:
-    """A latent size for the example inputs: the trained one, but at least 2 × the downsampling (dynamo
-    specialises dimensions whose example value is 1)."""
-    size = student.resolution // student.vae_scale_factor
-    return max(size - size % student.downsampling, 2 * student.downsampling)
-
-
-def export_denoiser(student: Student, path: Path, exporter: str, opset: int) -> None:
-    from torch.export import Dim
-
-    pipe = student.pipeline
-    latent = _example_latent_size(student)
-    image = latent * student.vae_scale_factor
-    example = (
-        torch.randn(2, pipe.unet.config.in_channels, latent, latent),
-        torch.full((2,), 500.0),
-        torch.randn(2, pipe.tokenizer.model_max_length, pipe.unet.config.cross_attention_dim),
-        torch.rand(2, pipe.controlnet.config.conditioning_channels, image, image),
-        torch.tensor(1.0),
-    )
-    batch, h, w = Dim("batch"), Dim("h"), Dim("w")
-    m, f = student.downsampling, student.vae_scale_factor
-    shapes = {
-        "sample": {0: batch, 2: m * h, 3: m * w},
-        "timestep": {0: batch},
-        "encoder_hidden_states": {0: batch},
-        "controlnet_cond": {0: batch, 2: f * m * h, 3: f * m * w},
-        "conditioning_scale": None,
-    }
-    export_graph(student.denoiser(), example, path, DENOISER, exporter=exporter, opset=opset, dynamic_shapes=shapes)
-
-
-def export_vae_decoder(student: Student, path: Path, exporter: str, opset: int) -> None:
-    from torch.export import Dim
-
-    vae = student.pipeline.vae
-    latent = _example_latent_size(student)
-    example = (torch.randn(2, vae.config.latent_channels, latent, latent + student.downsampling),)
-    # An explicit batch Dim fails on the VAE (a guard on batch <= 2 in diffusers' decoder); AUTO works.
-    shapes = {"latent_sample": {0: Dim.AUTO, 2: Dim.AUTO, 3: Dim.AUTO}}
-    module = VaeDecoderGraph(vae).eval()
-    export_graph(module, example, path, VAE_DECODER, exporter=exporter, opset=opset, dynamic_shapes=shapes)
+def export_graphs(student: Student, out_dir: Path, exporter: str, opset: int) -> None:
+    """Write the student's three FP32 graphs into `out_dir` (`graph_file` names), from its geometry's example
+    inputs and dynamic shapes."""
+    geometry = student.geometry
+    for graph, spec in SPECS.items():
+        started = time.perf_counter()
+        example = tuple(torch.from_numpy(v) for v in geometry.example_feeds(graph).values())
+        shapes = spec.dynamic_shapes(geometry) if exporter == "dynamo" else None
+        export_graph(
+            student.graph_module(graph), example, out_dir / graph_file(graph), spec, geometry, exporter, opset, shapes
+        )
+        logger.info("%s exported (%s exporter, %.1f s)", graph, exporter, time.perf_counter() - started)

@@ -9,28 +9,17 @@ import logging
 from pathlib import Path
 
 from refine_control.errors import ExportError
+from refine_control.serve.runtime.session import ort_session
 
 logger = logging.getLogger(__name__)
 
 
 def convert_to_ort(onnx_path: Path, ort_path: Path) -> None:
     """Write `ort_path` (ORT format) from `onnx_path`; `ExportError` on failure."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.optimized_model_filepath = str(ort_path)
-    options.log_severity_level = 3
-    options.add_session_config_entry("session.save_model_format", "ORT")
     # QDQ nodes may stay int8 for ARM kernels (the converter's `--target_platform arm` setting).
-    options.add_session_config_entry("session.qdqisint8allowed", "1")
+    config = {"session.save_model_format": "ORT", "session.qdqisint8allowed": "1"}
     try:
-        ort.InferenceSession(
-            str(onnx_path),
-            sess_options=options,
-            providers=["CPUExecutionProvider"],
-            disabled_optimizers=["NchwcTransformer"],
-        )
+        ort_session(onnx_path, config=config, save_optimized_to=ort_path, disabled_optimizers=["NchwcTransformer"])
     except Exception as err:  # onnxruntime's own exception types
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ExportError(f"converting {onnx_path.name} to ORT format failed: {first_line[:300]}") from err

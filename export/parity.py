@@ -26,13 +26,13 @@ import torch
 from tqdm.auto import tqdm
 
 from refine_control.evaluation.metrics import edge_prf, edges, psnr, ssim
-from refine_control.export.onnx_export import Student, TextEncoderGraph, VaeDecoderGraph
-from refine_control.export.quantize import median_ms
+from refine_control.export.onnx_export import Student
 from refine_control.export.samples import Sample
 from refine_control.export.spec import SPECS
 from refine_control.serve.runtime import OnnxControlNetPipeline
 from refine_control.serve.runtime.layout import GRAPHS, graph_file
 from refine_control.serve.runtime.schedulers import SCHEDULERS
+from refine_control.serve.runtime.timing import measure
 
 logger = logging.getLogger(__name__)
 
@@ -145,17 +145,14 @@ def _evenly(items: list[Any], limit: int) -> list[Any]:
 
 def torch_graph_outputs(student: Student, records: dict[str, list[dict[str, np.ndarray]]]) -> dict[str, list[Any]]:
     """PyTorch outputs of each graph on the recorded inputs: graph → [(feeds, output)]."""
-    modules = {
-        "text_encoder": TextEncoderGraph(student.pipeline.text_encoder).eval(),
-        "denoiser": student.denoiser(),
-        "vae_decoder": VaeDecoderGraph(student.pipeline.vae).eval(),
-    }
+    geometry = student.geometry
     out: dict[str, list[Any]] = {}
-    for graph, module in modules.items():
+    for graph in GRAPHS:
+        module = student.graph_module(graph)
         feeds_list = _evenly(records[graph], MAX_DENOISER_INPUTS)
         pairs = []
         for feeds in feeds_list:
-            args = [torch.from_numpy(feeds[name]) for name in SPECS[graph].inputs]
+            args = [torch.from_numpy(feeds[name]) for name in geometry.inputs(graph)]
             with torch.inference_mode():
                 pairs.append((feeds, module(*args).numpy()))
         out[graph] = pairs
@@ -291,7 +288,7 @@ def check_parity(
         images = fp32_images if pipe is recorder else generate(pipe, samples, settings)
         report.end_to_end[variant.key] = _image_metrics(images, pytorch_images, samples, edge_like)
         report.latency_ms[f"onnxruntime {variant.key}"] = round(
-            median_ms(lambda p=pipe: p.run_graph("denoiser", timing_feeds), budget_s=1.0), 3
+            measure(lambda p=pipe: p.run_graph("denoiser", timing_feeds), warmup=2, budget_s=1.0).median_s * 1000, 3
         )
         bar.update()
     bar.close()
@@ -310,12 +307,12 @@ def _graph_errors(pipe: OnnxControlNetPipeline, graph: str, pairs: list[Any]) ->
 
 def _torch_step_ms(student: Student, feeds: dict[str, np.ndarray], threads: int) -> float:
     denoiser = student.denoiser()
-    args = [torch.from_numpy(feeds[name]) for name in SPECS["denoiser"].inputs]
+    args = [torch.from_numpy(feeds[name]) for name in student.geometry.inputs("denoiser")]
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
-            return round(median_ms(lambda: denoiser(*args), budget_s=1.0), 3)
+            return round(measure(lambda: denoiser(*args), warmup=2, budget_s=1.0).median_s * 1000, 3)
     finally:
         torch.set_num_threads(previous)
 

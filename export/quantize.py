@@ -18,14 +18,15 @@ import logging
 import shutil
 import statistics
 import tempfile
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from refine_control.errors import ExportError
+from refine_control.serve.runtime.session import ort_session
+from refine_control.serve.runtime.timing import measure
 
 logger = logging.getLogger(__name__)
 
@@ -40,44 +41,20 @@ ERROR_FEEDS = 12
 Feeds = dict[str, np.ndarray]
 
 
-def median_ms(fn: Callable[[], Any], warmup: int = 2, budget_s: float = 1.0, min_repeats: int = 5) -> float:
-    """Median wall time of `fn` in ms, after warm-up; repeats until `budget_s` is spent (at least `min_repeats`)."""
-    for _ in range(warmup):
-        fn()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < min_repeats or (time.perf_counter() - start < budget_s and len(times) < 200):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
-
-
-def _session(path: Path, threads: int) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-
-
 def max_relative_error(path: Path, feeds: Sequence[Feeds], reference: Sequence[np.ndarray], threads: int) -> float:
     """Max abs difference of `path`'s outputs on `feeds` from the FP32 `reference` outputs, over their std."""
-    model = _session(path, threads)
+    model = ort_session(path, threads=threads)
     scale = float(np.std(np.concatenate([r.ravel() for r in reference]))) or 1.0
     return max(float(np.abs(model.run(None, f)[0] - r).max()) for f, r in zip(feeds, reference, strict=True)) / scale
 
 
 def compare_ms(paths: Sequence[Path], feeds: Feeds, threads: int, rounds: int = 3) -> list[float]:
     """Median ms per run of each model on `feeds`, measured in interleaved rounds (fairer on a busy machine)."""
-    sessions = [_session(p, threads) for p in paths]
+    sessions = [ort_session(p, threads=threads) for p in paths]
     per_model: list[list[float]] = [[] for _ in paths]
     for _ in range(rounds):
         for session, times in zip(sessions, per_model, strict=True):
-            times.append(median_ms(lambda s=session: s.run(None, feeds), budget_s=0.2))
+            times.append(measure(lambda s=session: s.run(None, feeds), warmup=2, budget_s=0.2).median_s * 1000)
     return [statistics.median(t) for t in per_model]
 
 
@@ -196,7 +173,7 @@ def quantize_int8(
                 _quantize(pre, variants[op], groups[op], [op], reader, cache)
             timings = compare_ms([pre, every, *variants.values()], timing_feeds, threads)
             error_feeds = calibration[:: max(1, len(calibration) // ERROR_FEEDS)][:ERROR_FEEDS]
-            fp32 = _session(pre, threads)
+            fp32 = ort_session(pre, threads=threads)
             reference = [fp32.run(None, f)[0] for f in error_feeds]  # once, shared by every variant
             fp32_ms, all_ms = timings[0], timings[1]
             for (op, path), ms in zip(variants.items(), timings[2:], strict=True):
@@ -272,14 +249,8 @@ def convert_fp16(fp32: Path, out: Path) -> dict[str, Any]:
     onnx.save(model, str(out))
     casts_in_file = sum(1 for n in model.graph.node if n.op_type == "Cast")
     with tempfile.TemporaryDirectory(prefix=".refine-fp16-", dir=out.parent) as tmp_dir:
-        import onnxruntime as ort
-
         optimized = Path(tmp_dir) / "optimized.onnx"
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        options.optimized_model_filepath = str(optimized)
-        options.log_severity_level = 3
-        ort.InferenceSession(str(out), sess_options=options, providers=["CPUExecutionProvider"])
+        ort_session(out, optimization="basic", save_optimized_to=optimized)
         casts_at_run = count_ops(optimized).get("Cast", 0)
     inserted = max(0, casts_at_run - casts_in_file)
     note = (

@@ -15,18 +15,11 @@ import numpy as np
 
 from refine_control.errors import ConfigError
 from refine_control.preprocess import get_preprocessor
+from refine_control.serve.runtime.pipeline import CancelToken
 
 logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int], None]
-
-
-class CancelToken(Protocol):
-    def is_set(self) -> bool: ...
-
-
-class GenerationCancelledError(Exception):
-    """`generate` stopped because its cancel token was set."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +45,8 @@ class Engine(Protocol):
     resolution: int
     size_multiple: int
     default_preprocessor: str
+    default_steps: int  # the model's recommendation: what a request without `steps` gets
+    default_guidance_scale: float
 
     def model_card(self) -> dict[str, Any]:
         """Manifest summary for `GET /v1/models` (fields of `schemas.ModelCard`); no file paths."""
@@ -66,7 +61,7 @@ class Engine(Protocol):
     ) -> np.ndarray:
         """Control map (uint8 image or float map, any size) → (height, width, 3) uint8.
 
-        Calls `progress(done, total)` after every step; raises `GenerationCancelledError` once `cancel.is_set()`.
+        Calls `progress(done, total)` after every step; raises `CancelledError` once `cancel.is_set()`.
         """
         ...
 
@@ -97,6 +92,8 @@ class OnnxEngine:
         )
         self.resolution = int(self.pipeline.resolution)
         self.size_multiple = int(self.pipeline.size_multiple)
+        self.default_steps = self.pipeline.default_steps
+        self.default_guidance_scale = self.pipeline.default_guidance_scale
         preprocessor = self.pipeline.model.pipeline.get("preprocessor")
         self.default_preprocessor = preprocessor if isinstance(preprocessor, str) and preprocessor else "canny"
 
@@ -120,24 +117,19 @@ class OnnxEngine:
     def generate(
         self, params: GenerationParams, control: np.ndarray, progress: ProgressFn, cancel: CancelToken
     ) -> np.ndarray:
-        from refine_control.serve.runtime import Cancelled
-
-        try:
-            return self.pipeline(
-                params.prompt,
-                control,
-                params.negative_prompt,
-                steps=params.steps,
-                guidance_scale=params.guidance_scale,
-                controlnet_scale=params.controlnet_scale,
-                seed=params.seed,
-                width=params.width,
-                height=params.height,
-                callback=progress,
-                cancel=cancel,
-            )
-        except Cancelled as err:
-            raise GenerationCancelledError(str(err)) from None
+        return self.pipeline(
+            params.prompt,
+            control,
+            params.negative_prompt,
+            steps=params.steps,
+            guidance_scale=params.guidance_scale,
+            controlnet_scale=params.controlnet_scale,
+            seed=params.seed,
+            width=params.width,
+            height=params.height,
+            callback=progress,
+            cancel=cancel,
+        )
 
 
 def load_engine(model_dir: Path | None, precision: str = "fp32", **kwargs: Any) -> OnnxEngine:

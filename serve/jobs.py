@@ -25,8 +25,9 @@ from typing import Any
 import numpy as np
 
 from refine_control.errors import ConfigError
-from refine_control.serve.engine import Engine, GenerationCancelledError, GenerationParams
+from refine_control.serve.engine import Engine, GenerationParams
 from refine_control.serve.images import encode_png
+from refine_control.serve.runtime.pipeline import CancelledError
 from refine_control.serve.schemas import ApiError, JobProgress, JobStatus
 from refine_control.serve.settings import ServeSettings
 
@@ -323,9 +324,9 @@ class JobManager:
 
             image = self.engine.generate(job.params, control, progress, job)
             if job.is_set():  # cancelled during the last step: the client asked for no image
-                raise GenerationCancelledError("cancelled")
+                raise CancelledError("cancelled")
             png, state = encode_png(image), "done"
-        except GenerationCancelledError:
+        except CancelledError:
             reason = job.cancel_reason or "client"
             state, error = ("cancelled" if reason == "client" else "failed"), _CANCEL_ERRORS[reason]
         except ApiError as err:

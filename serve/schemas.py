@@ -77,9 +77,18 @@ class GenerateRequest(_Strict):
     )
     image: ImageB64 | None = _image_field()
     preprocessor: PreprocessorName | None = _preprocessor_field()  # type: ignore[valid-type]
-    steps: int = Field(20, ge=1, le=MAX_STEPS, description="denoising steps")
-    guidance_scale: float = Field(
-        7.5, ge=0.0, le=MAX_GUIDANCE_SCALE, description="classifier-free guidance; ≤ 1 turns it off"
+    steps: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_STEPS,
+        description="denoising steps (default: the model's `recommended_steps`: 20, or a few-step student's own)",
+    )
+    guidance_scale: float | None = Field(
+        None,
+        ge=0.0,
+        le=MAX_GUIDANCE_SCALE,
+        description="guidance scale (default: the model's recommendation); ≤ 1 turns classifier-free guidance off; "
+        "a guidance-distilled student reads it as an input in one pass",
     )
     controlnet_scale: float = Field(1.0, ge=0.0, le=MAX_CONTROLNET_SCALE, description="strength of the control image")
     seed: int | None = Field(
@@ -155,6 +164,11 @@ class ModelCard(BaseModel):
     resolution: int
     size_multiple: int
     preprocessor: str | None
+    recommended_steps: int = Field(..., description="the steps a request gets when it names none")
+    recommended_guidance_scale: float = Field(..., description="the guidance scale a request gets when it names none")
+    guidance_embedded: bool = Field(
+        False, description="a few-step student that reads the guidance scale as an input (no CFG batch of 2)"
+    )
     extra: dict[str, Any] = Field(default_factory=dict, description="other manifest facts (versions, parity)")
 
 

@@ -50,14 +50,16 @@ def resolve_params(req: GenerateRequest, engine: Engine, settings: ServeSettings
                 "invalid_size",
                 f"`{name}` must be a multiple of {engine.size_multiple} between {low} and {high}",
             )
-    if req.steps > settings.max_steps:
+    steps = req.steps if req.steps is not None else min(engine.default_steps, settings.max_steps)
+    if steps > settings.max_steps:
         raise ApiError(422, "invalid_request", f"steps: must be at most {settings.max_steps}")
+    guidance = req.guidance_scale if req.guidance_scale is not None else engine.default_guidance_scale
     seed = req.seed if req.seed is not None else secrets.randbelow(MAX_SEED + 1)
     return GenerationParams(
         prompt=req.prompt,
         negative_prompt=req.negative_prompt,
-        steps=req.steps,
-        guidance_scale=float(req.guidance_scale),
+        steps=steps,
+        guidance_scale=float(guidance),
         controlnet_scale=float(req.controlnet_scale),
         seed=seed,
         width=width,

@@ -6,12 +6,12 @@ Nothing here imports torch, diffusers or the `onnx` package.
 """
 
 from refine_control.serve.runtime.model_dir import ModelDir, ModelDirError
-from refine_control.serve.runtime.pipeline import Cancelled, CancelledError, OnnxControlNetPipeline
+from refine_control.serve.runtime.pipeline import CancelledError, CancelToken, OnnxControlNetPipeline
 from refine_control.serve.runtime.schedulers import SCHEDULERS, make_scheduler
 
 __all__ = [
     "SCHEDULERS",
-    "Cancelled",
+    "CancelToken",
     "CancelledError",
     "ModelDir",
     "ModelDirError",

@@ -22,6 +22,9 @@ DENOISER_INPUTS = (
     "controlnet_cond",  # (B, 3, H, W) float32, the control image in the preprocessor's range
     "conditioning_scale",  # () float32, multiplies every ControlNet residual
 )
+# Only a guidance-distilled (few-step) student's denoiser has this last input: (B,) float32, the guidance scale it
+# was trained to reproduce in one pass (no classifier-free-guidance batch of 2).
+GUIDANCE_INPUT = "guidance_scale"
 DENOISER_OUTPUTS = ("noise_pred",)  # (B, C, h, w) float32
 VAE_DECODER_INPUTS = ("latent_sample",)  # (B, C, h, w) float32, already divided by the VAE scaling factor
 VAE_DECODER_OUTPUTS = ("sample",)  # (B, 3, H, W) float32 in [-1, 1]

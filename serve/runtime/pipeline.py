@@ -15,8 +15,8 @@ from typing import Any, Protocol
 import numpy as np
 
 from refine_control.errors import ConfigError, RefineError
+from refine_control.serve.runtime.geometry import Geometry
 from refine_control.serve.runtime.layout import (
-    DENOISER_INPUTS,
     GRAPHS,
     MODEL_FORMATS,
     SCHEDULER,
@@ -27,6 +27,7 @@ from refine_control.serve.runtime.layout import (
 )
 from refine_control.serve.runtime.model_dir import ModelDir, ModelDirError, VerifiedGraph
 from refine_control.serve.runtime.schedulers import SCHEDULERS, NumpyScheduler, make_scheduler, scheduler_key
+from refine_control.serve.runtime.session import default_threads, ort_session
 
 logger = logging.getLogger(__name__)
 
@@ -41,36 +42,13 @@ class CancelledError(RefineError):
     """Generation stopped because the cancel event was set."""
 
 
-Cancelled = CancelledError  # the name the first version exported; serve/engine.py imports it
-
-
-def default_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def create_session(graph: VerifiedGraph, num_threads: int | None = None) -> Any:
-    """An ONNX Runtime CPU session with every option set explicitly; no custom-op library is ever registered."""
-    import onnxruntime as ort
-
-    if os.environ.get("ORT_LOAD_CONFIG_FROM_MODEL", "0") not in ("", "0"):
-        raise ConfigError(
-            "ORT_LOAD_CONFIG_FROM_MODEL is set, which lets a model file choose its own session options",
-            hint="unset ORT_LOAD_CONFIG_FROM_MODEL",
-        )
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = num_threads or default_threads()
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3  # errors only
-    if graph.path.suffix == ".ort":
-        options.add_session_config_entry("session.load_model_format", "ORT")
-    source = graph.data if graph.data is not None else str(graph.path)
+    """A session on a verified graph (its checked bytes when the manifest made a copy, else its path)."""
+    config = {"session.load_model_format": "ORT"} if graph.path.suffix == ".ort" else None
     try:
-        return ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
+        return ort_session(graph.data if graph.data is not None else graph.path, threads=num_threads, config=config)
+    except ConfigError:
+        raise
     except Exception as err:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ModelDirError(f"ONNX Runtime cannot load {graph.path.name}: {first_line[:300]}") from err
@@ -145,14 +123,19 @@ class OnnxControlNetPipeline:
             `manifest.json` (which an export writes last).
 
     Calling the pipeline:
-        image = pipe(prompt, control_image, negative_prompt="", steps=20, guidance_scale=7.5,
+        image = pipe(prompt, control_image, negative_prompt="", steps=None, guidance_scale=None,
                      controlnet_scale=1.0, seed=0, width=None, height=None, callback=None, cancel=None)
+
+        - steps / guidance_scale: None for the model's recommendation (`manifest.json` → `recommended_sampling`,
+          written for a few-step student), else 20 steps at scale 7.5.
 
         - control_image: (H, W, 3) or (H, W) numpy array or PIL image. uint8 is scaled to [0, 1]; float arrays are
           used as given (the preprocessor's output range, e.g. [0, 1] edges). It is resized to (height, width).
         - width / height: default to the model's trained resolution; must be multiples of
           `size_multiple` (the VAE factor times the UNet's downsampling).
-        - guidance_scale > 1 runs classifier-free guidance as one batch of 2 (negative prompt, prompt).
+        - guidance_scale > 1 runs classifier-free guidance as one batch of 2 (negative prompt, prompt), except for a
+          guidance-distilled student (`geometry.guidance_embedded`), whose denoiser reads the scale as an input and
+          runs one batch-1 pass per step; the negative prompt is then unused, as in diffusers.
         - seed: the initial noise is `numpy.random.default_rng(seed).standard_normal((1, C, h, w))`, times the
           scheduler's `init_noise_sigma`; stochastic schedulers draw later noise from the same generator. The
           same arguments always give the same image.
@@ -187,19 +170,18 @@ class OnnxControlNetPipeline:
         self.precision, self.model_format = precision, model_format
         facts = self.model.pipeline
         try:
-            self.latent_channels = int(facts["latent_channels"])
-            self.vae_scale_factor = int(facts["vae_scale_factor"])
+            self.geometry = Geometry.from_facts(facts)
             self.vae_scaling_factor = float(facts["vae_scaling_factor"])
             self.vae_shift_factor = float(facts.get("vae_shift_factor") or 0.0)
-            self.size_multiple = int(facts["size_multiple"])
-            self.resolution = int(facts["resolution"])
-            max_length, pad_id = int(facts["text_max_length"]), int(facts["pad_token_id"])
+            pad_id = int(facts["pad_token_id"])
         except (KeyError, TypeError, ValueError) as err:
             raise ModelDirError(f"{self.model.path}/manifest.json lacks pipeline fact {err}") from err
+        self.resolution, self.size_multiple = self.geometry.resolution, self.geometry.size_multiple
+        self.recommended = facts.get("recommended_sampling") or {}
         self.scheduler_config = self._read_scheduler_config()
         self.scheduler_name = self._pick_scheduler(scheduler)
         make_scheduler(self.scheduler_config, self.scheduler_name)  # fail now on an unsupported config
-        self.prompt_encoder = PromptEncoder(self.model.read_verified(TOKENIZER), max_length, pad_id)
+        self.prompt_encoder = PromptEncoder(self.model.read_verified(TOKENIZER), self.geometry.text_max_length, pad_id)
         self.num_threads = num_threads or default_threads()
         self.graph_files = {graph: self._graph_file(graph) for graph in GRAPHS}
         self.sessions = {
@@ -236,6 +218,15 @@ class OnnxControlNetPipeline:
         return name if self.model.has(name) else graph_file(graph, "fp32", self.model_format)
 
     @property
+    def default_steps(self) -> int:
+        """The model's recommended steps (a few-step student's, from its manifest), else 20."""
+        return int(self.recommended.get("steps", 20))
+
+    @property
+    def default_guidance_scale(self) -> float:
+        return float(self.recommended.get("guidance_scale", 7.5))
+
+    @property
     def available_precisions(self) -> list[str]:
         return self.model.precisions(self.model_format)
 
@@ -254,7 +245,7 @@ class OnnxControlNetPipeline:
 
     def initial_noise(self, seed: int, height: int, width: int) -> np.ndarray:
         """The unscaled initial latents for `seed`: (1, C, h, w) standard normal float32."""
-        shape = (1, self.latent_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        shape = self.geometry.latent_shape(height, width)
         return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
@@ -278,8 +269,8 @@ class OnnxControlNetPipeline:
         control_image: Any,
         negative_prompt: str = "",
         *,
-        steps: int = 20,
-        guidance_scale: float = 7.5,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
         controlnet_scale: float = 1.0,
         seed: int = 0,
         width: int | None = None,
@@ -289,6 +280,8 @@ class OnnxControlNetPipeline:
     ) -> np.ndarray:
         """Generate one image; see the class docstring. Returns (height, width, 3) uint8."""
         width, height = self._check_size(width, height)
+        steps = self.default_steps if steps is None else steps
+        guidance_scale = self.default_guidance_scale if guidance_scale is None else guidance_scale
         if not isinstance(steps, int) or steps < 1:
             raise ConfigError(f"`steps` must be a positive integer, got {steps!r}")
         for name, value in (("guidance_scale", guidance_scale), ("controlnet_scale", controlnet_scale)):
@@ -301,27 +294,24 @@ class OnnxControlNetPipeline:
 
         scheduler = self.new_scheduler()
         scheduler.set_timesteps(steps)
-        guided = guidance_scale > 1.0
+        # A guidance-distilled student reads the scale as an input: one pass, no pair (as diffusers decides).
+        guided = guidance_scale > 1.0 and not self.geometry.guidance_embedded
         embeddings = self.encode_prompts([negative_prompt, prompt] if guided else [prompt])
         control = _control_array(control_image, width, height)
         batch = embeddings.shape[0]
         control = np.repeat(control, batch, axis=0)
-        scale = np.asarray(controlnet_scale, dtype=np.float32)
 
         rng = np.random.default_rng(seed)
-        shape = (1, self.latent_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        shape = self.geometry.latent_shape(height, width)
         latents = rng.standard_normal(shape, dtype=np.float32) * np.float32(scheduler.init_noise_sigma)
         total = len(scheduler.timesteps)
         for i, t in enumerate(scheduler.timesteps):
             if cancel is not None and cancel.is_set():
                 raise CancelledError(f"generation cancelled before step {i + 1} of {total}")
             model_in = scheduler.scale_model_input(np.repeat(latents, batch, axis=0), i)
-            feeds = dict(
-                zip(
-                    DENOISER_INPUTS,
-                    (model_in, np.full((batch,), t, np.float32), embeddings, control, scale),
-                    strict=True,
-                )
+            timestep = np.full((batch,), t, np.float32)
+            feeds = self.geometry.denoiser_feeds(
+                model_in, timestep, embeddings, control, controlnet_scale, guidance_scale
             )
             noise = self.run_graph("denoiser", feeds)
             if guided:
@@ -342,6 +332,9 @@ class OnnxControlNetPipeline:
             "available_precisions": self.available_precisions,
             "model_format": self.model_format,
             "scheduler": self.scheduler_name,
+            "recommended_steps": self.default_steps,
+            "recommended_guidance_scale": self.default_guidance_scale,
+            "guidance_embedded": self.geometry.guidance_embedded,
             "resolution": self.resolution,
             "size_multiple": self.size_multiple,
             "preprocessor": self.model.pipeline.get("preprocessor"),

@@ -53,6 +53,8 @@ async function loadModel() {
     fillSizes($("width"), limits.min_output_side, limits.max_output_side, limits.size_multiple, model.resolution);
     fillSizes($("height"), limits.min_output_side, limits.max_output_side, limits.size_multiple, model.resolution);
     $("steps").max = String(limits.max_steps);
+    $("steps").value = String(Math.min(model.recommended_steps, limits.max_steps));
+    $("guidance").value = String(model.recommended_guidance_scale);
     $("preprocessor").replaceChildren(...limits.preprocessors.map((p) => new Option(p, p)));
     $("preprocessor").value = model.preprocessor && limits.preprocessors.includes(model.preprocessor) ? model.preprocessor : limits.preprocessors[0];
     $("generate").disabled = false;

@@ -11,11 +11,11 @@ import torch
 from refine_control.export.onnx_export import (
     TextEncoderGraph,
     VaeDecoderGraph,
-    export_text_encoder,
-    export_vae_decoder,
+    export_graph,
     load_student,
     read_run_config,
 )
+from refine_control.export.spec import SPECS
 
 
 def _session(path: Path):
@@ -24,11 +24,20 @@ def _session(path: Path):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
+def _export_dynamo(student, graph: str, path: Path) -> None:
+    geometry = student.geometry
+    example = tuple(torch.from_numpy(v) for v in geometry.example_feeds(graph).values())
+    spec = SPECS[graph]
+    export_graph(
+        student.graph_module(graph), example, path, spec, geometry, "dynamo", 18, spec.dynamic_shapes(geometry)
+    )
+
+
 def test_dynamo_text_encoder_and_vae_decoder(exported: dict, tmp_path: Path):
     run = Path(exported["run"])
     student = load_student(run, read_run_config(run))
-    export_text_encoder(student, tmp_path / "text_encoder.onnx", "dynamo", 18)
-    export_vae_decoder(student, tmp_path / "vae_decoder.onnx", "dynamo", 18)
+    _export_dynamo(student, "text_encoder", tmp_path / "text_encoder.onnx")
+    _export_dynamo(student, "vae_decoder", tmp_path / "vae_decoder.onnx")
     rng = np.random.default_rng(0)
 
     ids = rng.integers(0, 49407, (3, 77)).astype(np.int64)  # another batch size than the example's

@@ -5,7 +5,8 @@ import time
 
 import numpy as np
 
-from refine_control.serve.engine import GenerationCancelledError, GenerationParams, run_preprocessor
+from refine_control.serve.engine import GenerationParams, run_preprocessor
+from refine_control.serve.runtime.pipeline import CancelledError
 
 
 class FakeEngine:
@@ -15,6 +16,7 @@ class FakeEngine:
         self.resolution = resolution
         self.size_multiple = size_multiple
         self.default_preprocessor = "canny"
+        self.default_steps, self.default_guidance_scale = 20, 7.5
         self.step_s = step_s
         self.gate: threading.Event | None = None
         self.started = threading.Event()
@@ -31,6 +33,8 @@ class FakeEngine:
             "resolution": self.resolution,
             "size_multiple": self.size_multiple,
             "preprocessor": "canny",
+            "recommended_steps": self.default_steps,
+            "recommended_guidance_scale": self.default_guidance_scale,
         }
 
     def preprocess(self, image: np.ndarray, name: str, seed: int = 0) -> np.ndarray:
@@ -46,7 +50,7 @@ class FakeEngine:
             self.gate.wait(30)
         for i in range(params.steps):
             if cancel.is_set():
-                raise GenerationCancelledError("cancelled")
+                raise CancelledError("cancelled")
             time.sleep(self.step_s)
             progress(i + 1, params.steps)
         rng = np.random.default_rng(params.seed)

@@ -180,7 +180,7 @@ def test_non_object_and_unknown_fields_are_422(fake_client):
 
 
 # ------------------------------------------------------------------------------------------------ fields
-@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity", "1e308", "-1", '"7.5"', "true", "null"])
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity", "1e308", "-1", '"7.5"', "true"])
 def test_guidance_must_be_finite_and_in_range(fake_client, token):
     raw = json.dumps(body()).replace('"steps": 2', f'"steps": 2, "guidance_scale": {token}')
     data = assert_error(post_raw(fake_client, raw), 422, "invalid_request")
@@ -193,9 +193,25 @@ def test_controlnet_scale_bounds(fake_client, token):
     assert_error(post_raw(fake_client, raw), 422, "invalid_request")
 
 
-@pytest.mark.parametrize("value", [0, -1, MAX_STEPS + 1, 10**9, 2**63, 1.5, "10", True, None])
+@pytest.mark.parametrize("value", [0, -1, MAX_STEPS + 1, 10**9, 2**63, 1.5, "10", True])
 def test_steps_range_and_type(fake_client, value):
     assert_error(fake_client.post("/v1/generate", json=body(steps=value)), 422, "invalid_request")
+
+
+def test_omitted_or_null_steps_and_guidance_take_the_models_recommendation():
+    engine = FakeEngine()
+    engine.default_steps, engine.default_guidance_scale = 3, 2.5
+    seen = []
+    generate = engine.generate
+    engine.generate = lambda params, *args: (seen.append(params), generate(params, *args))[1]
+    with make_client(engine) as client:
+        card = client.get("/v1/models").json()["models"][0]
+        assert (card["recommended_steps"], card["recommended_guidance_scale"]) == (3, 2.5)
+        request = {k: v for k, v in body().items() if k != "steps"}
+        assert client.post("/v1/generate", json=request).status_code == 200
+        assert client.post("/v1/generate", json={**request, "steps": None, "guidance_scale": None}).status_code == 200
+        assert client.post("/v1/generate", json={**request, "steps": 7, "guidance_scale": 1.0}).status_code == 200
+    assert [(p.steps, p.guidance_scale) for p in seen] == [(3, 2.5), (3, 2.5), (7, 1.0)]
 
 
 def test_steps_setting_lowers_the_cap():

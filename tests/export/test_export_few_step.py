@@ -1,0 +1,92 @@
+"""Export of a few-step, guidance-distilled student (`refine-distill --from RUN --few-step`, then --tiny-decoder):
+the denoiser graph takes the guidance scale as an input, the runtime samples it with its numpy LCM scheduler in
+one batch-1 pass per step, and the manifest carries the student's recommended steps."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from refine_control.cli import main as distill
+from refine_control.export.cli import main as export
+from refine_control.export.onnx_export import load_student, read_run_config
+from refine_control.serve.runtime import OnnxControlNetPipeline
+from refine_control.serve.runtime.session import ort_session
+
+
+@pytest.fixture(scope="module")
+def few_step_model(tiny_run_dir, tmp_path_factory) -> tuple[Path, Path]:
+    """(run, model): a 2-step student with a tiny VAE, exported with the default (dynamo) exporter and --int8."""
+    base = tmp_path_factory.mktemp("few-step")
+    common = ["--batch-size", "2", "-q"]
+    fs, tiny = base / "fs", base / "fs-tiny"
+    assert distill(["--from", str(tiny_run_dir), "--few-step", "-o", str(fs), "--max-steps", "3",
+                    "--sampling-steps", "2", *common]) == 0  # fmt: skip
+    assert distill(["--from", str(fs), "--tiny-decoder", "-o", str(tiny), "--max-steps", "3", *common]) == 0
+    model = base / "model"
+    args = ["--int8", "--calibration-samples", "2", "--parity-samples", "2", "--threads", "1", "-q"]
+    assert export([str(tiny), "-o", str(model), *args]) == 0
+    return tiny, model
+
+
+def test_manifest_records_guidance_input_and_recommended_steps(few_step_model):
+    _, model = few_step_model
+    manifest = json.loads((model / "manifest.json").read_text())
+    facts = manifest["pipeline"]
+    assert facts["guidance_embedding_dim"] == 256 and facts["recommended_sampling"] == {
+        "steps": 2,
+        "guidance_scale": 3.0,
+    }
+    assert facts["scheduler"] == "LCMScheduler"
+    for precision in ("fp32", "int8"):
+        inputs = manifest["graphs"]["denoiser"][precision]["onnx"]["inputs"]
+        assert [i["name"] for i in inputs][-1] == "guidance_scale" and len(inputs) == 6
+        assert isinstance(inputs[-1]["shape"][0], str)  # a dynamic batch axis
+    parity = json.loads((model / "parity.json").read_text())
+    assert parity["passed"] and parity["settings"]["steps"] == 2  # the recommendation drove parity too
+    assert manifest["export"]["exporter"] == "dynamo"
+
+
+def test_guidance_input_matches_pytorch_at_several_scales(few_step_model):
+    """The exported denoiser reads the scale like the PyTorch one (diffusers' w-embedding inside the graph)."""
+    run, model = few_step_model
+    student = load_student(run, read_run_config(run))
+    geometry = student.geometry
+    session = ort_session(model / "denoiser.onnx", threads=1)
+    denoiser = student.denoiser()
+    outputs = []
+    for scale in (1.5, 4.0, 8.0):
+        feeds = geometry.example_feeds("denoiser", batch=3)  # not the example batch the export traced
+        feeds["guidance_scale"] = np.full((3,), scale, np.float32)
+        with torch.inference_mode():
+            ref = denoiser(*(torch.from_numpy(feeds[k]) for k in geometry.inputs("denoiser"))).numpy()
+        out = session.run(None, feeds)[0]
+        assert np.abs(out - ref).max() <= 1e-4
+        outputs.append(out)
+    # The scale reaches the output (the projection trained away from its zero start).
+    assert np.abs(outputs[0] - outputs[2]).max() > 1e-7
+
+
+def test_runtime_samples_in_one_batch1_pass_per_step(few_step_model):
+    _, model = few_step_model
+    pipe = OnnxControlNetPipeline(model, num_threads=1)
+    assert pipe.scheduler_name == "lcm" and pipe.default_steps == 2 and pipe.info()["guidance_embedded"]
+    seen: list[dict[str, np.ndarray]] = []
+    run_graph = pipe.run_graph
+
+    def record(graph, feeds):
+        if graph == "denoiser":
+            seen.append(feeds)
+        return run_graph(graph, feeds)
+
+    pipe.run_graph = record
+    control = np.zeros((16, 16, 3), np.uint8)
+    image = pipe("a red square", control, guidance_scale=5.0, seed=1)
+    assert image.shape == (16, 16, 3) and len(seen) == 2  # the recommended 2 steps
+    assert all(f["sample"].shape[0] == 1 and f["guidance_scale"].tolist() == [5.0] for f in seen)
+    more = []
+    pipe.run_graph = lambda graph, feeds: (more.append(graph), run_graph(graph, feeds))[1]
+    pipe("a red square", control, steps=4, seed=1)  # a request may still ask for more steps
+    assert more.count("denoiser") == 4
