@@ -16,11 +16,10 @@ from typing import Any
 
 from refine_control.cli_utils import offline_env, run_cli, setup_logging
 from refine_control.errors import ConfigError
+from refine_control.export.spec import DEFAULT_OPSET, EXPORTERS, INT8_OP_TYPES
 
 logger = logging.getLogger(__name__)
 
-EXPORTERS = ("dynamo", "torchscript")
-INT8_OP_TYPES = ("Conv", "MatMul", "Gemm")  # must match export.quantize.CANDIDATE_OP_TYPES (a test checks)
 _NOT_CONFIG = ("verbose", "quiet")
 
 
@@ -37,7 +36,7 @@ class ExportConfig:
     guidance_scale: float | None = None  # None: likewise, else 7.5
     int8_op_types: tuple[str, ...] | None = None  # None: measure which types run faster in INT8 here
     exporter: str = "dynamo"
-    opset: int = 18
+    opset: int = DEFAULT_OPSET
     data: Path | None = None
     threads: int | None = None
     overwrite: bool = False
@@ -123,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"'auto' (keep the node types measured faster in INT8 here) or a list of {','.join(INT8_OP_TYPES)}",
     )
     parser.add_argument("--exporter", choices=EXPORTERS, default="dynamo", help="torch.onnx exporter (default dynamo)")
-    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset. Default: %(default)s")
     parser.add_argument("--data", type=Path, default=None, help="captioned image folder (default: the run's own)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime and PyTorch")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing model dir (only on success)")

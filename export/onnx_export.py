@@ -28,7 +28,6 @@ from refine_control.serve.runtime.layout import graph_file
 
 logger = logging.getLogger(__name__)
 
-EXPORTERS = ("dynamo", "torchscript")
 # Above this many parameter bytes a graph is written with external data (protobuf's 2 GiB limit).
 EXTERNAL_DATA_BYTES = 1_800_000_000
 

@@ -25,12 +25,12 @@ from typing import Any
 import numpy as np
 
 from refine_control.errors import ExportError
+from refine_control.export.spec import INT8_OP_TYPES
 from refine_control.serve.runtime.session import ort_session
 from refine_control.serve.runtime.timing import measure
 
 logger = logging.getLogger(__name__)
 
-CANDIDATE_OP_TYPES = ("Conv", "MatMul", "Gemm")
 MIN_SPEEDUP = 1.05
 # Largest error an op type alone may add to the noise prediction (unit variance), as a fraction of the FP32
 # output's standard deviation on captured inputs. Measured on the built-in student: MatMul alone 0.03 (images
@@ -88,7 +88,7 @@ def _preprocess(fp32: Path, out: Path) -> dict[str, list[str]]:
         quant_pre_process(str(fp32), str(out), skip_symbolic_shape=True)
     model = onnx.load(str(out))
     initializers = {t.name for t in model.graph.initializer}
-    groups: dict[str, list[str]] = {op: [] for op in CANDIDATE_OP_TYPES}
+    groups: dict[str, list[str]] = {op: [] for op in INT8_OP_TYPES}
     used = {n.name for n in model.graph.node if n.name}
     for i, node in enumerate(model.graph.node):
         if not node.name or node.name in groups:
@@ -201,9 +201,9 @@ def quantize_int8(
                     ", ".join(chosen),
                 )
         else:
-            unknown = sorted(set(op_types) - set(CANDIDATE_OP_TYPES))
+            unknown = sorted(set(op_types) - set(INT8_OP_TYPES))
             if unknown:
-                raise ExportError(f"cannot quantise op types {unknown}; choose from {', '.join(CANDIDATE_OP_TYPES)}")
+                raise ExportError(f"cannot quantise op types {unknown}; choose from {', '.join(INT8_OP_TYPES)}")
             chosen = [op for op in op_types if op in groups]
             faster = None
         if not chosen:

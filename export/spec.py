@@ -15,6 +15,8 @@ from refine_control.serve.runtime.layout import (
 )
 
 DEFAULT_OPSET = 18
+EXPORTERS = ("dynamo", "torchscript")  # torch.onnx's two; dynamo is the default, TorchScript a fast fallback
+INT8_OP_TYPES = ("Conv", "MatMul", "Gemm")  # node types the INT8 quantiser may quantise (measured per type)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from refine_control import __version__
 from refine_control.serve.deps import validation_detail
-from refine_control.serve.engine import Engine, load_engine, warm_up
+from refine_control.serve.engine import Engine, load_engine
 from refine_control.serve.jobs import JobManager
 from refine_control.serve.redact import install_access_log_redaction, redact_path
 from refine_control.serve.routes import api_router, health, page
@@ -80,16 +80,7 @@ def create_app(settings: ServeSettings | None = None, engine: Engine | None = No
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         loaded = engine
         if loaded is None:
-            loaded = await run_in_threadpool(
-                load_engine,
-                settings.model_dir,
-                settings.precision,
-                model_format=settings.model_format,
-                scheduler=settings.scheduler,
-                threads=settings.threads,
-            )
-            if settings.warmup:
-                await run_in_threadpool(warm_up, loaded)
+            loaded = await run_in_threadpool(load_engine, settings)
         app.state.engine = loaded
         app.state.jobs = JobManager(loaded, settings)
         try:

@@ -153,17 +153,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_from_args(args)
         logging.getLogger().setLevel(settings.log_level.upper())
         check_exposure(settings)
-        from refine_control.serve.engine import load_engine, warm_up
+        from refine_control.serve.engine import load_engine
 
-        engine = load_engine(
-            settings.model_dir,
-            settings.precision,
-            model_format=settings.model_format,
-            scheduler=settings.scheduler,
-            threads=settings.threads,
-        )
-        if settings.warmup:
-            warm_up(engine)
+        engine = load_engine(settings)
     except RefineError as err:
         logger.error("%s", err)
         if err.hint:

@@ -9,13 +9,16 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from refine_control.errors import ConfigError
 from refine_control.preprocess import get_preprocessor
 from refine_control.serve.runtime.pipeline import CancelToken
+
+if TYPE_CHECKING:
+    from refine_control.serve.settings import ServeSettings
 
 logger = logging.getLogger(__name__)
 
@@ -132,20 +135,30 @@ class OnnxEngine:
         )
 
 
-def load_engine(model_dir: Path | None, precision: str = "fp32", **kwargs: Any) -> OnnxEngine:
-    """Load a `refine-export` model dir (raises `ConfigError` with a one-line reason when it cannot)."""
-    if model_dir is None:
+def load_engine(settings: "ServeSettings") -> OnnxEngine:
+    """Load the settings' model dir, warmed up unless `settings.warmup` is off (`ConfigError` with a one-line
+    reason when it cannot be loaded)."""
+    if settings.model_dir is None:
         raise ConfigError(
             "no model dir given", hint="pass MODEL (a `refine-export` output dir) or set REFINE_SERVE_MODEL_DIR"
         )
-    engine = OnnxEngine(model_dir, precision, **kwargs)
+    engine = OnnxEngine(
+        settings.model_dir,
+        settings.precision,
+        model_format=settings.model_format,
+        scheduler=settings.scheduler,
+        threads=settings.threads,
+    )
     logger.info(
-        "loaded model %s (%s, %d px, sides in multiples of %d)",
-        Path(model_dir).name,
-        precision,
+        "loaded model %s (%s, %d px, sides in multiples of %d, %d steps by default)",
+        Path(settings.model_dir).name,
+        settings.precision,
         engine.resolution,
         engine.size_multiple,
+        engine.default_steps,
     )
+    if settings.warmup:
+        warm_up(engine)
     return engine
 
 

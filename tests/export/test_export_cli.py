@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from refine_control.errors import ConfigError
-from refine_control.export.cli import INT8_OP_TYPES, ExportConfig, build_parser, main
+from refine_control.export.cli import ExportConfig, build_parser, main
 
 
 def _error_lines(capsys: pytest.CaptureFixture) -> list[str]:
@@ -30,12 +30,6 @@ def test_help_imports_neither_torch_nor_onnx():
 def test_parser_and_config_fields_agree():
     dests = {a.dest for a in build_parser()._actions if a.dest not in ("help", "verbose", "quiet")}
     assert dests == {f.name for f in dataclasses.fields(ExportConfig)}
-
-
-def test_int8_op_type_choices_match_the_quantizer():
-    from refine_control.export.quantize import CANDIDATE_OP_TYPES
-
-    assert tuple(INT8_OP_TYPES) == tuple(CANDIDATE_OP_TYPES)
 
 
 @pytest.mark.parametrize(
