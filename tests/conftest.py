@@ -81,3 +81,29 @@ def tiny_run_dir(tiny_pipeline_dir, tiny_data, tmp_path_factory: pytest.TempPath
     )
     assert code == 0
     return run
+
+
+@pytest.fixture(scope="session")
+def few_step_model(tiny_run_dir, tmp_path_factory: pytest.TempPathFactory):
+    """(run, model): the tiny run made a 2-step, guidance-distilled student with a tiny VAE, exported with the
+    default (dynamo) exporter and --int8. Under pytest-xdist the workers share one, made under a file lock (the
+    manifest is written last, so a present manifest means a complete model dir)."""
+    import fcntl
+
+    from refine_control.cli import main as distill
+    from refine_control.export.cli import main as export
+
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "few-step"
+    root.mkdir(exist_ok=True)
+    fs, tiny, model = root / "fs", root / "fs-tiny", root / "model"
+    with open(root.parent / "few-step.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (model / "manifest.json").is_file():
+            common = ["--batch-size", "2", "--max-steps", "3", "--overwrite", "-q"]
+            assert distill(["--from", str(tiny_run_dir), "--few-step", "-o", str(fs), "--sampling-steps", "2",
+                            *common]) == 0  # fmt: skip
+            assert distill(["--from", str(fs), "--tiny-decoder", "-o", str(tiny), *common]) == 0
+            args = ["--int8", "--calibration-samples", "2", "--parity-samples", "2", "--threads", "1", "-q"]
+            assert export([str(tiny), "-o", str(model), "--overwrite", *args]) == 0
+    return tiny, model

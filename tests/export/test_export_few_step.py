@@ -1,34 +1,16 @@
-"""Export of a few-step, guidance-distilled student (`refine-distill --from RUN --few-step`, then --tiny-decoder):
-the denoiser graph takes the guidance scale as an input, the runtime samples it with its numpy LCM scheduler in
-one batch-1 pass per step, and the manifest carries the student's recommended steps."""
+"""Export of a few-step, guidance-distilled student (`refine-distill --from RUN --few-step`, then --tiny-decoder;
+the `few_step_model` fixture of tests/conftest.py): the denoiser graph takes the guidance scale as an input, the
+runtime samples it with its numpy LCM scheduler in one batch-1 pass per step, and the manifest carries the
+student's recommended steps."""
 
 import json
-from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
-from refine_control.cli import main as distill
-from refine_control.export.cli import main as export
 from refine_control.export.onnx_export import load_student, read_run_config
 from refine_control.serve.runtime import OnnxControlNetPipeline
 from refine_control.serve.runtime.session import ort_session
-
-
-@pytest.fixture(scope="module")
-def few_step_model(tiny_run_dir, tmp_path_factory) -> tuple[Path, Path]:
-    """(run, model): a 2-step student with a tiny VAE, exported with the default (dynamo) exporter and --int8."""
-    base = tmp_path_factory.mktemp("few-step")
-    common = ["--batch-size", "2", "-q"]
-    fs, tiny = base / "fs", base / "fs-tiny"
-    assert distill(["--from", str(tiny_run_dir), "--few-step", "-o", str(fs), "--max-steps", "3",
-                    "--sampling-steps", "2", *common]) == 0  # fmt: skip
-    assert distill(["--from", str(fs), "--tiny-decoder", "-o", str(tiny), "--max-steps", "3", *common]) == 0
-    model = base / "model"
-    args = ["--int8", "--calibration-samples", "2", "--parity-samples", "2", "--threads", "1", "-q"]
-    assert export([str(tiny), "-o", str(model), *args]) == 0
-    return tiny, model
 
 
 def test_manifest_records_guidance_input_and_recommended_steps(few_step_model):

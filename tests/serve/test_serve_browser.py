@@ -125,6 +125,43 @@ def test_page_draw_generate_upload(tiny_model_dir, tmp_path):
     assert audit["connect"] == [] and audit["getaddrinfo"] == [], audit
 
 
+def test_page_uses_a_few_step_students_recommendation(few_step_model, tmp_path):
+    """A few-step student's page starts at its recommended steps and guidance, and draws what the API draws for a
+    request that names neither."""
+    server = start_server(few_step_model[1], tmp_path / "srv", "--no-access-log")
+    browser = Browser(CHROMIUM, tmp_path / "chrome-profile")
+    try:
+        page = Page(browser)
+        page.navigate(server.url + "/")
+        wait_status(page, "Ready.")
+        assert page.eval("document.getElementById('steps').value") == "2"
+        assert float(page.eval("document.getElementById('guidance').value")) == 3.0
+        x, y = page.center("#sketch")
+        page.drag([(x - 60 + 6 * i, y - 40 + 4 * i) for i in range(20)])
+        page.type_into("#prompt", "a blue square")
+        page.eval("document.getElementById('seed').value = '7'")
+        start_generation(page)
+        wait_status(page, "Done.")
+        assert page.eval("document.getElementById('progress').value") == 2
+        shown = page.eval(
+            "(() => { const img = document.getElementById('result'); const c = document.createElement('canvas');"
+            " c.width = img.naturalWidth; c.height = img.naturalHeight; const g = c.getContext('2d');"
+            " g.drawImage(img, 0, 0); return Array.from(g.getImageData(0, 0, c.width, c.height).data); })()"
+        )
+        canvas = page.eval("document.getElementById('sketch').toDataURL('image/png').split(',')[1]")
+        with server.client() as client:
+            direct = client.post("/v1/generate", json={"prompt": "a blue square", "control_image": canvas, "seed": 7})
+        expected = np.asarray(Image.open(io.BytesIO(direct.content)).convert("RGBA"))
+        assert np.array_equal(np.asarray(shown, np.uint8).reshape(expected.shape), expected)
+    except Exception:
+        print(server.log()[-4000:])
+        raise
+    finally:
+        browser.close()
+        code = server.stop()
+    assert code == 0
+
+
 def test_page_asks_for_the_token(tiny_model_dir, tmp_path):
     token = "page-token-" + "z" * 24
     server = start_server(tiny_model_dir, tmp_path / "srv", "--no-access-log", token=token)
