@@ -78,15 +78,9 @@ class Student:
 
 def load_student(run: Path, config: dict[str, Any]) -> Student:
     """Load RUN/student with diffusers (local files only) and refuse features the fused graph does not carry."""
-    from diffusers import StableDiffusionControlNetPipeline
+    from refine_control.evaluation.generate import load_pipeline
 
-    try:
-        pipeline = StableDiffusionControlNetPipeline.from_pretrained(
-            run / "student", safety_checker=None, requires_safety_checker=False, local_files_only=True
-        )
-    except Exception as err:  # diffusers/transformers raise many types for a broken dir
-        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ConfigError(f"could not load the student from {run / 'student'}: {first_line}") from err
+    pipeline = load_pipeline(run / "student")
     unet_cfg, cn_cfg = pipeline.unet.config, pipeline.controlnet.config
     unsupported = [
         (getattr(unet_cfg, "addition_embed_type", None) is not None, "added conditioning (SDXL-style)"),

@@ -57,7 +57,7 @@ def load_pipeline(path: str | Path, controlnet: str | Path | None = None) -> Sta
             path, torch_dtype=torch.float32, local_files_only=True, safety_checker=None, requires_safety_checker=False,
             **extra,
         )  # fmt: skip
-    except (OSError, ValueError, TypeError, KeyError) as err:
+    except Exception as err:  # diffusers, transformers and safetensors raise many types for a broken dir
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"could not load a ControlNet pipeline from {path}: {first}") from err
     pipeline.set_progress_bar_config(disable=True)
