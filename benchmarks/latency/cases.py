@@ -160,6 +160,8 @@ def build(spec: ModelSpec, teacher: Any, resolution: int | None, device: str = "
     torch.manual_seed(0)
     with torch.device(device):
         unet, controlnet = build_student(teacher.unet, teacher.controlnet, STUDENT_PRESETS.get(spec.preset or ""))
+        if unet is teacher.unet and unet.device != torch.device(device):  # a controlnet-* preset shares the UNet
+            unet = type(unet).from_config(unet.config)
         if spec.few_step:
             unet = with_guidance_input(unet)
     scheduler = LCMScheduler.from_config(teacher.scheduler.config) if spec.few_step else teacher.scheduler

@@ -74,6 +74,9 @@ def pytorch_case(job: dict[str, Any]) -> dict[str, Any]:
         teacher = teacher_pipeline(spec.source, denoiser_device=owned, components_device=owned)
     student = build(spec, teacher, job["resolution"])
     modules = {graph: student.graph_module(graph) for graph in ("denoiser", "text_encoder", "vae_decoder")}
+    timed = ["denoiser", *(["text_encoder", "vae_decoder"] if job["text_batches"] else [])]
+    if any(p.is_meta for graph in timed for p in modules[graph].parameters()):
+        raise RuntimeError(f"{spec.name}: a timed module has no weights (built on the meta device)")
 
     def call(graph: str, inputs: dict[str, Any]) -> Any:
         return modules[graph](*(torch.from_numpy(v) for v in inputs.values()))
