@@ -52,6 +52,7 @@ def plot_quality(points: list[dict[str, Any]], metric: str, path: Path) -> bool:
     Returns False (and draws nothing) when matplotlib is not installed."""
     try:
         import matplotlib
+        import matplotlib.ticker
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
@@ -70,6 +71,7 @@ def plot_quality(points: list[dict[str, Any]], metric: str, path: Path) -> bool:
     ax.set(
         xscale="log", xlabel="seconds per image (as each model samples)", ylabel=metric, title=f"{metric} vs latency"
     )
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # labelled minor ticks overlap on a log axis
     ax.legend()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
