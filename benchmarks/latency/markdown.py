@@ -27,71 +27,63 @@ def _header(report: dict[str, Any]) -> list[str]:
         + ", ".join(f"{k} {v:.0f}" for k, v in peaks["fp32_by_kernel"].items())
         + f"), INT8 {peaks['int8_gops']:.0f} GOP/s (ORT MatMulInteger)",
         f"- MACs: {report['counter']}",
-        "",
     ]
+
+
+def _table(title: str, header: list[str], rows: list[list[str]]) -> list[str]:
+    from refine_control.results import markdown_table
+
+    return ["", title, "", markdown_table(header, rows)]
 
 
 def step_table(report: dict[str, Any]) -> list[str]:
-    lines = [
-        "Per denoiser step (batch 1, and batch 2 = a classifier-free guidance pair):",
-        "",
-        "| model | size | runtime | params (M) | GMAC/step | file (MB) | step ms b1 (med / p90) | step ms b2 "
-        "(med / p90) | GFLOP/s | % of peak | peak RSS (MB) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for case in report["cases"]:
-        if "denoiser" not in case:
-            continue
+    header = ["model", "size", "runtime", "params (M)", "GMAC/step", "file (MB)", "step ms b1 (med / p90)"]
+    header += ["step ms b2 (med / p90)", "GFLOP/s", "% of peak", "peak RSS (MB)"]
+    rows = []
+    for case in (c for c in report["cases"] if "denoiser" in c):
         info = report["models"][case["model"]]
-        batch = info["sampling"]["batch"]
         key = {"pytorch": None, "ort-fp32": "denoiser", "ort-int8": "denoiser_int8"}[case["runtime"]]
         mb = info["files"].get(key, {}).get("mb") if key else info["params"]["denoiser"] * 4 / 1e6
         for size, row in case["denoiser"].items():
-            rate = achieved(report, case, size, batch)
-            lines.append(
-                f"| {case['model']} | {size} | {case['runtime']} | {info['params']['denoiser'] / 1e6:.1f} "
-                f"| {info['macs'][size]['step'] / 1e9:.3f} | {'-' if mb is None else f'{mb:.1f}'} "
-                f"| {_ms(row.get('1'))} | {_ms(row.get('2'))} | {rate['gflops']:.1f} "
-                f"| {100 * rate['fraction_of_peak']:.1f}% | {case['peak_rss_mb']:.0f} |"
-            )
-    return lines
+            rate = achieved(report, case, size, info["sampling"]["batch"])
+            rows.append(
+                [
+                    case["model"], size, case["runtime"], f"{info['params']['denoiser'] / 1e6:.1f}",
+                    f"{info['macs'][size]['step'] / 1e9:.3f}", "-" if mb is None else f"{mb:.1f}",
+                    _ms(row.get("1")), _ms(row.get("2")), f"{rate['gflops']:.1f}",
+                    f"{100 * rate['fraction_of_peak']:.1f}%", f"{case['peak_rss_mb']:.0f}",
+                ]
+            )  # fmt: skip
+    return _table("Per denoiser step (batch 1, and batch 2 = a classifier-free guidance pair):", header, rows)
 
 
 def image_table(report: dict[str, Any]) -> list[str]:
-    lines = [
-        "",
-        "Per image, as each model samples (text encoder + steps × step + VAE decode):",
-        "",
-        "| model | size | runtime | steps × batch | text encoder ms | denoising ms | VAE decode ms | image s "
-        "| VAE share | GMAC | teacher ÷ model (same runtime) | teacher ORT FP32 ÷ model |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in report["per_image"]:
-        lines.append(
-            f"| {r['model']} | {r['size']} | {r['runtime']} | {r['steps']} × {r['batch']} "
-            f"| {r['text_encoder_s'] * 1e3:.1f} | {r['denoise_s'] * 1e3:.1f} | {r['vae_decode_s'] * 1e3:.1f} "
-            f"| {r['image_s']:.3g} | {100 * r['vae_share']:.0f}% | {r['gmacs_image']:.2f} "
-            f"| {_x(r['teacher_over_model'])} | {_x(r['teacher_ort_fp32_over_model'])} |"
-        )
-    return lines
+    header = ["model", "size", "runtime", "steps × batch", "text encoder ms", "denoising ms", "VAE decode ms"]
+    header += ["image s", "VAE share", "GMAC", "teacher ÷ model (same runtime)", "teacher ORT FP32 ÷ model"]
+    rows = [
+        [
+            r["model"], str(r["size"]), r["runtime"], f"{r['steps']} × {r['batch']}", f"{r['text_encoder_s'] * 1e3:.1f}",
+            f"{r['denoise_s'] * 1e3:.1f}", f"{r['vae_decode_s'] * 1e3:.1f}", f"{r['image_s']:.3g}",
+            f"{100 * r['vae_share']:.0f}%", f"{r['gmacs_image']:.2f}", _x(r["teacher_over_model"]),
+            _x(r["teacher_ort_fp32_over_model"]),
+        ]
+        for r in report["per_image"]
+    ]  # fmt: skip
+    return _table("Per image, as each model samples (text encoder + steps × step + VAE decode):", header, rows)
 
 
 def ratio_table(report: dict[str, Any]) -> list[str]:
-    lines = [
-        "",
-        "Ratios per step, like for like (> 1 means the second is faster / smaller):",
-        "",
-        "| model | size | batch | MACs teacher/model | latency teacher/model (PyTorch, ORT FP32, ORT INT8) "
-        "| PyTorch/ORT FP32 | ORT FP32/INT8 | PyTorch FP32/ORT INT8 |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in report["ratios"]:
-        lat = ", ".join(_x(r["latency_teacher_over_model"][k]) for k in RUNTIMES)
-        lines.append(
-            f"| {r['model']} | {r['size']} | {r['batch']} | {r['macs_teacher_over_model']:.2f}× | {lat} "
-            f"| {_x(r['pytorch_over_ort_fp32'])} | {_x(r['ort_fp32_over_ort_int8'])} | {_x(r['pytorch_over_ort_int8'])} |"
-        )
-    return lines
+    header = ["model", "size", "batch", "MACs teacher/model", "latency teacher/model (PyTorch, ORT FP32, ORT INT8)"]
+    header += ["PyTorch/ORT FP32", "ORT FP32/INT8", "PyTorch FP32/ORT INT8"]
+    rows = [
+        [
+            r["model"], str(r["size"]), str(r["batch"]), f"{r['macs_teacher_over_model']:.2f}×",
+            ", ".join(_x(r["latency_teacher_over_model"][k]) for k in RUNTIMES), _x(r["pytorch_over_ort_fp32"]),
+            _x(r["ort_fp32_over_ort_int8"]), _x(r["pytorch_over_ort_int8"]),
+        ]
+        for r in report["ratios"]
+    ]  # fmt: skip
+    return _table("Ratios per step, like for like (> 1 means the second is faster / smaller):", header, rows)
 
 
 def markdown(report: dict[str, Any]) -> str:
