@@ -1,58 +1,166 @@
-"""benchmarks/latency.py runs on a tiny teacher and writes a valid report; no assertion is made on time."""
+"""benchmarks/latency/ on a tiny teacher, a preset and a trained few-step run (one quick benchmark run shared by the
+tests): valid JSON, markdown and result file, and per-image figures that match a hand computation from the timed
+parts. No assertion is made on time itself."""
 
+import contextlib
+import importlib
 import importlib.util
+import io
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "latency.py"
+REPO = Path(__file__).resolve().parents[1]
+QUICK_STEPS = 2  # --quick: the teacher's and ordinary students' steps per image
+FEW_STEPS = 3  # the few-step run's recommended steps (--sampling-steps), different from QUICK_STEPS on purpose
 
 
 @pytest.fixture(scope="module")
-def latency():
-    spec = importlib.util.spec_from_file_location("latency_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def cli():
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    return importlib.import_module("benchmarks.latency.cli")
 
 
-def test_quick_run_writes_json_markdown_and_plot(latency, tiny_pipeline_dir, tmp_path, monkeypatch):
-    # Passive OpenMP waiting: active spinning of busy-waiting threads is very slow on a shared, loaded machine.
-    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
-    quality = tmp_path / "eval.json"
+@pytest.fixture(scope="module")
+def few_step_run(tiny_run_dir, tmp_path_factory):
+    from refine_control.cli import main as distill
+
+    out = tmp_path_factory.mktemp("few-step") / "fs"
+    args = ["--from", str(tiny_run_dir), "--few-step", "-o", str(out), "--max-steps", "2"]
+    assert distill([*args, "--sampling-steps", str(FEW_STEPS), "--batch-size", "2", "-q"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def bench(cli, tiny_pipeline_dir, few_step_run, tmp_path_factory):
+    """One quick run: teacher (PyTorch; its text encoder and VAE in ORT too), compact-tiny (PyTorch), the few-step
+    run (every runtime: its denoiser is the only one exported, which keeps the test fast)."""
+    tmp = tmp_path_factory.mktemp("bench")
+    quality = tmp / "eval.json"
     quality.write_text(
         json.dumps({"target": "x", "metrics": {"edge_f1": 0.4}, "columns": {"teacher": {"edge_f1": 0.5}}})
     )
-    out = tmp_path / "bench.json"
-    args = ["--teacher", str(tiny_pipeline_dir), "--quick", "--presets", "compact-tiny", "--json", str(out)]
-    args += ["--markdown", str(tmp_path / "bench.md"), "--quality", f"compact-tiny={quality}"]
-    assert latency.main(args) == 0
+    args = ["--teacher", str(tiny_pipeline_dir), "--quick", "--presets", "compact-tiny", "--run", f"fs={few_step_run}"]
+    args += ["--ort-models", "fs", "--quality", f"compact-tiny={quality}", "--json", str(tmp / "bench.json")]
+    args += [
+        "--markdown",
+        str(tmp / "bench.md"),
+        "--results-name",
+        "latency/test",
+        "--results-dir",
+        str(tmp / "results"),
+    ]
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = cli.main(args)
+    assert code == 0, stdout.getvalue()
+    return tmp, json.loads((tmp / "bench.json").read_text()), stdout.getvalue()
 
-    report = json.loads(out.read_text())
-    assert set(report["models"]) == {"teacher", "compact-tiny"}
+
+def _case(report, model, runtime):
+    (case,) = [c for c in report["cases"] if c["model"] == model and c["runtime"] == runtime]
+    return case
+
+
+def _image(report, model, runtime):
+    (row,) = [r for r in report["per_image"] if r["model"] == model and r["runtime"] == runtime]
+    return row
+
+
+def test_report_json_markdown_and_result_file(bench):
+    tmp, report, stdout = bench
+    assert set(report["models"]) == {"teacher", "compact-tiny", "fs"}
     assert report["peaks"]["fp32_gflops"] > 0 and report["peaks"]["int8_gops"] > 0
     assert report["machine"]["threads"] == 2 and report["machine"]["cpu"]
     size = str(report["config"]["sizes"][0])
-    for info in report["models"].values():
-        assert info["params"]["denoiser"] > 0 and info["macs"][size]["step"] > 0
-        assert info["files"]["denoiser_fp32"]["mb"] > 0 and info["files"]["denoiser_int8"]["mb"] > 0
-    assert report["models"]["compact-tiny"]["macs"][size]["step"] < report["models"]["teacher"]["macs"][size]["step"]
-    cases = {(c["model"], c["runtime"]): c for c in report["cases"]}
-    assert set(cases) == {(m, r) for m in report["models"] for r in latency.RUNTIMES}
-    for case in cases.values():
-        row = case["sizes"][size]
-        assert 0 < row["step"]["median_s"] <= row["step"]["p90_s"]
-        assert row["step_cfg"]["n"] == 2 and case["peak_rss_mb"] > 0
-    assert set(report["components"]["teacher"]) == {"pytorch", "ort-fp32"}
-    assert len(report["per_image"]) == 6 and all(r["image_cfg_s"] > 0 for r in report["per_image"])
-    assert {r["model"] for r in report["ratios"]} == {"teacher", "compact-tiny"}
-    assert report["headline"]["fewest_macs"]["model"] == "compact-tiny"
-    assert {p["model"] for p in report["quality"]["points"]} == {"teacher", "compact-tiny"}
+    teacher, preset = report["models"]["teacher"], report["models"]["compact-tiny"]
+    assert preset["macs"][size]["step"] < teacher["macs"][size]["step"]
+    # ONNX files written by the project's exporter and quantiser: every graph of the run, the teacher's text encoder
+    # and VAE decoder (its denoiser is not in --ort-models), nothing for the preset (it uses the teacher's).
+    files = {name: info["files"] for name, info in report["models"].items()}
+    assert set(files["fs"]) == {"denoiser", "denoiser_int8", "text_encoder", "vae_decoder"}
+    assert set(files["teacher"]) == {"text_encoder", "vae_decoder"} and files["compact-tiny"] == {}
+    assert all(f["mb"] > 0 for model in files.values() for f in model.values())
+    assert "not in --ort-models" in _case(report, "compact-tiny", "ort-fp32")["skipped"]
+    assert "not in --ort-models" in _case(report, "teacher", "ort-int8")["skipped"]
+    row = _case(report, "teacher", "pytorch")["denoiser"][size]
+    assert set(row) == {"1", "2"} and row["2"]["n"] == 2 and row["2"]["median_s"] <= row["2"]["p90_s"]
+    # The text encoder and VAE run in PyTorch and ORT FP32 only: `refine-export --int8` ships them in FP32.
+    assert {"text_encoder", "vae_decode"} <= set(_case(report, "teacher", "ort-fp32"))
+    assert "vae_decode" not in _case(report, "fs", "ort-int8")
 
-    table = (tmp_path / "bench.md").read_text()
-    assert "| compact-tiny |" in table and "ort-int8" in table and "Ratios" in table
-    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = (tmp / "bench.md").read_text()
+    assert "| compact-tiny |" in table and "| fs | " in table and "3 × 1" in table and "Per image" in table
+    result = json.loads((tmp / "results" / "latency" / "test.json").read_text())
+    assert (result["group"], result["name"], result["seed"]) == ("latency", "test", 0)
+    assert result["command"].startswith("python benchmarks/latency.py --teacher") and result["wall_s"] > 0
+    assert result["metrics"]["per_image"] == report["per_image"] and result["config"]["sizes"] == [int(size)]
+    if importlib.util.find_spec("matplotlib") is None:
+        assert "plot skipped: matplotlib is not installed" in stdout and ".[plot]" in stdout
+        assert not (tmp / "bench.png").exists()
+    else:
+        assert (tmp / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_per_image_matches_a_hand_computation(bench):
+    """Teacher: text encoder at batch 2 + 2 CFG steps at batch 2 + one decode. A preset: its own step, the teacher's
+    text encoder and VAE. ORT INT8: the INT8 step with the run's ORT FP32 text encoder and VAE."""
+    _, report, _ = bench
+    size = str(report["config"]["sizes"][0])
+
+    def median(case, *keys):
+        for key in keys:
+            case = case[key]
+        return case["median_s"]
+
+    parts = _case(report, "teacher", "pytorch")
+    te, vae = median(parts, "text_encoder", "2"), median(parts, "vae_decode", size)
+    step = median(parts, "denoiser", size, "2")
+    assert _image(report, "teacher", "pytorch")["image_s"] == pytest.approx(te + 2 * step + vae, rel=1e-12)
+    preset_step = median(_case(report, "compact-tiny", "pytorch"), "denoiser", size, "2")
+    expected = median(parts, "text_encoder", "2") + 2 * preset_step + median(parts, "vae_decode", size)
+    assert _image(report, "compact-tiny", "pytorch")["image_s"] == pytest.approx(expected, rel=1e-12)
+    fp32 = _case(report, "fs", "ort-fp32")
+    int8_step = median(_case(report, "fs", "ort-int8"), "denoiser", size, "1")
+    expected = median(fp32, "text_encoder", "1") + 3 * int8_step + median(fp32, "vae_decode", size)
+    assert _image(report, "fs", "ort-int8")["image_s"] == pytest.approx(expected, rel=1e-12)
+    # MACs per image: text encoder ×2, 2 steps ×2, one decode.
+    macs = report["models"]["teacher"]["macs"][size]
+    gmacs = (2 * macs["text_encoder"] + 4 * macs["step"] + macs["vae_decode"]) / 1e9
+    assert _image(report, "teacher", "pytorch")["gmacs_image"] == pytest.approx(gmacs)
+
+
+def test_few_step_run_is_timed_at_batch_1_with_its_recommended_steps(bench):
+    _, report, _ = bench
+    size = str(report["config"]["sizes"][0])
+    fs = report["models"]["fs"]
+    assert fs["geometry"]["guidance_embedding_dim"] is not None  # the denoiser takes a 6th input, guidance_scale
+    assert fs["sampling"] == {"steps": FEW_STEPS, "batch": 1, "guidance_scale": 3.0, "guidance": "embedded"}
+    for runtime in ("pytorch", "ort-fp32", "ort-int8"):
+        case = _case(report, "fs", runtime)
+        assert set(case["denoiser"][size]) == {"1"}  # one pass per step, no guidance pair
+    own = _case(report, "fs", "ort-fp32")  # its own text encoder (batch 1) and VAE decoder
+    assert set(own["text_encoder"]) == {"1"}
+    te, vae = own["text_encoder"]["1"]["median_s"], own["vae_decode"][size]["median_s"]
+    step = own["denoiser"][size]["1"]["median_s"]
+    image = te + FEW_STEPS * step + vae
+    row = _image(report, "fs", "ort-fp32")
+    assert (row["steps"], row["batch"]) == (FEW_STEPS, 1)
+    assert row["image_s"] == pytest.approx(image, rel=1e-12)
+    assert row["vae_share"] == pytest.approx(vae / image, rel=1e-12)
+    # Teacher ÷ student per image, in PyTorch (the teacher's denoiser is not exported in this test).
+    teacher, own = _case(report, "teacher", "pytorch"), _case(report, "fs", "pytorch")
+    teacher_image = (
+        teacher["text_encoder"]["2"]["median_s"]
+        + QUICK_STEPS * teacher["denoiser"][size]["2"]["median_s"]
+        + teacher["vae_decode"][size]["median_s"]
+    )
+    image = own["text_encoder"]["1"]["median_s"] + FEW_STEPS * own["denoiser"][size]["1"]["median_s"]
+    image += own["vae_decode"][size]["median_s"]
+    assert _image(report, "fs", "pytorch")["teacher_over_model"] == pytest.approx(teacher_image / image, rel=1e-12)
 
 
 @pytest.mark.parametrize(
@@ -64,21 +172,11 @@ def test_quick_run_writes_json_markdown_and_plot(latency, tiny_pipeline_dir, tmp
         (["--runtimes", "tensorrt"], "--runtimes"),
         (["--int8-ops", "Softmax"], "--int8-ops"),
         (["--quality", "missing.json", "--json", "x.json"], "no such file"),
+        (["--results-name", "no-group"], "--results-name"),
+        (["--few-step-steps", "0"], "--few-step-steps"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(latency, tiny_pipeline_dir, capsys, extra, message):
-    assert latency.main(["--teacher", str(tiny_pipeline_dir), "--quick", *extra]) == 2
+def test_bad_input_is_one_line_and_exit_2(cli, tiny_pipeline_dir, capsys, extra, message):
+    assert cli.main(["--teacher", str(tiny_pipeline_dir), "--quick", *extra]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
-
-
-def test_headline_of_an_ort_only_run_has_no_pytorch_ratio(latency):
-    """`make demo` times ORT FP32 only: the summary must not need a PyTorch case."""
-    ratio = {"model": "student", "size": 64, "macs_teacher_over_model": 4.0}
-    report = {
-        "ratios": [{**ratio, "teacher_pytorch_over_model_fastest": None, "pytorch_over_ort_int8": None}],
-        "cases": [],
-    }
-    headline = latency.headline(report)
-    assert "fastest_vs_teacher_pytorch" not in headline
-    assert latency.summary({"headline": headline}) == "fewest MACs: student at 64², 4.00× fewer than the teacher"
