@@ -13,6 +13,7 @@ import json
 import logging
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -185,11 +186,14 @@ def strip_debug_info(path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def export_graphs(student: Student, out_dir: Path, exporter: str, opset: int) -> None:
-    """Write the student's three FP32 graphs into `out_dir` (`graph_file` names), from its geometry's example
-    inputs and dynamic shapes."""
+def export_graphs(
+    student: Student, out_dir: Path, exporter: str, opset: int, graphs: Sequence[str] = tuple(SPECS)
+) -> None:
+    """Write the student's FP32 `graphs` (default: all three) into `out_dir` (`graph_file` names), from its
+    geometry's example inputs and dynamic shapes."""
     geometry = student.geometry
-    for graph, spec in SPECS.items():
+    for graph in graphs:
+        spec = SPECS[graph]
         started = time.perf_counter()
         example = tuple(torch.from_numpy(v) for v in geometry.example_feeds(graph).values())
         shapes = spec.dynamic_shapes(geometry) if exporter == "dynamo" else None

@@ -87,7 +87,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     from refine_control.config import DistillConfig
     from refine_control.errors import ConfigError
     from refine_control.export.onnx_export import read_run_config
-    from refine_control.export.quantize import CANDIDATE_OP_TYPES
+    from refine_control.export.spec import INT8_OP_TYPES
     from refine_control.models.presets import STUDENT_PRESETS
 
     from .record import split_name
@@ -126,8 +126,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
             raise ConfigError("--quality needs --plot PNG (or --json, beside which the plot is written)")
         plot = str(Path(args.json).with_suffix(".png"))
     int8_ops = None if args.int8_ops in (None, "measured") else _names(args.int8_ops)
-    if int8_ops is not None and (not int8_ops or set(int8_ops) - set(CANDIDATE_OP_TYPES)):
-        raise ConfigError(f"--int8-ops {args.int8_ops!r}: use `measured` or some of {', '.join(CANDIDATE_OP_TYPES)}")
+    if int8_ops is not None and (not int8_ops or set(int8_ops) - set(INT8_OP_TYPES)):
+        raise ConfigError(f"--int8-ops {args.int8_ops!r}: use `measured` or some of {', '.join(INT8_OP_TYPES)}")
     ort_models = _names(args.ort_models)
     if ort_models is not None and set(ort_models) - set(names):
         unknown = ", ".join(sorted(set(ort_models) - set(names)))

@@ -26,25 +26,10 @@ def _mb(out: Path, graph: str) -> float:
 
 def write_graphs(student: Any, graphs: list[str], out: Path, cfg: BenchConfig) -> None:
     """FP32 `graphs` of `student` into `out` (the model dir's file names); raises the exporter's `ExportError`."""
-    from refine_control.export.onnx_export import export_graph, export_graphs
-    from refine_control.export.spec import DEFAULT_OPSET, SPECS
+    from refine_control.export.onnx_export import export_graphs
+    from refine_control.export.spec import DEFAULT_OPSET
 
-    if set(graphs) == set(SPECS):
-        export_graphs(student, out, cfg.exporter, DEFAULT_OPSET)
-        return
-    import torch
-
-    from refine_control.serve.runtime.layout import graph_file
-
-    geometry = student.geometry
-    for graph in graphs:  # export_graphs has no subset parameter: this is its loop body for one graph
-        spec = SPECS[graph]
-        example = tuple(torch.from_numpy(v) for v in geometry.example_feeds(graph).values())
-        shapes = spec.dynamic_shapes(geometry) if cfg.exporter == "dynamo" else None
-        export_graph(
-            student.graph_module(graph), example, out / graph_file(graph), spec, geometry, cfg.exporter,
-            DEFAULT_OPSET, shapes,
-        )  # fmt: skip
+    export_graphs(student, out, cfg.exporter, DEFAULT_OPSET, graphs)
 
 
 def export_model(student: Any, graphs: list[str], int8_batch: int | None, out: Path, cfg: BenchConfig) -> dict:
