@@ -30,7 +30,11 @@ from refine_control.errors import ConfigError, RefineError  # noqa: E402
 from refine_control.results import TABLES  # noqa: E402
 
 # Modules whose import registers tables (one line per owner of a results group).
-TABLE_MODULES: tuple[str, ...] = ("refine_control.evaluation.tables", "refine_control.weaklabel.tables")
+TABLE_MODULES: tuple[str, ...] = (
+    "refine_control.evaluation.tables",
+    "refine_control.evaluation.latency_tables",
+    "refine_control.weaklabel.tables",
+)
 
 _OPEN = re.compile(r"^<!-- table:([^ ]+) -->[ \t]*$", re.MULTILINE)
 _CLOSE = re.compile(r"^<!-- /table:([^ ]+) -->[ \t]*$", re.MULTILINE)
