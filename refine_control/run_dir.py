@@ -108,12 +108,9 @@ def save_student(
 
 def load_run_student(run: Path, device: torch.device) -> ControlledDenoiser:
     """A finished run's student (UNet + ControlNet), in fp32 on `device`."""
-    import refine_control.models.student  # noqa: F401 - diffusers finds AsymControlNetModel through this module
+    from refine_control.evaluation.generate import load_pipeline
 
-    pipeline = StableDiffusionControlNetPipeline.from_pretrained(
-        run / "student", torch_dtype=torch.float32, local_files_only=True, safety_checker=None,
-        requires_safety_checker=False,
-    )  # fmt: skip
+    pipeline = load_pipeline(run / "student")
     return ControlledDenoiser(pipeline.unet, pipeline.controlnet).to(device)
 
 
