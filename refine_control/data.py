@@ -114,7 +114,11 @@ def derive_seed(*parts: int) -> int:
 
 
 class Batches:
-    """Deterministic batches: which records a (step, micro-batch, rank) sees is a pure function of them."""
+    """Deterministic batches: which records a (step, micro-batch, rank) sees is a pure function of them.
+
+    Every random draw of a sample (caption dropout, the control image's augmentation, and in the trainer its noise
+    and timestep) is seeded by (seed, step, the sample's index in the step's global batch), so an optimizer step
+    sees the same samples with the same draws however it is split into micro-batches and processes."""
 
     def __init__(
         self, labelled: list[ImageRecord], unlabelled: list[ImageRecord], cfg: DistillConfig, world: int, size: int
@@ -122,28 +126,35 @@ class Batches:
         self.labelled, self.unlabelled, self.cfg, self.world, self.size = labelled, unlabelled, cfg, world, size
         self.preprocessor = get_preprocessor(cfg.preprocessor)
 
-    def get(self, step: int, micro: int, rank: int, stage: int) -> tuple[np.ndarray, list[str], np.ndarray, list[str]]:
-        """images (B, H, W, 3) uint8, captions, controls (B, H, W, 3) float32, and the image paths (cache keys)."""
+    def get(
+        self, step: int, micro: int, rank: int, stage: int
+    ) -> tuple[np.ndarray, list[str], np.ndarray, list[str], list[int]]:
+        """images (B, H, W, 3) uint8, captions, controls (B, H, W, 3) float32, the image paths (cache keys) and
+        each sample's seed."""
         cfg = self.cfg
-        rng = np.random.default_rng(derive_seed(cfg.seed, step, micro, rank, 7))
-        slot = (step * cfg.grad_accum + micro) * self.world + rank
+        slot_in_step = micro * self.world + rank
+        slot = step * cfg.grad_accum * self.world + slot_in_step
         if stage == 1:
             parts = [(LABELLED, self.labelled, cfg.batch_size)]
         else:
             n_replay = round(cfg.batch_size * cfg.replay_ratio)
             parts = [(UNLABELLED, self.unlabelled, cfg.batch_size - n_replay), (REPLAY, self.labelled, n_replay)]
-        images, captions, keys = [], [], []
+        images, captions, controls, keys, seeds = [], [], [], [], []
+        # The few-step stage always shows the caption: its guidance input needs the conditional prediction.
+        dropout = 0.0 if cfg.few_step else cfg.prompt_dropout
         for stream, records, count in parts:
             for j in range(count):
                 record = records[epoch_index(slot * count + j, len(records), derive_seed(cfg.seed, stream))]
-                images.append(load_image(record.path, self.size))
-                keys.append(str(record.path))
+                seed = derive_seed(cfg.seed, step, slot_in_step * cfg.batch_size + len(seeds))
+                rng = np.random.default_rng(derive_seed(seed, 7))
+                image = load_image(record.path, self.size)
                 caption = "" if stream == UNLABELLED else (record.text or "")
-                # The few-step stage always shows the caption: its guidance input needs the conditional prediction.
-                dropout = 0.0 if cfg.few_step else cfg.prompt_dropout
+                images.append(image)
                 captions.append("" if rng.random() < dropout else caption)
-        controls = np.stack([self.preprocessor(image, rng) for image in images])
-        return np.stack(images), captions, controls, keys
+                controls.append(self.preprocessor(image, rng))
+                keys.append(str(record.path))
+                seeds.append(seed)
+        return np.stack(images), captions, np.stack(controls), keys, seeds
 
 
 def _builtin_data(cfg: DistillConfig, run: Path) -> tuple[Path, Path | None]:

@@ -3,7 +3,8 @@
 Stage 1 trains on labelled data (image + caption) with the tri-level loss and prompt dropout. Stage 2 continues
 on unlabelled images (empty prompt; the teacher's outputs and features are the soft targets, the image itself the
 task target), mixed with labelled replay at a lower learning rate. Every random draw comes from (seed, step,
-micro-batch, rank), so `--resume` continues bit for bit from a checkpoint.
+micro-batch, rank) or, for a sample's own draws, from (seed, step, its index in the step's batch), so `--resume`
+continues bit for bit from a checkpoint and `--grad-accum` only changes how a step's batch is split.
 """
 
 import contextlib
@@ -54,9 +55,10 @@ def _train_step(
     module, rank = setup.module, accelerator.process_index
     terms: dict[str, float] = {}
     for micro in range(cfg.grad_accum):
-        generator = torch.Generator().manual_seed(derive_seed(cfg.seed, step, micro, rank))
-        images, captions, controls, keys = setup.batches.get(step, micro, rank, stage)
+        images, captions, controls, keys, seeds = setup.batches.get(step, micro, rank, stage)
+        generators = [torch.Generator().manual_seed(seed) for seed in seeds]
         if setup.solver is not None:  # the few-step stage
+            generator = torch.Generator().manual_seed(derive_seed(cfg.seed, step, micro, rank))
             latents, text, control = conditioner.encode(images, captions, controls, keys)
             with accelerator.autocast():
                 batch = consistency_batch(
@@ -64,7 +66,7 @@ def _train_step(
                     conditioner.encode_text([""])[0], control, cfg.guidance_range, generator,
                 )  # fmt: skip
         else:
-            inputs = conditioner.make_inputs(images, captions, controls, generator, keys)
+            inputs = conditioner.make_inputs(images, captions, controls, generators, keys)
         with accelerator.accumulate(module):
             if setup.solver is not None:
                 out = module(batch)
