@@ -96,13 +96,25 @@ def test_foreground_mask_recovers_the_true_mask_of_every_colour_and_texture():
     assert not M.foreground_mask(blank, BACKGROUND).any()
 
 
-def test_colour_error_is_zero_for_the_same_colour_and_large_for_another():
+def _mean_lab_by_formula(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """A second implementation of the mean CIELAB colour: sRGB (IEC 61966-2-1) → XYZ (D65) → L*a*b* (CIE 1976)."""
+    c = image[mask].astype(np.float64) / 255.0
+    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    to_xyz = np.array([[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]])
+    xyz = linear @ to_xyz.T / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    lab = np.stack([116 * f[:, 1] - 16, 500 * (f[:, 0] - f[:, 1]), 200 * (f[:, 1] - f[:, 2])], axis=1)
+    return lab.mean(axis=0)
+
+
+def test_colour_error_matches_the_cie76_formula():
     red = make_sample(ShapeSpec("circle", "red", "solid", 15, 30, 30))
     blue = make_sample(ShapeSpec("circle", "blue", "solid", 15, 30, 30))
     assert M.colour_error(red.image, red.image, red.mask) == 0.0
-    assert M.colour_error(blue.image, red.image, red.mask) > 50
     slightly = np.clip(red.image.astype(int) + 3, 0, 255).astype(np.uint8)
-    assert 0 < M.colour_error(slightly, red.image, red.mask) < 5
+    for image in (blue.image, slightly):
+        expected = np.linalg.norm(_mean_lab_by_formula(image, red.mask) - _mean_lab_by_formula(red.image, red.mask))
+        assert M.colour_error(image, red.image, red.mask) == pytest.approx(expected, rel=1e-4)
 
 
 def test_colour_error_needs_a_mask():
