@@ -150,8 +150,8 @@ def _distil(cfg: DistillConfig, accelerator: Accelerator) -> None:
     weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision, torch.float32)
     setup = build_setup(cfg, accelerator, weight_dtype)
     student = accelerator.unwrap_model(setup.module).student
-    ema_names = [n for n, p in student.named_parameters() if p.requires_grad]
-    ema_params = [p for p in student.parameters() if p.requires_grad]
+    averaged = {n: p for n, p in student.named_parameters() if p.requires_grad}
+    ema_names, ema_params = list(averaged), list(averaged.values())
     ema = _make_ema(cfg, ema_params)
     # The few-step target network holds the average: it is what `consistency_batch` reads.
     target_params = None
