@@ -9,7 +9,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
@@ -17,6 +17,9 @@ from safetensors.torch import load_file, save_file
 
 from refine_control.atomic import atomic_dir
 from refine_control.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from diffusers.training_utils import EMAModel
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +49,13 @@ def save_checkpoint(
     step: int,
     trainable: dict[str, torch.Tensor],
     optimizer_state: dict[str, Any],
-    ema: dict[str, torch.Tensor] | None,
+    ema: tuple[dict[str, torch.Tensor], dict[str, Any]] | None,
     extra: dict[str, Any],
     keep: int,
 ) -> Path:
-    """Write `directory/step-NNNNNN` atomically and delete all but the newest `keep` checkpoints."""
+    """Write `directory/step-NNNNNN` atomically and delete all but the newest `keep` checkpoints.
+
+    `ema` is (averaged tensors by name, the rest of the EMA's state as JSON), see `ema_state`."""
     target = directory / f"step-{step:06d}"
     with atomic_dir(target) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in trainable.items()}, tmp / "trainable.safetensors")
@@ -58,7 +63,8 @@ def save_checkpoint(
         save_file(opt_tensors, tmp / "optimizer.safetensors")
         (tmp / "optimizer.json").write_text(json.dumps(opt_meta))
         if ema is not None:
-            save_file({k: v.detach().cpu().contiguous() for k, v in ema.items()}, tmp / "ema.safetensors")
+            save_file({k: v.detach().cpu().contiguous() for k, v in ema[0].items()}, tmp / "ema.safetensors")
+            (tmp / "ema.json").write_text(json.dumps(ema[1]))
         (tmp / "state.json").write_text(json.dumps({"step": step, **extra}, indent=2))
     for old in list_checkpoints(directory)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
@@ -73,7 +79,7 @@ def list_checkpoints(directory: Path) -> list[Path]:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint back: `trainable`, `optimizer`, `ema` (or None) and `state`."""
+    """Read a checkpoint back: `trainable`, `optimizer`, `ema` (tensors, JSON state; or None) and `state`."""
     try:
         state = json.loads((path / "state.json").read_text())
         optimizer = _optimizer_from_flat(
@@ -83,10 +89,43 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         return {
             "trainable": load_file(path / "trainable.safetensors"),
             "optimizer": optimizer,
-            "ema": load_file(ema_file) if ema_file.is_file() else None,
+            "ema": (load_file(ema_file), json.loads((path / "ema.json").read_text())) if ema_file.is_file() else None,
             "state": state,
         }
     except (OSError, ValueError, KeyError, SafetensorError) as err:
         raise CheckpointError(
             f"checkpoint {path} is unreadable ({err})", hint="delete that checkpoint dir to resume from the one before"
         ) from err
+
+
+def ema_state(ema: "EMAModel", names: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An `EMAModel` over the parameters `names` as (averaged tensors by name, its other state as JSON)."""
+    state = ema.state_dict()
+    shadow = state.pop("shadow_params")
+    return dict(zip(names, shadow, strict=True)), state
+
+
+def restore_checkpoint(
+    path: Path,
+    named_parameters: dict[str, torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    ema: "EMAModel | None",
+    ema_names: list[str],
+) -> int:
+    """Load a checkpoint into the trainable parameters, the optimizer and the EMA; return its step."""
+    state = load_checkpoint(path)
+    if set(state["trainable"]) != set(named_parameters) or (ema is not None) != (state["ema"] is not None):
+        raise CheckpointError(f"checkpoint {path} does not match this student", hint="start over with --overwrite")
+    with torch.no_grad():
+        for name, value in state["trainable"].items():
+            named_parameters[name].copy_(value)
+    optimizer.load_state_dict(state["optimizer"])
+    if ema is not None:
+        tensors, meta = state["ema"]
+        if set(tensors) != set(ema_names):
+            raise CheckpointError(f"checkpoint {path}: the EMA does not match this student")
+        device = ema.shadow_params[0].device
+        ema.load_state_dict({**meta, "shadow_params": [tensors[name].to(device) for name in ema_names]})
+    step = int(state["state"]["step"])
+    logger.info("resumed from %s at step %d", path, step)
+    return step

@@ -198,7 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=_default("replay_ratio"),
         help="share of labelled samples replayed in each stage-2 batch. Default: %(default)s",
     )
-    p("--ema-decay", type=float, default=None, help="keep an EMA of the student with this decay (e.g. 0.999)")
+    p(
+        "--ema-decay",
+        type=float,
+        default=None,
+        help="save an EMA of the student (diffusers' EMAModel: decay min(this, (1+t)/(10+t)) at step t), e.g. 0.999",
+    )
     few = parser.add_argument_group(
         "after distillation (--from RUN: the run's teacher, preset, preprocessor and resolution are reused)",
         "--few-step: latent consistency distillation of the run's student with the guidance scale as an input, so "
@@ -231,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--target-decay",
         type=float,
         default=_default("target_decay"),
-        help="EMA decay of the target network. Default: %(default)s",
+        help="constant EMA decay of the target network. Default: %(default)s",
     )
     few.add_argument(
         "--sampling-steps",

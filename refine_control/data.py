@@ -3,7 +3,8 @@
 A folder holds images and an optional `metadata.jsonl` with one `{"file_name": ..., "text": ...}` per line.
 Records with a `text` are labelled (image + caption); records without one, and images in a folder without
 metadata, are unlabelled. Every image is decoded once when the folder is read, so a truncated or unreadable
-file is reported by name before training starts.
+file is reported by name before training starts. `Batches` draws the training batches of `train(cfg)`: which
+images a (step, micro-batch, rank) sees is a pure function of them, so a resumed run replays the same data.
 """
 
 import json
@@ -16,11 +17,14 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from refine_control.config import DistillConfig
 from refine_control.errors import ConfigError
+from refine_control.preprocess import get_preprocessor
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+LABELLED, UNLABELLED, REPLAY = 0, 1, 2  # data streams, each with its own seeded order
 
 
 @dataclass(frozen=True)
@@ -102,3 +106,89 @@ def epoch_index(position: int, size: int, seed: int) -> int:
 @lru_cache(maxsize=8)
 def _permutation(size: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(size)
+
+
+def derive_seed(*parts: int) -> int:
+    """A seed that is a pure function of `parts` (e.g. seed, step, micro-batch, rank)."""
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
+
+
+class Batches:
+    """Deterministic batches: which records a (step, micro-batch, rank) sees is a pure function of them.
+
+    Every random draw of a sample (caption dropout, the control image's augmentation, and in the trainer its noise
+    and timestep) is seeded by (seed, step, the sample's index in the step's global batch), so an optimizer step
+    sees the same samples with the same draws however it is split into micro-batches and processes."""
+
+    def __init__(
+        self, labelled: list[ImageRecord], unlabelled: list[ImageRecord], cfg: DistillConfig, world: int, size: int
+    ) -> None:
+        self.labelled, self.unlabelled, self.cfg, self.world, self.size = labelled, unlabelled, cfg, world, size
+        self.preprocessor = get_preprocessor(cfg.preprocessor)
+
+    def get(
+        self, step: int, micro: int, rank: int, stage: int
+    ) -> tuple[np.ndarray, list[str], np.ndarray, list[str], list[int]]:
+        """images (B, H, W, 3) uint8, captions, controls (B, H, W, 3) float32, the image paths (cache keys) and
+        each sample's seed."""
+        cfg = self.cfg
+        slot_in_step = micro * self.world + rank
+        slot = step * cfg.grad_accum * self.world + slot_in_step
+        if stage == 1:
+            parts = [(LABELLED, self.labelled, cfg.batch_size)]
+        else:
+            n_replay = round(cfg.batch_size * cfg.replay_ratio)
+            parts = [(UNLABELLED, self.unlabelled, cfg.batch_size - n_replay), (REPLAY, self.labelled, n_replay)]
+        images, captions, controls, keys, seeds = [], [], [], [], []
+        # The few-step stage always shows the caption: its guidance input needs the conditional prediction.
+        dropout = 0.0 if cfg.few_step else cfg.prompt_dropout
+        for stream, records, count in parts:
+            for j in range(count):
+                record = records[epoch_index(slot * count + j, len(records), derive_seed(cfg.seed, stream))]
+                seed = derive_seed(cfg.seed, step, slot_in_step * cfg.batch_size + len(seeds))
+                rng = np.random.default_rng(derive_seed(seed, 7))
+                image = load_image(record.path, self.size)
+                caption = "" if stream == UNLABELLED else (record.text or "")
+                images.append(image)
+                captions.append("" if rng.random() < dropout else caption)
+                controls.append(self.preprocessor(image, rng))
+                keys.append(str(record.path))
+                seeds.append(seed)
+        return np.stack(images), captions, np.stack(controls), keys, seeds
+
+
+def _builtin_data(cfg: DistillConfig, run: Path) -> tuple[Path, Path | None]:
+    from refine_control.builtin.shapes import write_image_folder
+
+    labelled = run / "data" / "labelled"
+    if not (labelled / "metadata.jsonl").is_file():
+        write_image_folder(labelled, "train", cfg.builtin_labelled, cfg.seed, captions=True)
+    if cfg.builtin_unlabelled == 0:
+        return labelled, None
+    unlabelled = run / "data" / "unlabelled"
+    if not (unlabelled / "metadata.jsonl").is_file():
+        write_image_folder(unlabelled, "unlabelled", cfg.builtin_unlabelled, cfg.seed, captions=False)
+    return labelled, unlabelled
+
+
+def load_training_data(cfg: DistillConfig, run: Path) -> tuple[list[ImageRecord], list[ImageRecord]]:
+    """The labelled and unlabelled records of a run (the builtin teacher's shapes are written into RUN/data)."""
+    labelled_dir, unlabelled_dir = cfg.labelled, cfg.unlabelled
+    if cfg.teacher == "builtin" and labelled_dir is None:
+        labelled_path, unlabelled_path = _builtin_data(cfg, run)
+        labelled_dir = str(labelled_path)
+        if unlabelled_dir is None and unlabelled_path is not None:
+            unlabelled_dir = str(unlabelled_path)
+    if labelled_dir is None:
+        raise ConfigError("`--labelled DIR` is required with a teacher other than builtin")
+    records = read_image_folder(labelled_dir)
+    labelled = [r for r in records if r.text is not None]
+    unlabelled = [r for r in records if r.text is None]
+    if unlabelled_dir is not None:
+        unlabelled += [ImageRecord(r.path, None) for r in read_image_folder(unlabelled_dir)]
+    if not labelled:
+        raise ConfigError(
+            f"{labelled_dir} has no captioned images (metadata.jsonl `text`)",
+            hint="stage 1 needs image + caption pairs; put captions in metadata.jsonl",
+        )
+    return labelled, unlabelled

@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stage2-steps", type=int, default=None, help="stage-2 steps. Default: refine-distill's")
     parser.add_argument("--eval-samples", type=int, default=d.eval_samples, help="Default: %(default)s")
     parser.add_argument("--seed", type=int, default=d.seed, help="Default: %(default)s")
+    parser.add_argument(
+        "--sampling-steps", type=int, default=d.sampling_steps, help="denoising steps per image. Default: %(default)s"
+    )
     return parser
 
 
@@ -179,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        for name in ("max_steps", "eval_samples"):
+        for name in ("max_steps", "eval_samples", "sampling_steps"):
             value = getattr(args, name)
             if value is not None and value < 1:
                 raise ConfigError(f"`--{name.replace('_', '-')}` must be >= 1, got {value}")
@@ -195,6 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             max_steps=args.max_steps,
             stage2_steps=args.stage2_steps,
+            sampling_steps=args.sampling_steps,
         )
         print(_summary(cfg, run_demo(cfg)))  # noqa: T201 - the demo's result
         return 0

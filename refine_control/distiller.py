@@ -96,16 +96,18 @@ class Conditioner:
         images: np.ndarray,
         captions: list[str],
         controls: np.ndarray,
-        generator: torch.Generator,
+        generators: list[torch.Generator],
         keys: list[str] | None = None,
     ) -> DenoiserInputs:
         """images (B, H, W, 3) uint8, controls (B, H, W, 3) float32 → noisy latents and targets for one step.
 
+        Sample i's noise and timestep are drawn from `generators[i]`, so they do not depend on the batch it is in.
         `keys` name the images (e.g. their paths) so that their latents can be cached."""
         latents, text, cond = self.encode(images, captions, controls, keys)
-        noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype).to(self.device)
         steps = self.noise_scheduler.config.num_train_timesteps
-        timestep = torch.randint(0, steps, (latents.shape[0],), generator=generator).to(self.device)
+        noise = torch.stack([torch.randn(latents.shape[1:], generator=g, dtype=latents.dtype) for g in generators])
+        timestep = torch.cat([torch.randint(0, steps, (1,), generator=g) for g in generators]).to(self.device)
+        noise = noise.to(self.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timestep)
         prediction_type = self.prediction_type
         if prediction_type == "epsilon":

@@ -3,13 +3,16 @@
     python -m refine_control.fashion_mnist --output-dir data/fashion-train --split train --num-images 2000
     python -m refine_control.fashion_mnist --output-dir data/fashion-test --split test --num-images 256
 
-Reads the idx files of the Debian package `dataset-fashion-mnist` (never downloads). Each image becomes an RGB
+Reads the idx files of the Debian package `dataset-fashion-mnist` (never downloads); `read_fashion_mnist` is also
+the reader of the `fashion-mnist` dataset of `refine_control.weaklabel`. Each image becomes an RGB
 PNG at `--size` pixels with the caption "a photo of a <class>"; `--unlabelled` leaves the captions out (stage-2
 data). `train` draws from the official training set and `test` from the official test set, so they never overlap.
 """
 
 import argparse
+import gzip
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,15 +23,43 @@ from refine_control.atomic import atomic_dir, write_text
 from refine_control.cli_utils import run_cli
 from refine_control.errors import ConfigError
 
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST_ENV = "REFINE_FASHION_MNIST_DIR"
+FASHION_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
 OFFICIAL_TRAIN = 60_000  # the pooled arrays hold the official train set first, then the 10,000 test images
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    if data[:3] != b"\x00\x00\x08" or len(data) != 4 + 4 * ndim + int(np.prod(dims)):
+        raise ConfigError(f"{path} is not a uint8 idx file of the expected size")
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def read_fashion_mnist(root: Path | None) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST (train + t10k pooled, 70,000 images in [0, 1]) from the Debian package or `root`."""
+    root = Path(root or os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_DIR)
+    names = [f"{p}-{k}-ubyte.gz" for p in ("train", "t10k") for k in ("images-idx3", "labels-idx1")]
+    missing = [n for n in names if not (root / n).is_file()]
+    if missing:
+        raise ConfigError(
+            f"Fashion-MNIST not found in {root} (missing {', '.join(missing)})",
+            hint=f"sudo apt-get install dataset-fashion-mnist   (or set {FASHION_MNIST_ENV} to a folder with the idx files)",
+        )
+    xs, ys = [], []
+    for part in ("train", "t10k"):
+        xs.append(_read_idx(root / f"{part}-images-idx3-ubyte.gz"))
+        ys.append(_read_idx(root / f"{part}-labels-idx1-ubyte.gz"))
+    return (np.concatenate(xs) / 255.0).astype(np.float32), np.concatenate(ys).astype(np.int64)
 
 
 def write_fashion_folder(
     output_dir: Path, split: str, num_images: int, size: int = 64, seed: int = 0, captions: bool = True
 ) -> Path:
     """Write `num_images` class-balanced images of the official `split` as an image folder, atomically."""
-    from refine_control.weaklabel.datasets import FASHION_CLASSES, read_fashion_mnist
-
     images, labels = read_fashion_mnist(None)
     pool = np.arange(OFFICIAL_TRAIN) if split == "train" else np.arange(OFFICIAL_TRAIN, len(labels))
     if num_images > len(pool):

@@ -1,14 +1,18 @@
-"""The run directory: refuse to clobber finished runs, and save the deployable student atomically."""
+"""The run directory: refuse to clobber finished runs, save the deployable student atomically and read it back,
+and keep `metrics.jsonl` in step with a resumed run."""
 
 import json
 import logging
+import math
 import shutil
+import statistics
 from pathlib import Path
 from typing import Any
 
+import torch
 from diffusers import StableDiffusionControlNetPipeline
 
-from refine_control.atomic import atomic_dir, write_json
+from refine_control.atomic import atomic_dir, write_json, write_text
 from refine_control.checkpoint import list_checkpoints
 from refine_control.config import DistillConfig
 from refine_control.errors import ConfigError
@@ -100,3 +104,28 @@ def save_student(
         if sampling is not None:
             (tmp / SAMPLING_FILE).write_text(json.dumps({**sampling, "scheduler": type(scheduler).__name__}, indent=2))
     logger.info("student saved to %s", path)
+
+
+def load_run_student(run: Path, device: torch.device) -> ControlledDenoiser:
+    """A finished run's student (UNet + ControlNet), in fp32 on `device`."""
+    from refine_control.evaluation.generate import load_pipeline
+
+    pipeline = load_pipeline(run / "student")
+    return ControlledDenoiser(pipeline.unet, pipeline.controlnet).to(device)
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """On resume, drop log rows written after the checkpoint so the log matches an uninterrupted run."""
+    if not path.is_file():
+        return
+    rows = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    write_text(path, "".join(row + "\n" for row in rows))
+
+
+def last_terms(path: Path) -> dict[str, float]:
+    """Mean of each loss term over the last 10% of logged rows."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    if not rows:
+        return {}
+    tail = rows[-max(1, math.ceil(len(rows) / 10)) :]
+    return {k: statistics.fmean(r[k] for r in tail if k in r) for k in ("task", "output", "feature") if k in tail[-1]}

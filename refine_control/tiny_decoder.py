@@ -8,18 +8,26 @@ See madebyollin/taesd for the original and its caveat ("fudges fine details"): t
 teacher decoder's is recorded in the run's `metrics.json`.
 """
 
+import json
 import logging
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, AutoencoderTiny
 
+from refine_control.atomic import write_json
+from refine_control.config import DistillConfig
+from refine_control.data import load_image, load_training_data
 from refine_control.losses.terms import high_pass
+from refine_control.models.presets import count_params
+from refine_control.models.teacher import load_teacher
 from refine_control.progress import progress_bar
+from refine_control.run_dir import SAMPLING_FILE, load_run_student, save_student
 
 logger = logging.getLogger(__name__)
 
@@ -110,3 +118,31 @@ def distil_tiny_vae(
         }
     logger.info("tiny VAE: decoder %.2f dB from the teacher decoder's images", metrics["decoder_psnr_vs_teacher_db"])
     return tiny, metrics
+
+
+def train_tiny_decoder(cfg: DistillConfig, device: torch.device) -> None:
+    """`--from RUN --tiny-decoder`: the run's student with a tiny VAE distilled from the teacher's."""
+    run, source = cfg.output_dir, Path(cfg.from_run)
+    teacher = load_teacher(cfg.teacher, cfg.controlnet, torch.float32, device)
+    labelled, unlabelled = load_training_data(cfg, run)
+    size = cfg.resolution or teacher.resolution
+    images = np.stack([load_image(r.path, size) for r in labelled + unlabelled])
+    held_out = np.arange(len(images)) % 10 == 9  # every tenth image scores the decoder
+    settings = TinyVaeSettings(
+        cfg.tiny_decoder_width, cfg.max_steps, cfg.batch_size, cfg.learning_rate, cfg.warmup_steps
+    )
+    write_json(run / "config.json", {**cfg.to_json(), "resolved": {"resolution": size, "images": len(images)}})
+    tiny, metrics = distil_tiny_vae(teacher.vae, images[~held_out], images[held_out], settings, cfg.seed)
+    student = load_run_student(source, device)
+    sampling_file = source / "student" / SAMPLING_FILE
+    sampling = json.loads(sampling_file.read_text()) if sampling_file.is_file() else None
+    save_student(run / "student", teacher, student, sampling, vae=tiny)
+    write_json(
+        run / "metrics.json",
+        {
+            **metrics,
+            "tiny_vae_params": count_params(tiny),
+            "teacher_vae_params": count_params(teacher.vae),
+            "held_out_images": int(held_out.sum()),
+        },
+    )

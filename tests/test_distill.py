@@ -138,7 +138,15 @@ def test_transfer_init_reports_what_was_copied(tiny_pipeline_dir, tiny_data, tmp
     report = json.loads((run / "init_report.json").read_text())
     assert report["init"] == "uniform"
     assert report["unet"]["sliced"] and report["controlnet"]["sliced"]
-    assert 0 < report["unet"]["elements_copied"] <= report["unet"]["elements_total"]
+    # Against the saved student's own tensors (init changes no shape): every tensor is listed once, the total is
+    # their size, and with fraction 1 the copied elements are the sizes of the copied and sliced tensors.
+    for part in ("unet", "controlnet"):
+        saved = load_file(next((run / "student" / part).glob("*.safetensors")))
+        lists = [report[part][k] for k in ("copied", "sliced", "skipped", "missing")]
+        assert sorted(name for names in lists for name in names) == sorted(saved)
+        assert report[part]["elements_total"] == sum(t.numel() for t in saved.values())
+        transferred = report[part]["copied"] + report[part]["sliced"]
+        assert report[part]["elements_copied"] == sum(saved[name].numel() for name in transferred)
 
 
 def test_resume_continues_bit_for_bit(tiny_pipeline_dir, tiny_data, tmp_path):

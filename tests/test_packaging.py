@@ -2,7 +2,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the backport, from the dev extra
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -40,7 +40,9 @@ def recommended_sampling(pipeline_dir: str | Path) -> Sampling | None:
 
 def load_pipeline(path: str | Path, controlnet: str | Path | None = None) -> StableDiffusionControlNetPipeline:
     """A `StableDiffusionControlNetPipeline` in fp32 from a local directory (optionally with another ControlNet)."""
-    import refine_control.models.student  # noqa: F401 - registers a student's AsymControlNetModel with diffusers
+    # A student's model_index.json names this module as its ControlNet's library; diffusers looks the class up in
+    # the already-imported module and never imports a module a repository names.
+    import refine_control.models.student  # noqa: F401
 
     path = Path(path)
     if not (path / "model_index.json").is_file():

@@ -14,6 +14,7 @@ Which choice trains best is measured, not assumed: see README ("Student presets"
 import logging
 import re
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 from torch import nn
@@ -68,4 +69,4 @@ def initialise_student(
         select = "uniform" if method == "uniform" else "leading"
         reports[key] = transfer_parameters(teacher, student, select=select, source_name=rename)
         logger.info("init %s, %s: %s", method, key, reports[key].summary())
-    return {"init": method, **{key: report.to_dict() for key, report in reports.items()}}
+    return {"init": method, **{key: asdict(report) for key, report in reports.items()}}

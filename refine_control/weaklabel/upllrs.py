@@ -233,27 +233,3 @@ def train_upllrs_stage2(
         return loss
 
     return fit(model, len(x), step, val, cfg, generator)
-
-
-@dataclass(frozen=True)
-class UPLLRSConfig:
-    separation: SeparationConfig = field(default_factory=SeparationConfig)
-    fixmatch: FixMatchConfig = field(default_factory=FixMatchConfig)
-    fit: FitConfig = field(default_factory=FitConfig)
-
-
-def train_upllrs(
-    make_model: Callable[[int], nn.Module],
-    x: torch.Tensor,
-    mask: torch.Tensor,
-    val: Split,
-    cfg: UPLLRSConfig,
-    generator: torch.Generator | None = None,
-    *,
-    truth_reliable: torch.Tensor | None = None,
-) -> tuple[nn.Module, SeparationResult, FitResult]:
-    """Both stages; returns the stage-2 model (best-validation weights), the split and the stage-2 fit."""
-    split = recursive_separation(make_model, x, mask, val, cfg.separation, generator, truth_reliable=truth_reliable)
-    model = make_model(10_000)
-    result = train_upllrs_stage2(model, x, mask, split, val, cfg.fit, cfg.fixmatch, generator)
-    return model, split, result

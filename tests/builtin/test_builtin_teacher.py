@@ -6,15 +6,9 @@ import torch
 from safetensors import safe_open
 
 from refine_control.builtin import BUILTIN_TEACHER_DIR, builtin_teacher_dir
+from refine_control.builtin.architecture import build_controlnet, build_text_encoder, build_unet, build_vae
 from refine_control.builtin.cli import main as teacher_main
-from refine_control.builtin.teacher_recipe import (
-    TeacherRecipe,
-    build_controlnet,
-    build_text_encoder,
-    build_unet,
-    build_vae,
-    train_teacher,
-)
+from refine_control.builtin.teacher_recipe import TeacherRecipe, train_teacher
 from refine_control.builtin.tokenizer import build_clip_tokenizer
 from refine_control.errors import ConfigError
 

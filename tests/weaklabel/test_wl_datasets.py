@@ -37,13 +37,23 @@ def test_synthetic_loader_shapes_and_seed_determinism():
 
 def test_fashion_mnist_reads_idx_files(tmp_path):
     rng = np.random.default_rng(0)
+    written = {}
     for part, n in (("train", 48), ("t10k", 12)):
-        _write_idx(tmp_path / f"{part}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
-        _write_idx(tmp_path / f"{part}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+        images, labels = rng.integers(0, 256, (n, 28, 28)), np.arange(n) % 10
+        _write_idx(tmp_path / f"{part}-images-idx3-ubyte.gz", images)
+        _write_idx(tmp_path / f"{part}-labels-idx1-ubyte.gz", labels)
+        written |= {image.astype(np.uint8).tobytes(): int(label) for image, label in zip(images, labels, strict=True)}
     ds = load_dataset("fashion-mnist", seed=0, fashion_mnist_dir=tmp_path)
     assert ds.image_shape == (1, 28, 28)
-    assert len(ds.train) + len(ds.val) + len(ds.test) == 60
-    assert ds.train.x.max() <= 1.0
+    # Every written image comes back once, as its bytes / 255, with its own label.
+    seen = []
+    for split in (ds.train, ds.val, ds.test):
+        for x, y in zip(split.x, split.y, strict=True):
+            raw = (x[0].numpy() * 255).round().astype(np.uint8)
+            np.testing.assert_allclose(x[0].numpy(), raw / 255.0, rtol=0, atol=1e-7)
+            assert written[raw.tobytes()] == int(y)
+            seen.append(raw.tobytes())
+    assert sorted(seen) == sorted(written)
 
 
 def test_missing_fashion_mnist_names_the_install_command(tmp_path):

@@ -4,6 +4,7 @@ import pytest
 
 from refine_control.results import ResultsError, write_result
 from refine_control.weaklabel import tables as wt
+from refine_control.weaklabel import transfer_tables as tt
 
 
 def _upllrs(root, name, seed, method, acc, val, gamma=None, **metrics):
@@ -64,7 +65,7 @@ def test_transfer_contour_and_crossing(tmp_path):
                 config={"dataset": "synthetic", "strength": u, "n_upstream": 100}, seed=seed, command="c",
                 wall_s=1, root=tmp_path, commit=("deadbeef", False), machine={},
             )  # fmt: skip
-    lines = wt._contour("synthetic", 20, 1.0)(tmp_path).markdown.splitlines()
+    lines = tt._contour("synthetic", 20, 1.0)(tmp_path).markdown.splitlines()
     assert lines[0] == "| ‖u‖ \\ N₁ | 100 |"
     assert lines[2] == "| 0 | -0.150 ± 0.071 |" and lines[3] == "| 1 | +0.100 ± 0.000 |"
     assert lines[4] == "| **gain = 0 at** | 0.60 |"  # 0 + 0.15 / 0.25
@@ -83,16 +84,16 @@ def test_transfer_coverage_lists_seeds_with_every_n1(tmp_path):
     for seed in (0, 1):
         _transfer_file(tmp_path, "synthetic", 0.0, 100, seed)
     _transfer_file(tmp_path, "synthetic", 0.0, 300, 0)  # seed 1 lacks N1 = 300
-    lines = wt.transfer_coverage(tmp_path).markdown.splitlines()
+    lines = tt.transfer_coverage(tmp_path).markdown.splitlines()
     assert lines[2] == "| synthetic | 0 | 100, 300 | 0 | 3 |"
 
 
 def test_transfer_tables_refuse_a_dataset_without_runs(tmp_path):
     _transfer_file(tmp_path, "synthetic", 0.0, 100, 0)
     with pytest.raises(ResultsError, match="fashion-mnist"):
-        wt._contour("fashion-mnist", 20, 1.0)(tmp_path)
+        tt._contour("fashion-mnist", 20, 1.0)(tmp_path)
     with pytest.raises(ResultsError, match="fashion-mnist"):
-        wt._by_n2("fashion-mnist", 100, 1.0)(tmp_path)
+        tt._by_n2("fashion-mnist", 100, 1.0)(tmp_path)
 
 
 def test_headline_names_an_experiment_without_result_files(tmp_path):
