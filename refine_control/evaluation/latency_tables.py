@@ -45,8 +45,7 @@ def per_image_table(result: dict[str, Any], runtimes: tuple[str, ...]) -> Table:
         f"{config.get('repeats', '?')} timed runs after {config.get('warmup', '?')} warm-up, "
         f"{config.get('threads', '?')} thread(s), all in one run of `{result['command']}` on "
         f"{result['machine'].get('cpu', 'this machine')} ({result['machine'].get('logical_cpus', '?')} logical CPUs; "
-        "other jobs may have shared the cores: compare rows of this table, not across tables). "
-        + provenance([result])
+        "other jobs may have shared the cores: compare rows of this table, not across tables). " + provenance([result])
     )
     return Table(markdown_table(header, rows), caption)
 
