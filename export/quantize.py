@@ -161,12 +161,12 @@ def quantize_int8(
         pre = tmp / "pre.onnx"
         groups = _preprocess(fp32, pre)
         cache = tmp / "calibration.json"
-        # Calibrate once over every candidate node; later variants reuse the cached ranges.
-        all_nodes = [n for names in groups.values() for n in names]
-        every = tmp / "all.onnx"
-        _quantize(pre, every, all_nodes, list(groups), reader, cache)
         measured: dict[str, dict[str, Any]] = {}
+        every = tmp / "all.onnx"
         if op_types is None:
+            # Calibrate once over every candidate node; the per-type variants reuse the cached ranges.
+            all_nodes = [n for names in groups.values() for n in names]
+            _quantize(pre, every, all_nodes, list(groups), reader, cache)
             variants = {}
             for op in groups:
                 variants[op] = tmp / f"{op}.onnx"

@@ -174,10 +174,13 @@ class OnnxControlNetPipeline:
             self.vae_scaling_factor = float(facts["vae_scaling_factor"])
             self.vae_shift_factor = float(facts.get("vae_shift_factor") or 0.0)
             pad_id = int(facts["pad_token_id"])
-        except (KeyError, TypeError, ValueError) as err:
+            # A few-step student's recommendation (its sampling.json at export); 20 steps at 7.5 otherwise.
+            recommended = facts.get("recommended_sampling") or {}
+            self.default_steps = int(recommended.get("steps", 20))
+            self.default_guidance_scale = float(recommended.get("guidance_scale", 7.5))
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ModelDirError(f"{self.model.path}/manifest.json lacks pipeline fact {err}") from err
         self.resolution, self.size_multiple = self.geometry.resolution, self.geometry.size_multiple
-        self.recommended = facts.get("recommended_sampling") or {}
         self.scheduler_config = self._read_scheduler_config()
         self.scheduler_name = self._pick_scheduler(scheduler)
         make_scheduler(self.scheduler_config, self.scheduler_name)  # fail now on an unsupported config
@@ -216,15 +219,6 @@ class OnnxControlNetPipeline:
     def _graph_file(self, graph: str) -> str:
         name = graph_file(graph, self.precision, self.model_format)
         return name if self.model.has(name) else graph_file(graph, "fp32", self.model_format)
-
-    @property
-    def default_steps(self) -> int:
-        """The model's recommended steps (a few-step student's, from its manifest), else 20."""
-        return int(self.recommended.get("steps", 20))
-
-    @property
-    def default_guidance_scale(self) -> float:
-        return float(self.recommended.get("guidance_scale", 7.5))
 
     @property
     def available_precisions(self) -> list[str]:
