@@ -15,7 +15,7 @@ export OMP_WAIT_POLICY := PASSIVE
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[serve,dev]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[train,serve,dev]"
 	touch $@
 
 setup: $(BIN)/.installed

@@ -9,6 +9,23 @@ from refine_control.errors import RefineError
 
 logger = logging.getLogger("refine_control")
 
+# What `pip install refine-control` leaves out: the device install runs exported models only (serve/runtime); the
+# `[train]` extra brings what distilling, evaluating and exporting need.
+TRAIN_MODULES = frozenset(
+    {
+        "torch",
+        "diffusers",
+        "transformers",
+        "accelerate",
+        "safetensors",
+        "skimage",
+        "torchmetrics",
+        "onnx",
+        "onnxscript",
+    }
+)
+TRAIN_INSTALL = "pip install 'refine-control[train]'"
+
 
 def setup_logging(verbosity: int = 0) -> None:
     level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
@@ -41,6 +58,12 @@ def run_cli(body: Callable[[], int]) -> int:
         if err.hint:
             print(f"hint: {err.hint}", file=sys.stderr)  # noqa: T201
         return err.exit_code
+    except ModuleNotFoundError as err:
+        if (err.name or "").split(".")[0] not in TRAIN_MODULES:
+            raise
+        print(f"error: this command needs the training dependencies ({err.name} is not installed)", file=sys.stderr)  # noqa: T201
+        print(f"hint: {TRAIN_INSTALL} (the device install runs exported models only)", file=sys.stderr)  # noqa: T201
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)  # noqa: T201
         return 130

@@ -90,9 +90,15 @@ class LiveServer:
 
 
 def start_server(
-    model_dir: Path, root: Path, *args: str, env: dict | None = None, token: str | None = None
+    model_dir: Path,
+    root: Path,
+    *args: str,
+    env: dict | None = None,
+    token: str | None = None,
+    python: str = sys.executable,
 ) -> LiveServer:
-    """Start `refine-serve MODEL --port P` with HOME, TMPDIR and cwd under `root`; wait until /healthz answers."""
+    """Start `refine-serve MODEL --port P` with HOME, TMPDIR and cwd under `root` (in `python`'s environment);
+    wait until /healthz answers."""
     for sub in ("home", "tmp", "cwd"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -112,7 +118,7 @@ def start_server(
     full_env.update(env or {})
     log = open(log_path, "wb")  # noqa: SIM115 (closed in LiveServer.stop)
     proc = subprocess.Popen(
-        [sys.executable, str(HERE / "audit_run.py"), str(model_dir), "--port", str(port), *args],
+        [python, str(HERE / "audit_run.py"), str(model_dir), "--port", str(port), *args],
         cwd=root / "cwd",
         env=full_env,
         stdout=log,
