@@ -138,30 +138,14 @@ def export_graph(
         with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(chatter):
             warnings.simplefilter("ignore", category=DeprecationWarning)
             warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+            names = {"input_names": list(geometry.inputs(spec.name)), "output_names": list(spec.outputs)}
             if exporter == "dynamo":
-                torch.onnx.export(
-                    module,
-                    example,
-                    str(path),
-                    dynamo=True,
-                    opset_version=opset,
-                    input_names=list(geometry.inputs(spec.name)),
-                    output_names=list(spec.outputs),
-                    dynamic_shapes=dynamic_shapes,
-                    external_data=external,
-                    optimize=True,
-                )
+                specific = {"dynamic_shapes": dynamic_shapes, "external_data": external, "optimize": True}
             else:
-                torch.onnx.export(
-                    module,
-                    example,
-                    str(path),
-                    dynamo=False,
-                    opset_version=opset,
-                    input_names=list(geometry.inputs(spec.name)),
-                    output_names=list(spec.outputs),
-                    dynamic_axes=spec.axes(geometry),
-                )
+                specific = {"dynamic_axes": spec.axes(geometry)}
+            torch.onnx.export(
+                module, example, str(path), dynamo=exporter == "dynamo", opset_version=opset, **names, **specific
+            )
     except Exception as err:  # the exporters raise many types; keep the first line, chain the rest
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
         logger.debug("exporter output:\n%s", chatter.getvalue())
