@@ -22,30 +22,32 @@ def _ms(seconds: float) -> str:
 
 
 def per_image_table(result: dict[str, Any], runtimes: tuple[str, ...]) -> Table:
-    rows = []
     per_image = [r for r in result["metrics"]["per_image"] if r["runtime"] in runtimes]
-    for r in sorted(per_image, key=lambda r: (r["size"], r["model"] != "teacher", r["model"], r["runtime"])):
-        ratio = r["teacher_ort_fp32_over_model"]
+    teacher = {(r["runtime"], r["size"]): r["image_s"] for r in per_image if r["model"] == "teacher"}
+    # The teacher's image in ORT FP32 where it was exported, else in PyTorch (a full SD1.5 UNet is not exported).
+    reference = "ort-fp32" if any(k[0] == "ort-fp32" for k in teacher) else "pytorch"
+    rows = []
+    for r in sorted(per_image, key=lambda r: (r["size"], r["model"] != "teacher")):  # else in the run's order
+        base = teacher.get((reference, r["size"]))
         rows.append(
             [
                 r["model"], RUNTIME_NAMES[r["runtime"]], f"{r['size']}²", str(r["steps"]),
                 "2 (guidance pair)" if r["batch"] == 2 else "1 (scale embedded)",
                 _ms(r["text_encoder_s"]), _ms(r["denoise_s"]), _ms(r["vae_decode_s"]), _ms(r["image_s"]),
-                f"{100 * r['vae_share']:.0f}%", "-" if r["model"] == "teacher" and r["runtime"] == "ort-fp32"
-                else f"{ratio:.1f}×" if ratio else "-",
+                f"{100 * r['vae_share']:.0f}%", f"{base / r['image_s']:.1f}×" if base else "-",
             ]
         )  # fmt: skip
     header = [
         "model", "runtime", "size", "steps", "passes per step", "text encoder ms", "denoising ms", "VAE decode ms",
-        "image ms", "VAE share", "teacher ORT FP32 ÷ this",
+        "image ms", "VAE share", f"teacher {RUNTIME_NAMES[reference]} image ÷ this",
     ]  # fmt: skip
     config = result["config"]
     caption = (
         "Per image = text encoder + steps × one denoiser pass + VAE decode, each the median of "
-        f"{config.get('repeats', '?')} timed runs after {config.get('warmup', '?')} warm-up, "
-        f"{config.get('threads', '?')} thread(s), all in one run of `{result['command']}` on "
-        f"{result['machine'].get('cpu', 'this machine')} ({result['machine'].get('logical_cpus', '?')} logical CPUs; "
-        "other jobs may have shared the cores: compare rows of this table, not across tables). " + provenance([result])
+        f"{config['repeats']} timed runs after {config['warmup']} warm-up, {config['threads']} threads, all in one "
+        f"run of `{result['command']}` on {result['machine'].get('cpu', 'this machine')} "
+        f"({result['machine'].get('logical_cpus', '?')} logical CPUs; other jobs shared the cores, so compare rows "
+        "within this table only). " + provenance([result])
     )
     return Table(markdown_table(header, rows), caption)
 
