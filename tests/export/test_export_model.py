@@ -75,7 +75,8 @@ def test_parity_report(model: Path, exported: dict):
     e2e = report["end_to_end"]
     assert e2e["fp32"]["psnr_db_min"] is None or e2e["fp32"]["psnr_db_min"] >= 40
     assert {"pytorch", "fp32", "int8", "fp16", "fp32.ort", "int8.ort", "fp16.ort"} <= set(e2e)
-    assert 0 <= e2e["int8"]["edge_f1"] <= 1
+    # INT8 keeps the control (the bar the verdict applies), and its images stay close to FP32's.
+    assert e2e["int8"]["edge_f1"] >= 0.95 * e2e["fp32"]["edge_f1"] and e2e["int8"]["psnr_db_min"] >= 25
     assert {"pytorch", "onnxruntime fp32", "onnxruntime int8"} <= set(report["latency_ms_per_denoiser_step"])
     assert "verdict: PASS" in exported["stdout"]
 
@@ -98,11 +99,13 @@ def test_int8_graph_holds_quantized_ops(model: Path, manifest: dict):
     report = manifest["graphs"]["denoiser"]["int8"]["onnx"]["quantization"]
     assert report["selection"] == "measured" and report["op_types"]
     assert {"Conv", "MatMul", "Gemm"} & set(report["measured"])
-    for row in report["measured"].values():
-        assert row["speedup"] == pytest.approx(row["fp32_ms"] / row["int8_ms"], rel=0.01)
-    errors = {op: report["measured"][op]["relative_error"] for op in report["op_types"]}
-    accurate = [op for op, row in report["measured"].items() if row.get("relative_error", 1.0) <= 0.05]
-    assert all(e <= report["max_relative_error"] for e in errors.values()) or not accurate
+    # The documented rule, written out again: keep the types both accurate and faster; if none is faster, the
+    # accurate ones; if none is accurate, the least inaccurate one.
+    measured = {op: row for op, row in report["measured"].items() if op in ("Conv", "MatMul", "Gemm")}
+    accurate = [op for op, row in measured.items() if row["relative_error"] <= 0.05]
+    faster = [op for op in accurate if measured[op]["speedup"] >= 1.05]
+    expected = faster or accurate or [min(measured, key=lambda op: measured[op]["relative_error"])]
+    assert sorted(report["op_types"]) == sorted(expected) and report["faster_than_fp32"] == bool(faster)
     # Weights shrink (the tiny graph's file is dominated by its QDQ node structure, so compare the weights).
     fp32_weights = sum(len(t.raw_data) for t in onnx.load(str(model / "denoiser.onnx")).graph.initializer)
     int8_bytes = sum(len(t.raw_data) for t in int8_weights)
