@@ -3,6 +3,7 @@ serves an exported model; a training command there says which extra to install (
 runtime's wheels from the package index into a new venv (about a minute)."""
 
 import base64
+import shutil
 import subprocess
 import venv
 from pathlib import Path
@@ -20,7 +21,10 @@ def test_serve_extra_alone_serves_without_torch(tiny_model_dir, tmp_path):
     env_dir = tmp_path / "device"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     python = str(env_dir / "bin" / "python")
-    install = [python, "-m", "pip", "install", "-q", "-c", str(ROOT / "constraints.txt"), f"{ROOT}[serve]"]
+    # Build from a copy of the sources: a non-editable install writes build/ beside them.
+    source = tmp_path / "src"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".*", "runs", "build", "*.egg-info", "__pycache__"))
+    install = [python, "-m", "pip", "install", "-q", "-c", str(ROOT / "constraints.txt"), f"{source}[serve]"]
     subprocess.run(install, check=True, capture_output=True, text=True)
     no_torch = subprocess.run([python, "-c", "import torch"], capture_output=True, text=True)
     assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
