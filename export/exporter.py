@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from refine_control.atomic import atomic_dir, write_json
+from refine_control.config import read_run_config
 from refine_control.errors import ConfigError, ExportError, ParityError
 from refine_control.evaluation.generate import recommended_sampling
 from refine_control.export.manifest import build_manifest, source_run, write_manifest
@@ -29,7 +30,6 @@ from refine_control.export.onnx_export import (
     Student,
     export_graphs,
     load_student,
-    read_run_config,
 )
 from refine_control.export.ort_format import convert_to_ort
 from refine_control.export.parity import RecordingPipeline, SamplingSettings, Variant, check_parity, generate

@@ -9,7 +9,6 @@ control image = VAE factor × latent size). The TorchScript exporter is kept as 
 
 import contextlib
 import io
-import json
 import logging
 import time
 import warnings
@@ -21,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from refine_control.errors import ConfigError, ExportError
+from refine_control.errors import ExportError
 from refine_control.export.spec import SPECS, GraphSpec
 from refine_control.models.denoiser import ControlledDenoiser
 from refine_control.serve.runtime.geometry import Geometry
@@ -31,26 +30,6 @@ logger = logging.getLogger(__name__)
 
 # Above this many parameter bytes a graph is written with external data (protobuf's 2 GiB limit).
 EXTERNAL_DATA_BYTES = 1_800_000_000
-
-
-def read_run_config(run: Path) -> dict[str, Any]:
-    """Cheap checks of a run dir (no torch): it holds a finished student and a readable config.json."""
-    if not run.is_dir():
-        raise ConfigError(f"run dir {run} does not exist or is not a directory")
-    if not (run / "student" / "model_index.json").is_file():
-        raise ConfigError(
-            f"run dir {run} holds no student (no student/model_index.json)",
-            hint="pass the --output-dir of a finished `refine-distill` run",
-        )
-    try:
-        config = json.loads((run / "config.json").read_text("utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"run dir {run} has no config.json; is it a refine-distill run?") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ConfigError(f"{run / 'config.json'} is not valid JSON ({err})") from err
-    if not isinstance(config, dict):
-        raise ConfigError(f"{run / 'config.json'} must hold a JSON object")
-    return config
 
 
 @dataclass

@@ -173,6 +173,29 @@ class DistillConfig:
         ]
 
 
+def read_run_config(run: Path, label: str | None = None) -> dict[str, Any]:
+    """A finished run's `config.json` (cheap, no torch): the one reader of run dirs for `--from`, refine-eval and
+    refine-export. `label` names the run in errors (default `run dir RUN`)."""
+    where = label or f"run dir {run}"
+    if not run.is_dir():
+        raise ConfigError(f"{where} does not exist or is not a directory")
+    path = run / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{where} has no config.json", hint="pass the --output-dir of a refine-distill run")
+    try:
+        config = json.loads(path.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{path} cannot be read ({err})") from err
+    if not isinstance(config, dict) or not isinstance(config.get("teacher"), str):
+        raise ConfigError(f"{path} has no `teacher` entry", hint="is this a refine-distill run dir?")
+    if not (run / "student" / "model_index.json").is_file():
+        raise ConfigError(
+            f"{where} has no student (student/model_index.json is missing): its training has not finished",
+            hint=f"finish it with `refine-distill ... --output-dir {run} --resume`",
+        )
+    return config
+
+
 # What a few-step stage takes from the run it starts from.
 INHERITED_FROM_RUN = ("teacher", "controlnet", "student", "preprocessor", "resolution")
 
@@ -182,18 +205,13 @@ def with_run_settings(cfg: DistillConfig) -> DistillConfig:
     if cfg.from_run is None:
         return cfg
     run = Path(cfg.from_run)
-    if not (run / "student" / "model_index.json").is_file():
-        raise ConfigError(
-            f"`--from {run}`: no finished student there (student/model_index.json is missing)",
-            hint="pass the --output-dir of a finished refine-distill run",
-        )
+    saved = read_run_config(run, f"`--from {run}`:")
     try:
-        saved = json.loads((run / "config.json").read_text("utf-8"))
         inherited = {key: saved[key] for key in INHERITED_FROM_RUN}
         if cfg.labelled is None:
             inherited["labelled"] = saved["labelled"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ConfigError(f"`--from {run}`: its config.json cannot be read ({err})") from err
+    except KeyError as err:
+        raise ConfigError(f"`--from {run}`: its config.json lacks {err}") from err
     if cfg.few_step and saved.get("few_step"):
         raise ConfigError(f"`--from {run}`: that run is already a few-step student", hint="start from its --from run")
     if saved.get("tiny_decoder"):

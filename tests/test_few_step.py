@@ -65,7 +65,7 @@ def test_few_step_resumes_bit_for_bit(tiny_run_dir, tmp_path):
     ("extra", "message"),
     [
         ((), "`--from RUN` goes with one of `--few-step` or `--tiny-decoder`"),
-        (("--from", "{missing}", "--few-step"), "no finished student there"),
+        (("--from", "{missing}", "--few-step"), "does not exist or is not a directory"),
         (("--from", "{run}", "--few-step", "--sampling-steps", "0"), "`--sampling-steps` must be in 1..50"),
         (("--from", "{run}", "--few-step", "--sampling-steps", "51"), "`--sampling-steps` must be in 1..50"),
         (("--from", "{run}", "--few-step", "--guidance-range=0.5,2"), "`--guidance-range` must be 1 <= MIN"),

@@ -143,7 +143,8 @@ def _pipeline(unet: Any, controlnet: Any, text_encoder: Any, vae: Any, tokenizer
 def build(spec: ModelSpec, teacher: Any, resolution: int | None, device: str = "cpu") -> Any:
     """The model as the exporter's `Student`. `teacher` is the teacher's pipeline (a preset takes its configs,
     text encoder, VAE, tokenizer and scheduler); a preset's random denoiser is built on `device`."""
-    from refine_control.export.onnx_export import Student, load_student, read_run_config
+    from refine_control.config import read_run_config
+    from refine_control.export.onnx_export import Student, load_student
 
     config = {"resolved": {"resolution": resolution}}
     if spec.kind == "teacher":

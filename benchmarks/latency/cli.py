@@ -84,9 +84,8 @@ def _check_numbers(args: argparse.Namespace) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
-    from refine_control.config import DistillConfig
+    from refine_control.config import DistillConfig, read_run_config
     from refine_control.errors import ConfigError
-    from refine_control.export.onnx_export import read_run_config
     from refine_control.export.spec import INT8_OP_TYPES
     from refine_control.models.presets import STUDENT_PRESETS
 

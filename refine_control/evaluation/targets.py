@@ -1,11 +1,11 @@
 """What `refine-eval` was pointed at: a run dir, `builtin`, or a pipeline dir, and the teacher to compare with."""
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from refine_control.config import read_run_config
 from refine_control.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -28,18 +28,6 @@ def _resolve_teacher(spec: str) -> Path:
     from refine_control.models.teacher import resolve_teacher_path
 
     return resolve_teacher_path(spec)
-
-
-def _read_run_config(run: Path) -> dict[str, Any]:
-    try:
-        config = json.loads((run / "config.json").read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ConfigError(f"run dir {run}: config.json cannot be read ({err})") from err
-    if not isinstance(config, dict) or not isinstance(config.get("teacher"), str):
-        raise ConfigError(
-            f"run dir {run}: config.json has no `teacher` entry", hint="is this a refine-distill run dir?"
-        )
-    return config
 
 
 def resolve_target(spec: str, teacher: str | None = None) -> Target:
@@ -65,12 +53,7 @@ def resolve_target(spec: str, teacher: str | None = None) -> Target:
             f"{path} is neither a run dir (no config.json) nor a pipeline dir (no model_index.json)",
             hint="pass a refine-distill --output-dir, a StableDiffusionControlNetPipeline directory, or `builtin`",
         )
-    config = _read_run_config(path)
-    if not (path / "student" / "model_index.json").is_file():
-        raise ConfigError(
-            f"run dir {path} has no student (student/model_index.json is missing): the training has not finished",
-            hint=f"finish it with `refine-distill ... --output-dir {path} --resume`",
-        )
+    config = read_run_config(path)
     teacher_spec = teacher or config["teacher"]
     controlnet = config.get("controlnet") if teacher is None else None
     teacher_dir = _resolve_teacher(teacher_spec)

@@ -60,10 +60,10 @@ def test_config_parses_int8_op_types():
 def test_run_dir_without_student(tmp_path: Path, capsys: pytest.CaptureFixture):
     run = tmp_path / "run"
     run.mkdir()
-    (run / "config.json").write_text("{}")
+    (run / "config.json").write_text('{"teacher": "builtin"}')
     assert main([str(run), "--output-dir", str(tmp_path / "model")]) == 2
     lines = _error_lines(capsys)
-    assert lines[0] == f"error: run dir {run} holds no student (no student/model_index.json)"
+    assert lines[0].startswith(f"error: run dir {run} has no student (student/model_index.json is missing)")
     assert not (tmp_path / "model").exists()
 
 
@@ -76,7 +76,7 @@ def _fake_run(tmp_path: Path) -> Path:
     run = tmp_path / "run"
     (run / "student").mkdir(parents=True)
     (run / "student" / "model_index.json").write_text("{}")
-    (run / "config.json").write_text("{}")
+    (run / "config.json").write_text('{"teacher": "builtin"}')
     return run
 
 

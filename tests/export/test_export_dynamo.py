@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from refine_control.config import read_run_config
 from refine_control.export.onnx_export import (
     TextEncoderGraph,
     VaeDecoderGraph,
     export_graph,
     load_student,
-    read_run_config,
 )
 from refine_control.export.spec import SPECS
 

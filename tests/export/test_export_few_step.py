@@ -8,7 +8,8 @@ import json
 import numpy as np
 import torch
 
-from refine_control.export.onnx_export import load_student, read_run_config
+from refine_control.config import read_run_config
+from refine_control.export.onnx_export import load_student
 from refine_control.serve.runtime import OnnxControlNetPipeline
 from refine_control.serve.runtime.session import ort_session
 
