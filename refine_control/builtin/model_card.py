@@ -108,7 +108,7 @@ def write_model_card(path: str | Path, info: dict[str, Any], metrics: dict[str, 
         "## Files",
         "",
         "Saved with `save_pretrained` as fp16 safetensors; load in fp32 with",
-        "`StableDiffusionControlNetPipeline.from_pretrained(dir, torch_dtype=torch.float32)`. `training.json` holds",
+        "`StableDiffusionControlNetPipeline.from_pretrained(dir, dtype=torch.float32)`. `training.json` holds",
         "the raw training log.",
         "",
     ]

@@ -372,7 +372,7 @@ def train_teacher(recipe: TeacherRecipe, output_dir: str | Path, work_dir: str |
 
 
 def save_pipeline(pipeline: StableDiffusionControlNetPipeline, output_dir: str | Path, info: dict[str, Any]) -> Path:
-    """Save the pipeline as fp16 safetensors (it loads back in fp32 with `torch_dtype=torch.float32`)."""
+    """Save the pipeline as fp16 safetensors (it loads back in fp32 with `dtype=torch.float32`)."""
     output_dir = Path(output_dir)
     with atomic_dir(output_dir) as tmp:
         pipeline.to(torch.float16).save_pretrained(tmp, safe_serialization=True)

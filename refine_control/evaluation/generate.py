@@ -53,10 +53,10 @@ def load_pipeline(path: str | Path, controlnet: str | Path | None = None) -> Sta
     try:
         if controlnet is not None:
             extra["controlnet"] = ControlNetModel.from_pretrained(
-                controlnet, torch_dtype=torch.float32, local_files_only=True
+                controlnet, dtype=torch.float32, local_files_only=True
             )
         pipeline = StableDiffusionControlNetPipeline.from_pretrained(
-            path, torch_dtype=torch.float32, local_files_only=True, safety_checker=None, requires_safety_checker=False,
+            path, dtype=torch.float32, local_files_only=True, safety_checker=None, requires_safety_checker=False,
             **extra,
         )  # fmt: skip
     except Exception as err:  # diffusers, transformers and safetensors raise many types for a broken dir

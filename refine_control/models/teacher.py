@@ -171,7 +171,7 @@ def load_teacher(
     opts: dict[str, Any] = {"local_files_only": True}
     weights = {**opts, "use_safetensors": None if allow_pickle else True}
     vae = _load(
-        "vae", path, lambda: AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype, **weights)
+        "vae", path, lambda: AutoencoderKL.from_pretrained(path, subfolder="vae", dtype=dtype, **weights)
     )
     text_encoder = _load(
         "text_encoder",
@@ -182,7 +182,7 @@ def load_teacher(
     unet = _load(
         "unet",
         path,
-        lambda: UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype, **weights),
+        lambda: UNet2DConditionModel.from_pretrained(path, subfolder="unet", dtype=dtype, **weights),
     )
     scheduler_name = index.get("scheduler", [None, "DDIMScheduler"])[1]
     scheduler_cls = getattr(diffusers, str(scheduler_name), None)
@@ -194,13 +194,13 @@ def load_teacher(
         if not (cn_path / "config.json").is_file():
             raise ConfigError(f"--controlnet {controlnet!r} is not a ControlNetModel directory (no config.json)")
         cn = _load(
-            "controlnet", cn_path, lambda: ControlNetModel.from_pretrained(cn_path, torch_dtype=dtype, **weights)
+            "controlnet", cn_path, lambda: ControlNetModel.from_pretrained(cn_path, dtype=dtype, **weights)
         )
     elif (path / "controlnet").is_dir():
         cn = _load(
             "controlnet",
             path,
-            lambda: ControlNetModel.from_pretrained(path, subfolder="controlnet", torch_dtype=dtype, **weights),
+            lambda: ControlNetModel.from_pretrained(path, subfolder="controlnet", dtype=dtype, **weights),
         )
     else:
         raise ConfigError(

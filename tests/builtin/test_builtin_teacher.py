@@ -58,7 +58,7 @@ def test_recipe_end_to_end_in_miniature(tmp_path):
     assert set(info) >= {"vae", "unet", "controlnet", "total", "parameters"}
     with safe_open(tmp_path / "teacher" / "unet" / "diffusion_pytorch_model.safetensors", "pt") as f:
         assert f.get_tensor(next(iter(f.keys()))).dtype == torch.float16
-    pipeline = StableDiffusionControlNetPipeline.from_pretrained(tmp_path / "teacher", torch_dtype=torch.float32)
+    pipeline = StableDiffusionControlNetPipeline.from_pretrained(tmp_path / "teacher", dtype=torch.float32)
     assert pipeline.unet.dtype == torch.float32 and pipeline.vae_scale_factor == 4
     # A rerun with the same work dir reuses the finished phases.
     again = train_teacher(recipe, tmp_path / "again", work_dir=tmp_path / "work")
@@ -71,7 +71,7 @@ def test_builtin_teacher_loads_offline_in_fp32():
 
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
     path = builtin_teacher_dir()
-    pipeline = StableDiffusionControlNetPipeline.from_pretrained(path, torch_dtype=torch.float32)
+    pipeline = StableDiffusionControlNetPipeline.from_pretrained(path, dtype=torch.float32)
     assert pipeline.unet.dtype == torch.float32 and len(pipeline.tokenizer) == 49408
     assert pipeline.text_encoder.config.vocab_size == 49408
     pipeline.set_progress_bar_config(disable=True)
