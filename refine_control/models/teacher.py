@@ -170,9 +170,7 @@ def load_teacher(
     # use_safetensors=True: diffusers/transformers then never fall back to a pickle file by themselves.
     opts: dict[str, Any] = {"local_files_only": True}
     weights = {**opts, "use_safetensors": None if allow_pickle else True}
-    vae = _load(
-        "vae", path, lambda: AutoencoderKL.from_pretrained(path, subfolder="vae", dtype=dtype, **weights)
-    )
+    vae = _load("vae", path, lambda: AutoencoderKL.from_pretrained(path, subfolder="vae", dtype=dtype, **weights))
     text_encoder = _load(
         "text_encoder",
         path,
@@ -193,9 +191,7 @@ def load_teacher(
         cn_path = Path(controlnet).expanduser()
         if not (cn_path / "config.json").is_file():
             raise ConfigError(f"--controlnet {controlnet!r} is not a ControlNetModel directory (no config.json)")
-        cn = _load(
-            "controlnet", cn_path, lambda: ControlNetModel.from_pretrained(cn_path, dtype=dtype, **weights)
-        )
+        cn = _load("controlnet", cn_path, lambda: ControlNetModel.from_pretrained(cn_path, dtype=dtype, **weights))
     elif (path / "controlnet").is_dir():
         cn = _load(
             "controlnet",
