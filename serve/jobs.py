@@ -382,7 +382,9 @@ async def job_events(job: Job, manager: JobManager, keepalive_s: float = 15.0) -
             if key != last:
                 last, quiet = key, 0.0
                 yield f"event: {status.status}\ndata: {status.model_dump_json()}\n\n"
-                if job.terminal:
+                # Decide from the snapshot just sent, not from `job.terminal` now: a job that finished after the
+                # snapshot was taken would end the stream without its final event.
+                if status.status in TERMINAL:
                     return
             elif quiet >= keepalive_s:
                 quiet = 0.0
