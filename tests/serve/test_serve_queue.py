@@ -15,7 +15,7 @@ from serve_fakes import FakeEngine
 from serve_helpers import b64, png_bytes
 
 from refine_control.serve.engine import GenerationParams
-from refine_control.serve.jobs import JobManager, JobSpec, wait_until_done
+from refine_control.serve.jobs import Job, JobManager, JobSpec, job_events, wait_until_done
 from refine_control.serve.settings import ServeSettings
 
 
@@ -192,3 +192,25 @@ def png_bytes_array():
     import numpy as np
 
     return np.zeros((64, 64, 3), np.uint8)
+
+
+def test_event_stream_ends_with_the_final_state_even_when_the_job_finishes_mid_send():
+    """The stream stops on the state it sent: a job that finishes while a `running` event is being sent still gets
+    its `done` event (the page otherwise reads the stream's end as "Failed: no result")."""
+    params = GenerationParams("p", "", 3, 1.0, 1.0, 0, 64, 64)
+    job = Job(JobSpec(params, png_bytes_array()), keep=True)
+    job.state, job.step = "running", 1
+    manager = JobManager(FakeEngine(), ServeSettings(queue_size=2))
+
+    async def follow() -> list[str]:
+        stream = job_events(job, manager)
+        first = await stream.__anext__()  # `running`, handed to the sender
+        job.state, job.step = "done", 3  # the worker finishes while it is being sent
+        rest = [chunk async for chunk in stream]
+        return [first, *rest]
+
+    try:
+        events = asyncio.run(follow())
+    finally:
+        manager.close(1.0)
+    assert events[0].startswith("event: running") and events[-1].startswith("event: done")
