@@ -35,6 +35,21 @@ def start_generation(page: Page) -> None:
         page.eval("document.getElementById('generate').click()")
 
 
+def assert_page_shows_what_the_api_draws(page: Page, server, body: dict) -> None:
+    """The page's result pixels (read back through a canvas; the CSP's connect-src 'self' keeps even blob: URLs
+    from being fetched) equal the API's image for `body` with the drawn sketch as its control image."""
+    shown = page.eval(
+        "(() => { const img = document.getElementById('result'); const c = document.createElement('canvas');"
+        " c.width = img.naturalWidth; c.height = img.naturalHeight; const g = c.getContext('2d');"
+        " g.drawImage(img, 0, 0); return Array.from(g.getImageData(0, 0, c.width, c.height).data); })()"
+    )
+    canvas = page.eval("document.getElementById('sketch').toDataURL('image/png').split(',')[1]")
+    with server.client() as client:
+        direct = client.post("/v1/generate", json={**body, "control_image": canvas})
+    expected = np.asarray(Image.open(io.BytesIO(direct.content)).convert("RGBA"))
+    assert np.array_equal(np.asarray(shown, np.uint8).reshape(expected.shape), expected)
+
+
 def test_page_draw_generate_upload(tiny_model_dir, tmp_path):
     server = start_server(tiny_model_dir, tmp_path / "srv", "--no-access-log")
     browser = Browser(CHROMIUM, tmp_path / "chrome-profile")
@@ -71,22 +86,9 @@ def test_page_draw_generate_upload(tiny_model_dir, tmp_path):
         assert page.eval("document.getElementById('result').naturalWidth") == 32
         assert page.eval("document.getElementById('seed-used').textContent") == "seed 42"
 
-        # the page shows exactly what the API makes from the drawn canvas (pixels read back through a canvas;
-        # the CSP's connect-src 'self' keeps even blob: URLs from being fetched)
-        shown = page.eval(
-            "(() => { const img = document.getElementById('result'); const c = document.createElement('canvas');"
-            " c.width = img.naturalWidth; c.height = img.naturalHeight; const g = c.getContext('2d');"
-            " g.drawImage(img, 0, 0); return Array.from(g.getImageData(0, 0, c.width, c.height).data); })()"
-        )
-        canvas = page.eval("document.getElementById('sketch').toDataURL('image/png').split(',')[1]")
-        with server.client() as client:
-            direct = client.post(
-                "/v1/generate",
-                json={"prompt": "a red striped circle", "control_image": canvas, "seed": 42, "steps": 50}
-                | {"width": 32, "height": 32},
-            )
-        expected = np.asarray(Image.open(io.BytesIO(direct.content)).convert("RGBA"))
-        assert np.array_equal(np.asarray(shown, np.uint8).reshape(expected.shape), expected)
+        # the page shows exactly what the API makes from the drawn canvas
+        body = {"prompt": "a red striped circle", "seed": 42, "steps": 50, "width": 32, "height": 32}
+        assert_page_shows_what_the_api_draws(page, server, body)
 
         # upload a photo, preview its control map, generate from it
         photo = tmp_path / "photo.jpg"
@@ -143,16 +145,7 @@ def test_page_uses_a_few_step_students_recommendation(few_step_model, tmp_path):
         start_generation(page)
         wait_status(page, "Done.")
         assert page.eval("document.getElementById('progress').value") == 2
-        shown = page.eval(
-            "(() => { const img = document.getElementById('result'); const c = document.createElement('canvas');"
-            " c.width = img.naturalWidth; c.height = img.naturalHeight; const g = c.getContext('2d');"
-            " g.drawImage(img, 0, 0); return Array.from(g.getImageData(0, 0, c.width, c.height).data); })()"
-        )
-        canvas = page.eval("document.getElementById('sketch').toDataURL('image/png').split(',')[1]")
-        with server.client() as client:
-            direct = client.post("/v1/generate", json={"prompt": "a blue square", "control_image": canvas, "seed": 7})
-        expected = np.asarray(Image.open(io.BytesIO(direct.content)).convert("RGBA"))
-        assert np.array_equal(np.asarray(shown, np.uint8).reshape(expected.shape), expected)
+        assert_page_shows_what_the_api_draws(page, server, {"prompt": "a blue square", "seed": 7})
     except Exception:
         print(server.log()[-4000:])
         raise
