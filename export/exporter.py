@@ -26,16 +26,25 @@ from refine_control.config import read_run_config
 from refine_control.errors import ConfigError, ExportError, ParityError
 from refine_control.evaluation.generate import recommended_sampling
 from refine_control.export.manifest import build_manifest, source_run, write_manifest
+from refine_control.export.mobile import REQUIRED_OPERATORS, mobile_usability, write_required_operators
 from refine_control.export.onnx_export import (
     Student,
     export_graphs,
     load_student,
 )
 from refine_control.export.ort_format import convert_to_ort
-from refine_control.export.parity import RecordingPipeline, SamplingSettings, Variant, check_parity, generate
-from refine_control.export.quantize import convert_fp16, count_ops, quantize_int8
+from refine_control.export.parity import (
+    RecordingPipeline,
+    SamplingSettings,
+    Variant,
+    check_parity,
+    generate,
+    int8_image_check,
+)
+from refine_control.export.quantize import Int8Options, convert_fp16, count_ops, quantize_int8
 from refine_control.export.samples import Sample, load_samples, run_data_dir
 from refine_control.faults import fault_point
+from refine_control.serve.runtime.cpu import cpu_info, decide_reduce_range
 from refine_control.serve.runtime.layout import MANIFEST, PARITY, SCHEDULER, TOKENIZER, graph_file
 from refine_control.serve.runtime.pipeline import PromptEncoder
 from refine_control.serve.runtime.session import default_threads
@@ -126,13 +135,14 @@ def _finish_tree(root: Path) -> None:
             os.close(fd)
 
 
-def _calibration_feeds(
+def _calibration_run(
     tmp: Path, manifest: dict[str, Any], samples: list[Sample], settings: SamplingSettings, threads: int
-) -> list[Any]:
-    """Denoiser inputs captured while the exported FP32 pipeline runs on the calibration samples."""
+) -> tuple[list[Any], list[np.ndarray]]:
+    """Denoiser inputs captured while the exported FP32 pipeline runs on the calibration samples, and its images
+    (the reference the INT8 candidates' images are checked against)."""
     recorder = RecordingPipeline(tmp, "fp32", num_threads=threads, manifest=manifest)
-    generate(recorder, samples, settings)
-    return recorder.records["denoiser"]
+    images = generate(recorder, samples, settings)
+    return recorder.records["denoiser"], images
 
 
 def quiet_exporter_logs(verbose: bool = False) -> None:
@@ -191,30 +201,47 @@ def _export(cfg: "ExportConfig", config: dict[str, Any], data_dir: Path, threads
         bar.update()
         fault_point("export.graphs")
 
-        # 4. INT8: calibration inputs from real pipeline runs, then measured op-type selection.
+        # 4. INT8: calibration inputs from real pipeline runs, then per-node selection judged by images.
         if cfg.int8:
             bar.set_postfix_str("int8")
             started = time.perf_counter()
-            feeds = _calibration_feeds(tmp, provisional, calibration, settings, threads)
+            feeds, reference = _calibration_run(tmp, provisional, calibration, settings, threads)
+            reduce_range, reason = decide_reduce_range(cfg.int8_reduce_range)
+            options = Int8Options(cfg.int8_calibration, reduce_range, reason, anyway=cfg.int8_anyway)
+            check = int8_image_check(tmp, provisional, calibration, settings, reference, preprocessor, threads)
             int8_path = tmp / graph_file("denoiser", "int8")
             report = quantize_int8(
                 tmp / graph_file("denoiser"),
                 int8_path,
                 feeds,
                 feeds[len(feeds) // 2],
+                check=check,
                 op_types=cfg.int8_op_types,
+                options=options,
                 threads=threads,
             )
-            ops = count_ops(int8_path)
-            report["qdq_nodes"] = {k: v for k, v in ops.items() if k in ("QuantizeLinear", "DequantizeLinear")}
-            details[int8_path.name] = {"precision": "int8", "quantization": report}
-            logger.info(
-                "INT8 denoiser: %d calibration inputs from %d pipeline runs, %s quantised (%.1f s)",
-                len(feeds),
-                len(calibration),
-                ", ".join(report["op_types"]),
-                time.perf_counter() - started,
-            )
+            report["cpu"] = cpu_info().to_json()
+            elapsed = time.perf_counter() - started
+            if report["written"]:
+                ops = count_ops(int8_path)
+                report["qdq_nodes"] = {k: v for k, v in ops.items() if k in ("QuantizeLinear", "DequantizeLinear")}
+                details[int8_path.name] = {"precision": "int8", "quantization": report}
+                logger.info(
+                    "INT8 denoiser: %d of its nodes (%s) quantised, from %d calibration inputs (%.1f s)%s",
+                    report["quantized_nodes"],
+                    ", ".join(report["op_types"]),
+                    len(feeds),
+                    elapsed,
+                    "" if report["faster_than_fp32"] is not False else "; not faster than FP32 (--int8-anyway)",
+                )
+            else:
+                export_info["int8_not_written"] = report
+                logger.warning(
+                    "no INT8 node set of this denoiser is both faster than FP32 on this CPU and accurate (images "
+                    "within the bars of refine_control/export/parity.py); no INT8 file written (%.1f s). "
+                    "Pass --int8-anyway to write the most accurate set regardless",
+                    elapsed,
+                )
             bar.update()
             fault_point("export.int8")
         # 5. FP16 (size format on CPU; the note says how many casts the CPU provider adds).
@@ -228,18 +255,24 @@ def _export(cfg: "ExportConfig", config: dict[str, Any], data_dir: Path, threads
             logger.info("FP16: %s", details[fp16_path.name]["conversion"]["note"])
             bar.update()
             fault_point("export.fp16")
-        # 6. ORT format for every ONNX graph written so far.
+        # 6. Mobile readiness of every ONNX graph; with --ort, the ORT-format files and the minimal build's
+        # operator list.
+        bar.set_postfix_str("mobile check")
+        for onnx_file in sorted(tmp.glob("*.onnx")):
+            details.setdefault(onnx_file.name, {})["mobile"] = mobile_usability(onnx_file, tmp)
         if cfg.ort:
             bar.set_postfix_str("ort format")
             for onnx_file in sorted(tmp.glob("*.onnx")):
                 convert_to_ort(onnx_file, onnx_file.with_suffix(".ort"))
+            write_required_operators(sorted(tmp.glob("*.ort")), tmp / REQUIRED_OPERATORS)
             bar.update()
             fault_point("export.ort")
         provisional = build_manifest(tmp, pipeline=facts, source=source, export=export_info, details=details)
 
         # 7. Parity against the PyTorch student, then the final manifest: the last file written.
         bar.set_postfix_str("parity")
-        precisions = ["fp32", *(["int8"] if cfg.int8 else []), *(["fp16"] if cfg.fp16 else [])]
+        int8_written = (tmp / graph_file("denoiser", "int8")).is_file()
+        precisions = ["fp32", *(["int8"] if int8_written else []), *(["fp16"] if cfg.fp16 else [])]
         formats = ["onnx", *(["ort"] if cfg.ort else [])]
         variants = [Variant(p, f) for f in formats for p in precisions]
         started = time.perf_counter()

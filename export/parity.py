@@ -9,13 +9,16 @@ against PyTorch's, and the edge F1 of every image against its control.
 Thresholds (checked; a failure stops the export unless `--allow-degraded`):
 - FP32 (ONNX and ORT format): every graph's max abs error ≤ its spec's atol (1e-3), image PSNR ≥ 40 dB.
 - INT8 / FP16: mean edge F1 ≥ 95 % of the FP32 pipeline's (edge-map preprocessors only).
+
+INT8 selection (before parity, on the calibration samples, never the parity ones): a candidate INT8 denoiser is
+accepted only if its images keep ≥ 95 % of the FP32 pipeline's edge F1 and are ≥ 35 dB PSNR from its images.
 """
 
 import contextlib
 import logging
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,12 +35,14 @@ from refine_control.export.spec import SPECS
 from refine_control.serve.runtime import OnnxControlNetPipeline
 from refine_control.serve.runtime.layout import GRAPHS, graph_file
 from refine_control.serve.runtime.schedulers import SCHEDULERS
+from refine_control.serve.runtime.session import ort_session
 from refine_control.serve.runtime.timing import measure
 
 logger = logging.getLogger(__name__)
 
 MIN_PSNR_DB = 40.0
 MIN_EDGE_F1_RATIO = 0.95
+MIN_INT8_PSNR_DB = 35.0
 EDGE_PREPROCESSORS = ("canny", "lineart")
 MAX_DENOISER_INPUTS = 16
 
@@ -135,6 +140,37 @@ def torch_images(
             ).images[0]
         images.append((out * 255).round().astype(np.uint8))
     return images
+
+
+def int8_image_check(
+    model_dir: Path,
+    manifest: dict[str, Any],
+    samples: list[Sample],
+    settings: SamplingSettings,
+    fp32_images: list[np.ndarray],
+    preprocessor: str,
+    threads: int,
+) -> Callable[[Path], dict[str, Any]]:
+    """The INT8 selection's judge: a candidate denoiser file → its images' PSNR and edge F1 against the FP32
+    pipeline's `fp32_images` on the same samples, and whether both bars (module docstring) hold."""
+    pipe = OnnxControlNetPipeline(model_dir, "fp32", num_threads=threads, manifest=manifest)
+    edge_like = preprocessor in EDGE_PREPROCESSORS
+    fp32_f1 = _edge_f1(fp32_images, samples) if edge_like else None
+
+    def check(candidate: Path) -> dict[str, Any]:
+        pipe.sessions["denoiser"] = ort_session(candidate, threads=threads)
+        images = generate(pipe, samples, settings)
+        p = psnr(np.stack(images), np.stack(fp32_images))
+        psnr_min = float(p.min())
+        result: dict[str, Any] = {"psnr_db_min": _finite(psnr_min), "accepted": psnr_min >= MIN_INT8_PSNR_DB}
+        if fp32_f1 is not None:
+            f1 = _edge_f1(images, samples)
+            ratio = f1 / fp32_f1 if fp32_f1 > 0 else 1.0
+            result.update(edge_f1=f1, edge_f1_ratio=round(ratio, 4))
+            result["accepted"] = result["accepted"] and ratio >= MIN_EDGE_F1_RATIO
+        return result
+
+    return check
 
 
 def _evenly(items: list[Any], limit: int) -> list[Any]:

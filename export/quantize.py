@@ -1,11 +1,21 @@
 """INT8 (static QDQ, calibrated on real pipeline inputs) and FP16 versions of the denoiser.
 
-INT8: per-channel int8 weights, uint8 activations, MinMax ranges from denoiser inputs captured while the FP32
-pipeline ran on the run's own data. Which node types get quantised is *measured*: each candidate type (Conv,
-weight MatMul, Gemm) is quantised alone, the whole graph is timed against FP32 on a real input and its output
-error measured on captured inputs; only types that make it at least `MIN_SPEEDUP` faster on this CPU and stay
-within `MAX_RELATIVE_ERROR` are kept. Attention MatMuls (activation × activation) always stay FP32. If no type
-qualifies, the accurate types (or the most accurate one) are quantised anyway, for size, and the report says so.
+INT8: per-channel int8 weights, uint8 activations, ranges (percentile by default, or MinMax / entropy) from the
+denoiser inputs captured while the FP32 pipeline ran on the run's own data, at every step of its sampling
+trajectory. What gets quantised is chosen per node and measured on this CPU:
+
+1. speed by node type: each candidate type (Conv, weight MatMul, Gemm) quantised alone and timed against FP32;
+   types that do not make the graph faster are left out (attention MatMuls, activation × activation, always are);
+2. sensitivity by node: the error each node's own quantisation adds to its output (export/int8_sensitivity.py);
+   the first convolutions, the last compute nodes and the control-conditioning path always stay FP32;
+3. candidate sets: nodes ranked by that error per multiply-accumulate they save, each set the best-ranked nodes
+   up to 100 / 90 / 75 / 60 / 45 / 30 / 20 / 10 % of the MACs, timed together with FP32; their *images* are
+   checked by `check` (the exporter's: edge F1 and PSNR against the FP32 pipeline's images on validation
+   samples) from the smallest set up, until one fails; the fastest set that passed is written.
+
+When no set is both faster (≥ `min_speedup`) and accurate, no INT8 file is written unless `anyway` is set (then
+the fastest accurate set, else the smallest; the report says it is not a speed format). `reduce_range` is the
+caller's decision (serve/runtime/cpu.py: from the CPU the export runs on) and is recorded in the report.
 Dynamic INT8 is not offered: ONNX Runtime's ConvInteger kernels are slower than its FP32 convolutions on x86.
 
 FP16: onnxruntime's own converter (onnxconverter-common's output does not load in ORT here), keeping FP32
@@ -14,41 +24,54 @@ report counts them, because on CPU the FP16 file is a size format, not a speed f
 """
 
 import contextlib
+import io
 import logging
 import shutil
 import statistics
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from refine_control.errors import ExportError
-from refine_control.export.spec import INT8_OP_TYPES
+from refine_control.export.int8_sensitivity import node_costs, protected_nodes
+from refine_control.export.spec import INT8_CALIBRATIONS, INT8_OP_TYPES
 from refine_control.serve.runtime.session import ort_session
 from refine_control.serve.runtime.timing import measure
 
 logger = logging.getLogger(__name__)
 
 MIN_SPEEDUP = 1.05
-# Largest error an op type alone may add to the noise prediction (unit variance), as a fraction of the FP32
-# output's standard deviation on captured inputs. Measured on the built-in student: MatMul alone 0.03 (images
-# within 44 dB of FP32), Conv alone 0.2-0.65 (edge F1 at 63% of FP32): MinMax uint8 ranges over all timesteps
-# are too coarse for some convolutions' activations.
-MAX_RELATIVE_ERROR = 0.05
-ERROR_FEEDS = 12
+MAC_COVERAGE = (
+    1.0,
+    0.9,
+    0.75,
+    0.6,
+    0.45,
+    0.3,
+    0.2,
+    0.1,
+)  # share of the ranked nodes' MACs each candidate set quantises
+SENSITIVITY_FEEDS = 8
+PERCENTILE = 99.999
+CONTROL_INPUT, LATENT_INPUT = "controlnet_cond", "sample"
 Feeds = dict[str, np.ndarray]
+ImageCheck = Callable[[Path], dict[str, Any]]  # INT8 denoiser file → {"accepted": bool, ...metrics}
 
 
-def max_relative_error(path: Path, feeds: Sequence[Feeds], reference: Sequence[np.ndarray], threads: int) -> float:
-    """Max abs difference of `path`'s outputs on `feeds` from the FP32 `reference` outputs, over their std."""
-    model = ort_session(path, threads=threads)
-    scale = float(np.std(np.concatenate([r.ravel() for r in reference]))) or 1.0
-    return max(float(np.abs(model.run(None, f)[0] - r).max()) for f, r in zip(feeds, reference, strict=True)) / scale
+@dataclass(frozen=True)
+class Int8Options:
+    calibration: str = "percentile"
+    reduce_range: bool = False
+    reduce_range_reason: str = "off"
+    min_speedup: float = MIN_SPEEDUP
+    anyway: bool = False  # write the most accurate set even when none is both accurate and faster
 
 
-def compare_ms(paths: Sequence[Path], feeds: Feeds, threads: int, rounds: int = 3) -> list[float]:
+def compare_ms(paths: Sequence[Path], feeds: Feeds, threads: int, rounds: int = 5) -> list[float]:
     """Median ms per run of each model on `feeds`, measured in interleaved rounds (fairer on a busy machine)."""
     sessions = [ort_session(p, threads=threads) for p in paths]
     per_model: list[list[float]] = [[] for _ in paths]
@@ -78,8 +101,8 @@ class _Reader:
         return len(self.feeds)
 
 
-def _preprocess(fp32: Path, out: Path) -> dict[str, list[str]]:
-    """ORT's quantisation pre-processing, unique node names, and the candidate nodes by group."""
+def _preprocess(fp32: Path, out: Path) -> tuple[Any, dict[str, list[str]]]:
+    """ORT's quantisation pre-processing, unique node names; the model and its candidate nodes by type."""
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -90,57 +113,74 @@ def _preprocess(fp32: Path, out: Path) -> dict[str, list[str]]:
     initializers = {t.name for t in model.graph.initializer}
     groups: dict[str, list[str]] = {op: [] for op in INT8_OP_TYPES}
     used = {n.name for n in model.graph.node if n.name}
+    seen: set[str] = set()
     for i, node in enumerate(model.graph.node):
-        if not node.name or node.name in groups:
+        if not node.name or node.name in seen:
             name = f"refine_node_{i}"
             while name in used:
                 name += "_"
             node.name = name
             used.add(name)
+        seen.add(node.name)
         if node.op_type == "MatMul" and not any(x in initializers for x in node.input):
             continue  # activation × activation (attention scores / values): stays FP32
         if node.op_type in groups:
             groups[node.op_type].append(node.name)
     onnx.save(model, str(out))
-    return {op: names for op, names in groups.items() if names}
+    return model, {op: names for op, names in groups.items() if names}
 
 
 @contextlib.contextmanager
 def _quiet_root_logger() -> Iterator[None]:
-    """onnxruntime.quantization logs every node at INFO on the root logger; keep that out of the CLI's output."""
+    """onnxruntime.quantization logs every node at INFO on the root logger and its calibraters print progress;
+    keep both out of the CLI's output."""
     logging.disable(logging.INFO)
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
     finally:
         logging.disable(logging.NOTSET)
 
 
-def _quantize(
-    source: Path,
-    out: Path,
-    nodes: list[str],
-    op_types: list[str],
-    reader: _Reader,
-    cache: Path,
-) -> None:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+class _Quantizer:
+    """quantize_static with one calibration (ranges cached) for every node subset of one pre-processed graph."""
 
-    reader.rewind()
-    with _quiet_root_logger():
-        quantize_static(
-            str(source),
-            str(out),
-            reader,
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=op_types,
-            nodes_to_quantize=nodes,
-            per_channel=True,
-            reduce_range=False,  # this CPU kind has VNNI; without VNNI set it (see quantize_static's docstring)
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-            calibration_cache_path=str(cache),
-        )
+    def __init__(self, pre: Path, reader: _Reader, options: Int8Options, cache: Path) -> None:
+        self.pre, self.reader, self.options, self.cache = pre, reader, options, cache
+
+    def __call__(self, out: Path, nodes: Sequence[str], op_types: Sequence[str]) -> Path:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        method = {
+            "minmax": CalibrationMethod.MinMax,
+            "percentile": CalibrationMethod.Percentile,
+            "entropy": CalibrationMethod.Entropy,
+        }[self.options.calibration]
+        extra = {"CalibPercentile": PERCENTILE} if self.options.calibration == "percentile" else {}
+        self.reader.rewind()
+        with _quiet_root_logger():
+            quantize_static(
+                str(self.pre),
+                str(out),
+                self.reader,
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=list(op_types),
+                nodes_to_quantize=list(nodes),
+                per_channel=True,
+                reduce_range=self.options.reduce_range,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=method,
+                calibration_cache_path=str(self.cache),
+                extra_options=extra,
+            )
+        return out
+
+
+def _evenly(items: list[Any], limit: int) -> list[Any]:
+    if len(items) <= limit:
+        return items
+    return [items[int(i)] for i in np.linspace(0, len(items) - 1, limit).round()]
 
 
 def quantize_int8(
@@ -149,85 +189,154 @@ def quantize_int8(
     calibration: list[Feeds],
     timing_feeds: Feeds,
     *,
+    check: ImageCheck | None = None,
     op_types: Sequence[str] | None = None,
+    options: Int8Options = Int8Options(),
     threads: int = 2,
 ) -> dict[str, Any]:
-    """Write the static QDQ INT8 model to `out`; returns the selection report (what was measured and kept)."""
+    """Write the static QDQ INT8 model to `out` (unless no set qualifies); returns what was measured and kept.
+
+    `op_types` given: every candidate node of those types, no selection (benchmarks). Otherwise `check` judges
+    each candidate set's images; the report's `written` says whether `out` exists."""
     if not calibration:
         raise ExportError("INT8 calibration needs at least one captured input")
-    reader = _Reader(calibration)
+    if options.calibration not in INT8_CALIBRATIONS:
+        raise ExportError(f"unknown INT8 calibration {options.calibration!r}; one of {INT8_CALIBRATIONS}")
+    report: dict[str, Any] = {
+        "format": "QDQ",
+        "activations": f"uint8 (asymmetric, {options.calibration} calibration)"
+        + (f", percentile {PERCENTILE}" if options.calibration == "percentile" else ""),
+        "weights": "int8 per channel",
+        "calibration_inputs": len(calibration),
+        **{k: v for k, v in asdict(options).items() if k != "anyway"},
+    }
     with tempfile.TemporaryDirectory(prefix=".refine-int8-", dir=out.parent) as tmp_dir:
         tmp = Path(tmp_dir)
-        pre = tmp / "pre.onnx"
-        groups = _preprocess(fp32, pre)
-        cache = tmp / "calibration.json"
-        measured: dict[str, dict[str, Any]] = {}
-        every = tmp / "all.onnx"
-        if op_types is None:
-            # Calibrate once over every candidate node; the per-type variants reuse the cached ranges.
-            all_nodes = [n for names in groups.values() for n in names]
-            _quantize(pre, every, all_nodes, list(groups), reader, cache)
-            variants = {}
-            for op in groups:
-                variants[op] = tmp / f"{op}.onnx"
-                _quantize(pre, variants[op], groups[op], [op], reader, cache)
-            timings = compare_ms([pre, every, *variants.values()], timing_feeds, threads)
-            error_feeds = calibration[:: max(1, len(calibration) // ERROR_FEEDS)][:ERROR_FEEDS]
-            fp32 = ort_session(pre, threads=threads)
-            reference = [fp32.run(None, f)[0] for f in error_feeds]  # once, shared by every variant
-            fp32_ms, all_ms = timings[0], timings[1]
-            for (op, path), ms in zip(variants.items(), timings[2:], strict=True):
-                measured[op] = {
-                    "nodes": len(groups[op]),
-                    "fp32_ms": round(fp32_ms, 3),
-                    "int8_ms": round(ms, 3),
-                    "speedup": round(fp32_ms / ms, 3),
-                    "relative_error": round(max_relative_error(path, error_feeds, reference, threads), 4),
-                }
-            measured["all candidates"] = {
-                "nodes": len(all_nodes),
-                "fp32_ms": round(fp32_ms, 3),
-                "int8_ms": round(all_ms, 3),
-                "speedup": round(fp32_ms / all_ms, 3),
-            }
-            accurate = [op for op in groups if measured[op]["relative_error"] <= MAX_RELATIVE_ERROR]
-            chosen = [op for op in accurate if measured[op]["speedup"] >= MIN_SPEEDUP]
-            faster = bool(chosen)
-            if not chosen:
-                chosen = accurate or [min(groups, key=lambda op: measured[op]["relative_error"])]
-                logger.warning(
-                    "no node type of this denoiser runs both faster and accurately in INT8 on this CPU; "
-                    "quantising %s anyway: the INT8 file is smaller, not faster",
-                    ", ".join(chosen),
-                )
-        else:
+        model, groups = _preprocess(fp32, tmp / "pre.onnx")
+        quantize = _Quantizer(tmp / "pre.onnx", _Reader(calibration), options, tmp / "calibration.json")
+        if op_types is not None:
             unknown = sorted(set(op_types) - set(INT8_OP_TYPES))
             if unknown:
                 raise ExportError(f"cannot quantise op types {unknown}; choose from {', '.join(INT8_OP_TYPES)}")
             chosen = [op for op in op_types if op in groups]
-            faster = None
-        if not chosen:
-            raise ExportError(f"the denoiser has no nodes of the requested INT8 op types {list(op_types or [])}")
-        nodes = [n for op in chosen for n in groups[op]]
-        if op_types is None and set(chosen) == set(groups):
-            shutil.copyfile(every, out)  # already built with exactly these nodes
-        elif op_types is None and len(chosen) == 1:
-            shutil.copyfile(tmp / f"{chosen[0]}.onnx", out)
-        else:
-            _quantize(pre, out, nodes, chosen, reader, cache)
-    return {
-        "format": "QDQ",
-        "activations": "uint8 (asymmetric, MinMax calibration)",
-        "weights": "int8 per channel",
-        "calibration_inputs": len(calibration),
-        "selection": "measured" if op_types is None else "requested",
-        "min_speedup": MIN_SPEEDUP,
-        "max_relative_error": MAX_RELATIVE_ERROR,
-        "measured": measured,
-        "op_types": chosen,
-        "quantized_nodes": len(nodes),
+            if not chosen:
+                raise ExportError(f"the denoiser has no nodes of the requested INT8 op types {list(op_types)}")
+            nodes = [n for op in chosen for n in groups[op]]
+            quantize(out, nodes, chosen)
+            return {
+                **report,
+                "selection": "requested",
+                "op_types": chosen,
+                "quantized_nodes": len(nodes),
+                "faster_than_fp32": None,
+                "written": True,
+            }
+        if check is None:
+            raise ExportError("per-node INT8 selection needs an image check")
+        selection = _select(model, groups, quantize, tmp, calibration, timing_feeds, check, options, threads)
+        best = selection.pop("_path", None)
+        if best is not None:
+            shutil.copyfile(best, out)
+    return {**report, "selection": "per node, measured", **selection, "written": best is not None}
+
+
+def _select(
+    model: Any,
+    groups: dict[str, list[str]],
+    quantize: _Quantizer,
+    tmp: Path,
+    calibration: list[Feeds],
+    timing_feeds: Feeds,
+    check: ImageCheck,
+    options: Int8Options,
+    threads: int,
+) -> dict[str, Any]:
+    """Steps 1-3 of the module docstring; `_path` is the chosen candidate's file (absent: nothing qualifies)."""
+    pre = quantize.pre
+    # 1. Speed by node type (calibrates once over every candidate; later subsets reuse the cached ranges).
+    every = quantize(tmp / "all.onnx", [n for names in groups.values() for n in names], list(groups))
+    per_type = {op: quantize(tmp / f"{op}.onnx", groups[op], [op]) for op in groups}
+    fp32_ms, *type_ms = compare_ms([pre, *per_type.values()], timing_feeds, threads)
+    by_type = {
+        op: {"nodes": len(groups[op]), "int8_ms": round(ms, 3), "speedup": round(fp32_ms / ms, 3)}
+        for op, ms in zip(per_type, type_ms, strict=True)
+    }
+    fast_types = [op for op in groups if by_type[op]["speedup"] >= options.min_speedup] or list(groups)
+    pool = [n for op in fast_types for n in groups[op]]
+
+    # 2. Sensitivity by node; positional rules first. Ranked by error per MAC: cheap error, large savings first.
+    protected = protected_nodes(model, pool, CONTROL_INPUT, LATENT_INPUT)
+    costs = node_costs(
+        pre, every, [n for n in pool if n not in protected], _evenly(calibration, SENSITIVITY_FEEDS), threads, tmp
+    )
+    ranked = sorted(costs, key=lambda n: costs[n].error_per_gmac)
+    total_macs = sum(c.macs for c in costs.values()) or 1
+
+    # 3. Candidate sets (the best-ranked nodes up to a share of the MACs), timed together, checked fastest first.
+    sets: list[tuple[float, list[str]]] = []
+    for coverage in MAC_COVERAGE:
+        kept, covered = [], 0
+        for n in ranked:
+            if covered >= coverage * total_macs:
+                break
+            kept.append(n)
+            covered += costs[n].macs
+        if kept and all(kept != other for _, other in sets):
+            sets.append((coverage, kept))
+    op_of = {n: op for op, names in groups.items() for n in names}
+    paths = [
+        quantize(tmp / f"set{i}.onnx", nodes, sorted({op_of[n] for n in nodes})) for i, (_, nodes) in enumerate(sets)
+    ]
+    fp32_ms, *set_ms = compare_ms([pre, *paths], timing_feeds, threads)
+    candidates = [
+        {
+            "mac_coverage": coverage,
+            "quantized_nodes": len(nodes),
+            "int8_ms": round(ms, 3),
+            "speedup": round(fp32_ms / ms, 3),
+        }
+        for (coverage, nodes), ms in zip(sets, set_ms, strict=True)
+    ]
+    # Fewer nodes, fewer errors: check from the smallest set up and stop at the first that fails.
+    accurate: list[int] = []
+    for i in reversed(range(len(sets))):
+        candidates[i]["check"] = check(paths[i])
+        if not candidates[i]["check"]["accepted"]:
+            break
+        accurate.append(i)
+    fast = [i for i in accurate if candidates[i]["speedup"] >= options.min_speedup]
+    chosen = min(fast, key=lambda i: set_ms[i]) if fast else None
+    faster = chosen is not None
+    if chosen is None and options.anyway:  # the fastest accurate set, else the smallest (most accurate)
+        chosen = min(accurate, key=lambda i: set_ms[i]) if accurate else len(sets) - 1
+    result: dict[str, Any] = {
+        "min_speedup": options.min_speedup,
+        "fp32_ms": round(fp32_ms, 3),
+        "by_type": by_type,
+        "op_types_considered": fast_types,
+        "protected": {reason: sum(1 for r in protected.values() if r == reason) for reason in set(protected.values())},
+        "sensitivity": {
+            "measure": "error a node's own quantisation adds to its output (RMS over channels of the relative "
+            "error); ranked by that error per MAC",
+            "worst": [[n, round(costs[n].error, 4), costs[n].macs] for n in ranked[::-1][:10]],
+            "median_error": round(float(np.median([c.error for c in costs.values()])), 4) if costs else None,
+        },
+        "candidates": candidates,
         "faster_than_fp32": faster,
     }
+    if chosen is None:
+        return result
+    nodes = sets[chosen][1]
+    result.update(
+        {
+            "chosen": chosen,
+            "op_types": sorted({op_of[n] for n in nodes}),
+            "quantized_nodes": len(nodes),
+            "fp32_nodes": {"protected": sorted(protected), "ranked_out": [n for n in ranked if n not in set(nodes)]},
+            "_path": paths[chosen],
+        }
+    )
+    return result
 
 
 def count_ops(path: Path) -> dict[str, int]:

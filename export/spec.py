@@ -16,7 +16,8 @@ from refine_control.serve.runtime.layout import (
 
 DEFAULT_OPSET = 18
 EXPORTERS = ("dynamo", "torchscript")  # torch.onnx's two; dynamo is the default, TorchScript a fast fallback
-INT8_OP_TYPES = ("Conv", "MatMul", "Gemm")  # node types the INT8 quantiser may quantise (measured per type)
+INT8_OP_TYPES = ("Conv", "MatMul", "Gemm")  # node types the INT8 quantiser may quantise (chosen per node)
+INT8_CALIBRATIONS = ("percentile", "minmax", "entropy")  # activation range methods (onnxruntime's calibraters)
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     p("--warmup", type=int, default=None, help="untimed runs first. Default: 2")
     p("--threads", type=int, default=2, help="threads for torch and ONNX Runtime. Default: %(default)s")
     p("--exporter", choices=("dynamo", "torchscript"), default=None, help="ONNX exporter. Default: dynamo")
-    p("--int8-ops", default=None, help="`measured` (as refine-export; the default) or node types, e.g. Conv,MatMul")
+    p(
+        "--int8-ops",
+        default=None,
+        help="`measured` (the default: per node as refine-export, judged by speed alone since the "
+        "benchmark's weights are random) or node types to quantise whole, e.g. Conv,MatMul",
+    )
     p(
         "--ort-models",
         default=None,

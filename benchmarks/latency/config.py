@@ -24,7 +24,7 @@ class BenchConfig:
     warmup: int = 2
     threads: int = 2
     exporter: str = "dynamo"
-    int8_ops: tuple[str, ...] | None = None  # None: measured per node type, as `refine-export --int8` does
+    int8_ops: tuple[str, ...] | None = None  # None: chosen per node as `refine-export --int8` does, by speed only
     calibration_feeds: int = 6  # INT8 calibration inputs (Geometry example feeds over seeds and timesteps)
     ort_models: tuple[str, ...] | None = None  # models whose denoiser runs in ORT (None: all)
     quality: tuple[tuple[str | None, str], ...] = ()  # (model name or None, refine-eval JSON)

@@ -116,6 +116,12 @@ class ModelDir:
     def has(self, name: str) -> bool:
         return name in self.files
 
+    def quantization(self) -> dict[str, Any]:
+        """The INT8 denoiser's quantisation record (settings, the CPU it was chosen on), or {}."""
+        graph = self.manifest.get("graphs", {}).get("denoiser", {}).get("int8", {}).get("onnx", {})
+        record = graph.get("quantization") if isinstance(graph, dict) else None
+        return record if isinstance(record, dict) else {}
+
     def precisions(self, model_format: str = "onnx") -> list[str]:
         """Precisions whose denoiser was exported in `model_format`."""
         return [p for p in PRECISIONS if self.has(graph_file("denoiser", p, model_format))]

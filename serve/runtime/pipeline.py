@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from refine_control.errors import ConfigError, RefineError
+from refine_control.serve.runtime.cpu import int8_cpu_warning
 from refine_control.serve.runtime.geometry import Geometry
 from refine_control.serve.runtime.layout import (
     GRAPHS,
@@ -168,6 +169,10 @@ class OnnxControlNetPipeline:
                 f"available: {', '.join(available) or 'none'}"
             )
         self.precision, self.model_format = precision, model_format
+        if precision == "int8":
+            warning = int8_cpu_warning(self.model.quantization())
+            if warning:
+                logger.warning("%s: %s", self.model.path, warning)
         facts = self.model.pipeline
         try:
             self.geometry = Geometry.from_facts(facts)

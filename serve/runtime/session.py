@@ -26,13 +26,15 @@ def ort_session(
     config: dict[str, str] | None = None,
     save_optimized_to: Path | None = None,
     disabled_optimizers: list[str] | None = None,
+    fixed_dims: dict[str, int] | None = None,
 ) -> Any:
     """An `onnxruntime.InferenceSession` on the CPU provider.
 
     `model` is a path or the file's bytes; a `.ort` path is loaded as ORT format. `config` holds extra session
     config entries; `save_optimized_to` writes the optimised graph (how ORT-format and FP16 files are made).
     Never registers a custom-op library; refuses to run when `ORT_LOAD_CONFIG_FROM_MODEL` would let the file choose
-    its own options."""
+    its own options. `fixed_dims` pins symbolic input dimensions by name (ORT's free-dimension overrides), so the
+    session plans for one shape; `fixed_dims_for` derives them from example feeds."""
     import onnxruntime as ort
 
     if os.environ.get("ORT_LOAD_CONFIG_FROM_MODEL", "0") not in ("", "0"):
@@ -62,9 +64,25 @@ def ort_session(
         entries["session.load_model_format"] = "ORT"
     for key, value in entries.items():
         options.add_session_config_entry(key, value)
+    for name, value in (fixed_dims or {}).items():
+        options.add_free_dimension_override_by_name(name, int(value))
     if save_optimized_to is not None:
         options.optimized_model_filepath = str(save_optimized_to)
     source = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(
         source, sess_options=options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled_optimizers
     )
+
+
+def fixed_dims_for(inputs: list[Any], feeds: dict[str, Any]) -> dict[str, int]:
+    """Symbolic dimension name → its size in `feeds`, from a session's `get_inputs()` (or the manifest's records of
+    them: dicts with "name" and "shape")."""
+    dims: dict[str, int] = {}
+    for arg in inputs:
+        name, shape = (arg["name"], arg["shape"]) if isinstance(arg, dict) else (arg.name, arg.shape)
+        if name not in feeds:
+            continue
+        for symbol, size in zip(shape, feeds[name].shape, strict=False):
+            if isinstance(symbol, str) and symbol:
+                dims.setdefault(symbol, int(size))
+    return dims

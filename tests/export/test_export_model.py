@@ -20,6 +20,7 @@ EXPECTED_FILES = [
     *[graph_file(g, model_format="ort") for g in ("text_encoder", "denoiser", "vae_decoder")],
     "denoiser.int8.ort",
     "denoiser.fp16.ort",
+    "required_operators.config",
 ]
 
 
@@ -97,21 +98,42 @@ def test_int8_graph_holds_quantized_ops(model: Path, manifest: dict):
     axis = next((a.i for a in dequantize.attribute if a.name == "axis"), 1)
     assert list(scale.dims) == [weight.dims[axis]] and weight.dims[axis] > 1  # per channel: one scale per channel
     report = manifest["graphs"]["denoiser"]["int8"]["onnx"]["quantization"]
-    assert report["selection"] == "measured" and report["op_types"]
-    assert {"Conv", "MatMul", "Gemm"} & set(report["measured"])
-    # The documented rule, written out again: keep the types both accurate and faster; if none is faster, the
-    # accurate ones; if none is accurate, the least inaccurate one.
-    measured = {op: row for op, row in report["measured"].items() if op in ("Conv", "MatMul", "Gemm")}
-    accurate = [op for op, row in measured.items() if row["relative_error"] <= 0.05]
-    faster = [op for op in accurate if measured[op]["speedup"] >= 1.05]
-    expected = faster or accurate or [min(measured, key=lambda op: measured[op]["relative_error"])]
-    assert sorted(report["op_types"]) == sorted(expected) and report["faster_than_fp32"] == bool(faster)
+    assert report["selection"] == "per node, measured" and report["written"] is True
+    assert report["reduce_range"] in (True, False) and report["reduce_range_reason"].startswith("auto")
+    assert report["cpu"]["arch"] and report["calibration"] == "percentile"
+    # The documented rule, written out again: the smallest sets are checked first, up to the first that fails;
+    # the fastest accepted set at least `min_speedup` faster is kept, else (--int8-anyway) the fastest accepted,
+    # else the smallest.
+    candidates = report["candidates"]
+    checked = [i for i, c in enumerate(candidates) if "check" in c]
+    accepted = [i for i in checked if candidates[i]["check"]["accepted"]]
+    fast = [i for i in accepted if candidates[i]["speedup"] >= report["min_speedup"]]
+    pool = fast or accepted
+    expected = min(pool, key=lambda i: candidates[i]["int8_ms"]) if pool else len(candidates) - 1
+    assert report["chosen"] == expected and report["faster_than_fp32"] == bool(fast)
+    assert report["quantized_nodes"] == candidates[expected]["quantized_nodes"]
+    assert sum(report["protected"].values()) == len(report["fp32_nodes"]["protected"]) > 0
     # Weights shrink (the tiny graph's file is dominated by its QDQ node structure, so compare the weights).
     fp32_weights = sum(len(t.raw_data) for t in onnx.load(str(model / "denoiser.onnx")).graph.initializer)
     int8_bytes = sum(len(t.raw_data) for t in int8_weights)
     assert int8_bytes == sum(int(np.prod(t.dims)) for t in int8_weights)  # one byte per quantised weight
-    # How much the file shrinks depends on the node types measured faster here (Conv weights dominate).
+    # How much the file shrinks depends on the nodes chosen here.
     assert sum(len(t.raw_data) for t in graph.initializer) < fp32_weights - 2 * int8_bytes
+
+
+def test_manifest_records_mobile_verdicts_and_the_minimal_build_config(model: Path, manifest: dict):
+    """Every ONNX graph carries ORT's mobile usability verdict; --ort also wrote required_operators.config."""
+    for graph, precisions in manifest["graphs"].items():
+        for precision, formats in precisions.items():
+            mobile = formats["onnx"]["mobile"]
+            assert mobile["checked"] is True, (graph, precision, mobile)
+            assert {"NNAPI", "CoreML MLProgram"} <= set(mobile["providers"])
+            assert all(v in ("YES", "MAYBE", "NO") for p in mobile["providers"].values() for v in p.values())
+            assert isinstance(mobile["try_nnapi_or_coreml"], bool)
+    config = (model / "required_operators.config").read_text()
+    assert "# - denoiser.ort" in config and str(model.parent) not in config  # bare names, no temp paths
+    ops = {op for line in config.splitlines() if not line.startswith("#") for op in line.split(";")[2].split(",")}
+    assert "Conv" in ops and "QuantizeLinear" in ops  # the INT8 .ort keeps its QDQ nodes for ARM kernels
 
 
 def test_fp16_keeps_float32_io_and_notes_cpu_casts(model: Path, manifest: dict):
