@@ -1,0 +1,103 @@
+"""The device install's size: a fresh venv with only `pip install refine-control[serve]` (the torch-free runtime
+and the web server), measured as site-packages megabytes per installed distribution.
+
+    python benchmarks/install_size.py --results-name install/serve
+
+Installs from the package index this machine reaches (the versions pinned in constraints.txt), into --workdir.
+"""
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+import venv
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script from a checkout without installing
+    sys.path.insert(0, str(REPO))
+
+from refine_control.cli_utils import run_cli  # noqa: E402
+from refine_control.errors import ConfigError  # noqa: E402
+
+# Run inside the new venv: bytes per distribution, from each one's RECORD.
+SIZES = """
+import importlib.metadata as m, json, pathlib
+out = {}
+for d in m.distributions():
+    total = 0
+    for f in d.files or []:
+        p = pathlib.Path(d.locate_file(f))
+        if p.is_file():
+            total += p.stat().st_size
+    out[d.metadata["Name"]] = total
+print(json.dumps(out))
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="benchmarks/install_size.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--extra", default="serve", help="the extra to install. Default: %(default)s")
+    parser.add_argument("--workdir", type=Path, default=Path("runs/install-size"), help="where the venv is made")
+    parser.add_argument("--results-name", default=None, help="write results/<group>/<name>.json, e.g. install/serve")
+    args = parser.parse_args(argv)
+
+    def body() -> int:
+        from refine_control.results import git_state, write_result
+
+        commit = git_state()
+        started = time.perf_counter()
+        if args.workdir.exists():
+            shutil.rmtree(args.workdir)
+        env_dir, source = args.workdir / "venv", args.workdir / "src"
+        venv.EnvBuilder(with_pip=True).create(env_dir)
+        python = str(env_dir / "bin" / "python")
+        ignore = shutil.ignore_patterns(".*", "runs", "build", "*.egg-info", "__pycache__", "results")
+        shutil.copytree(REPO, source, ignore=ignore)
+        install = [
+            python,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "-c",
+            str(REPO / "constraints.txt"),
+            f"{source}[{args.extra}]",
+        ]
+        subprocess.run(install, check=True)
+        has_torch = subprocess.run([python, "-c", "import torch"], capture_output=True).returncode == 0
+        sizes = json.loads(subprocess.run([python, "-c", SIZES], check=True, capture_output=True, text=True).stdout)
+        mb = {name: round(b / 1e6, 1) for name, b in sorted(sizes.items(), key=lambda kv: -kv[1])}
+        site = next((env_dir / "lib").glob("python3*/site-packages"))
+        total = sum(f.stat().st_size for f in site.rglob("*") if f.is_file()) / 1e6
+        metrics = {
+            "site_packages_mb": round(total, 1),
+            "without_pip_mb": round(total - mb.get("pip", 0.0), 1),
+            "torch_importable": has_torch,
+            "distributions_mb": mb,
+        }
+        for name, size in mb.items():
+            print(f"{name:<28} {size:8.1f} MB")
+        print(f"site-packages: {total:.1f} MB (pip itself {mb.get('pip', 0.0)} MB); torch importable: {has_torch}")
+        if args.results_name is not None:
+            group, _, name = args.results_name.rpartition("/")
+            if not group:
+                raise ConfigError("--results-name needs GROUP/NAME, e.g. install/serve")
+            write_result(
+                (group, name),
+                metrics=metrics,
+                config={"extra": args.extra, "python": sys.version.split()[0]},
+                seed=None,
+                command="python benchmarks/install_size.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                wall_s=time.perf_counter() - started,
+                commit=commit,
+            )
+        return 0
+
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
