@@ -33,6 +33,7 @@ from refine_control.results import TABLES  # noqa: E402
 TABLE_MODULES: tuple[str, ...] = (
     "refine_control.evaluation.tables",
     "refine_control.evaluation.latency_tables",
+    "refine_control.evaluation.device_tables",
     "refine_control.weaklabel.tables",
 )
 

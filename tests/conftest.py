@@ -104,6 +104,7 @@ def few_step_model(tiny_run_dir, tmp_path_factory: pytest.TempPathFactory):
             assert distill(["--from", str(tiny_run_dir), "--few-step", "-o", str(fs), "--sampling-steps", "2",
                             *common]) == 0  # fmt: skip
             assert distill(["--from", str(fs), "--tiny-decoder", "-o", str(tiny), *common]) == 0
-            args = ["--int8", "--calibration-samples", "2", "--parity-samples", "2", "--threads", "1", "-q"]
+            args = ["--int8", "--int8-anyway", "--calibration-samples", "2", "--parity-samples", "2", "--threads", "1"]
+            args.append("-q")
             assert export([str(tiny), "-o", str(model), "--overwrite", *args]) == 0
     return tiny, model

@@ -1,0 +1,127 @@
+"""README tables of the device side, rendered from result files: INT8 as `refine-export` chooses it on a trained
+student (`benchmarks/int8.py`), INT8 per step at SD1.5 size (`benchmarks/latency.py`), fixed-shape against
+dynamic sessions (`benchmarks/shapes.py`) and the size of the torch-free install (`benchmarks/install_size.py`)."""
+
+from pathlib import Path
+from typing import Any
+
+from refine_control.results import ResultsError, Table, markdown_table, provenance, read_results, register_table
+
+
+def _result(root: Path, group: str, name: str) -> dict[str, Any]:
+    found = [r for r in read_results(group, root) if r["name"] == name]
+    if not found:
+        raise ResultsError(f"no result file results/{group}/{name}.json")
+    return found[0]
+
+
+def _machine(result: dict[str, Any]) -> str:
+    machine = result["machine"]
+    return f"{machine.get('cpu', 'this machine')} ({machine.get('logical_cpus', '?')} logical CPUs)"
+
+
+@register_table("int8_builtin")
+def int8_builtin_table(root: Path) -> Table:
+    result = _result(root, "int8", "builtin-compact-wide")
+    metrics = result["metrics"]
+    q = metrics["quantization"]
+    rows = []
+    for i, c in enumerate(q["candidates"]):
+        check = c.get("check")
+        rows.append(
+            [
+                f"{100 * c['mac_coverage']:.0f}%", str(c["quantized_nodes"]), f"{c['int8_ms']:.1f}",
+                f"{c['speedup']:.2f}×",
+                f"{check['psnr_db_min']:.1f}" if check and check.get("psnr_db_min") is not None else "-",
+                f"{100 * check['edge_f1_ratio']:.1f}%" if check and "edge_f1_ratio" in check else "-",
+                ("yes" if check["accepted"] else "no") if check else "not checked",
+                "**chosen**" if q.get("chosen") == i else "",
+            ]
+        )  # fmt: skip
+    header = [
+        "MACs quantised", "nodes", "INT8 ms / step", "vs FP32", "PSNR vs FP32 (min)", "edge F1 vs FP32",
+        "passes the bars", "",
+    ]  # fmt: skip
+    parity = metrics["parity"]
+    settings, e2e, latency = parity["settings"], parity["end_to_end"], parity["latency_ms_per_denoiser_step"]
+    if metrics["int8_written"]:
+        held_out = (
+            f"On the {settings['samples']} held-out parity samples the written INT8 denoiser keeps "
+            f"{100 * metrics['int8_vs_fp32']['edge_f1_ratio']:.1f}% of the FP32 pipeline's edge F1 (images "
+            f"{e2e['int8']['psnr_db_min']:.1f} dB min PSNR vs PyTorch, FP32 "
+            f"{e2e['fp32']['psnr_db_min'] or float('inf'):.1f} dB), and one denoiser step takes "
+            f"{latency['onnxruntime int8']:.1f} ms against FP32's {latency['onnxruntime fp32']:.1f} ms "
+            f"({metrics['int8_vs_fp32']['step_speedup']:.2f}×, parity's own timing). "
+        )
+    else:
+        held_out = "No INT8 file was written: no set was both accurate and faster. "
+    types = ", ".join(q.get("op_types_considered", []))
+    protected = ", ".join(f"{n} {reason}" for reason, n in sorted(q.get("protected", {}).items()))
+    caption = (
+        f"`refine-export --int8` on the trained built-in student ({result['config']['source_run']}: compact-wide, "
+        f"the refine-distill defaults, seed 0): FP32 step {q['fp32_ms']:.1f} ms; node types faster alone and so "
+        f"considered: {types}; kept FP32 by position: {protected}; the rest ranked by the error each node adds "
+        f"per MAC it saves; sets checked on {result['config']['calibration_samples']} calibration samples "
+        f"({settings['steps']} steps, guidance {settings['guidance_scale']}) from the smallest up. "
+        f"{held_out}One run of `{result['command']}` on {_machine(result)}; other jobs shared the cores. "
+        + provenance([result])
+    )
+    return Table(markdown_table(header, rows), caption)
+
+
+@register_table("sd15_int8")
+def sd15_int8_table(root: Path) -> Table:
+    result = _result(root, "latency", "sd15-512-int8")
+    cases = {(c["model"], c["runtime"]): c for c in result["metrics"]["cases"] if "denoiser" in c}
+    size = str(result["config"]["sizes"][0])
+    rows = []
+    for model in sorted({m for m, _ in cases}):
+        fp32, int8 = cases.get((model, "ort-fp32")), cases.get((model, "ort-int8"))
+        if fp32 is None or int8 is None:
+            continue
+        for batch in ("1", "2"):
+            a, b = fp32["denoiser"][size][batch]["median_s"], int8["denoiser"][size][batch]["median_s"]
+            rows.append([model, f"{size}²", batch, f"{1000 * a:.0f}", f"{1000 * b:.0f}", f"{a / b:.2f}×"])
+    q = result["metrics"]["models"]["compact-wide"]["files"]["denoiser_int8"]["quantization"]
+    header = ["model", "size", "batch", "ORT FP32 ms / step", "ORT INT8 ms / step", "INT8 speed-up"]
+    caption = (
+        f"SD1.5-size compact student (random weights: speed only), one denoiser step, median of "
+        f"{result['config']['repeats']} runs after {result['config']['warmup']} warm-up, "
+        f"{result['config']['threads']} threads. INT8 chosen per node by speed alone (random weights make images "
+        f"meaningless): {q['quantized_nodes']} nodes of {', '.join(q['op_types'])}. One run of "
+        f"`{result['command']}` on {_machine(result)}; other jobs shared the cores. " + provenance([result])
+    )
+    return Table(markdown_table(header, rows), caption)
+
+
+@register_table("fixed_shapes")
+def fixed_shapes_table(root: Path) -> Table:
+    result = _result(root, "latency", "shapes-builtin")
+    m = result["metrics"]
+    rows = [
+        [file, f"{g['dynamic_ms']:.2f}", f"{g['fixed_ms']:.2f}", f"{g['fixed_speedup']:.2f}×"]
+        for file, g in m["graphs"].items()
+    ]
+    header = ["graph file", "dynamic axes ms", "fixed shape ms", "fixed ÷ dynamic speed"]
+    caption = (
+        f"The trained built-in student's model dir at its resolution {m['resolution']}², denoiser batch "
+        f"{m['batch']}; median of {result['config']['rounds']} interleaved rounds. One run of `{result['command']}` "
+        f"on {_machine(result)}. " + provenance([result])
+    )
+    return Table(markdown_table(header, rows), caption)
+
+
+@register_table("device_install")
+def device_install_table(root: Path) -> Table:
+    result = _result(root, "install", "serve")
+    m = result["metrics"]
+    largest = sorted(m["distributions_mb"].items(), key=lambda kv: -kv[1])[:6]
+    rows = [[name, f"{mb:.1f}"] for name, mb in largest]
+    rows.append(["everything else", f"{m['site_packages_mb'] - sum(mb for _, mb in largest):.1f}"])
+    rows.append(["**site-packages in all**", f"**{m['site_packages_mb']:.1f}**"])
+    caption = (
+        f"A fresh venv with `pip install refine-control[{result['config']['extra']}]` (Python "
+        f"{result['config']['python']}); torch importable there: {m['torch_importable']}; without pip itself "
+        f"{m['without_pip_mb']:.1f} MB. " + provenance([result])
+    )
+    return Table(markdown_table(["distribution", "MB"], rows), caption)
