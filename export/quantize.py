@@ -310,7 +310,6 @@ def _select(
     if chosen is None and options.anyway:  # the fastest accurate set, else the smallest (most accurate)
         chosen = min(accurate, key=lambda i: set_ms[i]) if accurate else len(sets) - 1
     result: dict[str, Any] = {
-        "min_speedup": options.min_speedup,
         "fp32_ms": round(fp32_ms, 3),
         "by_type": by_type,
         "op_types_considered": fast_types,

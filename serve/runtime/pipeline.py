@@ -196,6 +196,13 @@ class OnnxControlNetPipeline:
             graph: create_session(self.model.verify_graph(name), self.num_threads)
             for graph, name in self.graph_files.items()
         }
+        for graph, session in self.sessions.items():  # a foreign graph whose hash was made to match
+            names = tuple(i.name for i in session.get_inputs())
+            if names != self.geometry.inputs(graph):
+                raise ModelDirError(
+                    f"{self.graph_files[graph]} is not this model's {graph} graph: its inputs are {list(names)}, "
+                    f"the manifest's geometry needs {list(self.geometry.inputs(graph))}"
+                )
 
     # ----------------------------------------------------------------------------------------- loading
     def _read_scheduler_config(self) -> dict[str, Any]:

@@ -136,6 +136,42 @@ def test_corrupted_file_is_named(model_copy: Path, tmp_path: Path, capsys: pytes
     assert errors == ["error: model file denoiser.onnx is corrupted: its sha256 does not match the manifest"]
 
 
+@pytest.mark.parametrize("source", ["garbage", "onnx", "foreign"])
+def test_corrupt_or_foreign_ort_file_is_refused_by_name(model_copy: Path, tmp_path: Path, capsys, source: str):
+    """A `.ort` file that is not ORT format, an ONNX file renamed, or another graph's `.ort`: even with the manifest's
+    hash made to match, loading stops with one error naming the file."""
+    target = model_copy / "denoiser.ort"
+    data = {
+        "garbage": b"\x00\x01not a flatbuffer" * 64,
+        "onnx": (model_copy / "denoiser.onnx").read_bytes(),
+        "foreign": (model_copy / "vae_decoder.ort").read_bytes(),
+    }[source]
+    target.write_bytes(data)
+    _rehash(model_copy, "denoiser.ort")
+    with pytest.raises(ModelDirError, match=r"denoiser\.ort"):
+        OnnxControlNetPipeline(model_copy, model_format="ort", num_threads=1)
+
+
+def test_int8_model_warns_on_a_cpu_that_needs_reduce_range(model_copy: Path, monkeypatch, caplog):
+    """A model quantised for a VNNI CPU (reduce_range off), loaded where there is no VNNI: a warning names the
+    setting. (This machine's CPU is replaced by a description of one without VNNI.)"""
+    import logging
+
+    from refine_control.serve.runtime import cpu
+
+    manifest = json.loads((model_copy / "manifest.json").read_text())
+    record = manifest["graphs"]["denoiser"]["int8"]["onnx"]["quantization"]
+    record["reduce_range"], record["cpu"] = False, {"model": "a CPU with VNNI"}
+    (model_copy / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setattr(cpu, "cpu_info", lambda: cpu.CpuInfo("x86_64", "a CPU without VNNI", False))
+    with caplog.at_level(logging.WARNING):
+        OnnxControlNetPipeline(model_copy, "fp32", num_threads=1)
+        assert not caplog.records  # FP32 has nothing to warn about
+        OnnxControlNetPipeline(model_copy, "int8", num_threads=1)
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "reduce_range" in warning and "a CPU without VNNI" in warning and "--int8-reduce-range on" in warning
+
+
 def test_truncated_file_is_named(model_copy: Path):
     path = model_copy / "vae_decoder.onnx"
     size = path.stat().st_size
