@@ -131,6 +131,13 @@ class StreamBatches(Batches):
         self.pools, self.rank = pools, rank
         self._cursors: dict[int, _Cursor] = {}
 
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_cursors": {}}  # a data worker starts its own readers
+
+    def reset(self) -> None:
+        """Read every stream again from its start (each iteration of the loader does)."""
+        self._cursors = {}
+
     def consumed(self, step: int, stream: int) -> int:
         """Rows of `stream` this process used before `step` (a pure function of the step)."""
         cfg, s1 = self.cfg, self.stage1_steps

@@ -6,6 +6,7 @@ A row with a non-empty caption is labelled, one without is unlabelled. Map-style
 by the trainer's seeded permutation; `--streaming` sources are read in order, shard by shard, never in full.
 """
 
+import hashlib
 import os
 import tarfile
 from collections.abc import Iterator
@@ -64,8 +65,11 @@ class Source:
             key = str(image.get("path")) if isinstance(image, dict) else str(data)
         elif self.kind == WEBDATASET and "__key__" in row:
             key = f"{row.get('__url__', self.path)}#{row['__key__']}"
-        else:
+        elif index is not None:
             key = f"{self.path}#{index}"
+        else:  # a streamed row has no index: its stored file name, or its content
+            name = image.get("path") if isinstance(image, dict) else None
+            key = f"{self.path}#{name or hashlib.sha1(data if isinstance(data, bytes) else data.encode()).hexdigest()}"
         return RawSample(key, data, caption)
 
 
@@ -256,10 +260,16 @@ class StreamPool:
         dataset = dataset.shuffle(seed=seed, buffer_size=max(1, buffer))  # 1: the shard order only
         if world > 1:
             dataset = split_dataset_by_node(dataset, rank=rank, world_size=world)
-        for row in dataset:
-            sample = self.source.raw(row)
-            if self.labelled is None or (sample.caption is not None) == self.labelled:
-                yield sample
+        # `iter`, not `__iter__`: in a DataLoader worker `__iter__` would split the shards again among the workers,
+        # and the order would depend on their number (the loader splits micro-batches among them instead).
+        for batch in dataset.iter(batch_size=64):
+            columns = list(batch)
+            for values in zip(*batch.values(), strict=True):
+                yield from self._keep(self.source.raw(dict(zip(columns, values, strict=True))))
+
+    def _keep(self, sample: RawSample) -> Iterator[RawSample]:
+        if self.labelled is None or (sample.caption is not None) == self.labelled:
+            yield sample
 
 
 def split_labelled(source: Source) -> tuple[np.ndarray, np.ndarray]:

@@ -15,6 +15,9 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 from refine_control.batches import Batches, MicroBatch, StreamBatches
 from refine_control.errors import RefineError
 
+# Workers start fresh, not forked: a fork after OpenCV, OpenMP or Arrow started their thread pools can deadlock.
+WORKER_START = "forkserver"
+
 
 @dataclass(frozen=True)
 class Failure:
@@ -54,6 +57,7 @@ class _StreamItems(IterableDataset):
     def __iter__(self) -> Iterator[MicroBatch | Failure]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        self.batches.reset()
         for i, (step, micro) in enumerate(self.plan):
             if i % workers == worker:
                 item = _guarded(self.batches, step, micro, self.rank)
@@ -93,6 +97,7 @@ def micro_batches(
         collate_fn=_keep,
         worker_init_fn=_worker_init if num_workers else None,
         prefetch_factor=2 if num_workers else None,
+        multiprocessing_context=WORKER_START if num_workers else None,
     )
     for item in loader:
         if isinstance(item, Failure):
