@@ -189,14 +189,21 @@ class DistillConfig:
         out["guidance_range"] = list(self.guidance_range)
         return out
 
-    def resume_differences(self, saved: dict[str, Any]) -> list[str]:
-        """Fields whose saved value differs from this config (ignoring those that may change on resume)."""
+    def resume_differences(self, saved: dict[str, Any], world: int = 1) -> list[str]:
+        """Fields whose saved value differs from this config (ignoring those that may change on resume).
+
+        `--grad-accum` may change with the number of processes `world` when their product, the micro-batches of an
+        optimizer step, stays the same: a checkpoint of N processes resumes on M with the same global batch."""
         current = self.to_json()
         defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        free = set(RESUME_FREE_FIELDS)
+        saved_world = (saved.get("resolved") or {}).get("world_size")
+        if saved_world and saved_world * saved.get("grad_accum", 1) == world * self.grad_accum:
+            free.add("grad_accum")
         return [
             f"{key}: saved {saved.get(key)!r}, now {value!r}"
             for key, value in current.items()
-            if key not in RESUME_FREE_FIELDS
+            if key not in free
             and key != "output_dir"
             and saved.get(key, defaults[key]) != value  # a field newer than the run: its default then
         ]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from diffusers.training_utils import EMAModel
 
 from refine_control.atomic import write_json
@@ -28,7 +29,7 @@ from refine_control.config import DistillConfig
 from refine_control.consistency import consistency_batch
 from refine_control.data import derive_seed
 from refine_control.distiller import Conditioner, run_teacher
-from refine_control.errors import RefineError
+from refine_control.errors import ConfigError, RefineError
 from refine_control.loader import micro_batches
 from refine_control.progress import progress_bar
 from refine_control.run_dir import last_terms, prepare_run_dir, save_student, truncate_metrics
@@ -130,8 +131,14 @@ def train(cfg: DistillConfig) -> Path:
         cpu=not torch.cuda.is_available(),
     )
     main = accelerator.is_main_process
+    if accelerator.distributed_type == DistributedType.FSDP:
+        # Checkpoints and the saved student read full parameters (`named_parameters`), which FSDP shards.
+        raise ConfigError(
+            "FSDP is not supported yet: checkpoints would hold only this process's shard of each parameter",
+            hint="launch with DDP (`accelerate launch --multi_gpu ...`); the student is small enough to replicate",
+        )
     if main:
-        prepare_run_dir(cfg)
+        prepare_run_dir(cfg, accelerator.num_processes)
     accelerator.wait_for_everyone()
     with _run_log(run, main):
         if cfg.tiny_decoder:

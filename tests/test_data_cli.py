@@ -120,3 +120,27 @@ def test_bad_data_input_gives_one_error_line_and_exit_code_2(tiny_pipeline_dir, 
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and message in lines[0], err
     assert "hint:" in err and "Traceback" not in err
+
+
+def test_a_checkpoint_written_by_two_processes_resumes_on_one(tiny_pipeline_dir, tmp_path):
+    """2 processes × 1 micro-batch and 1 process × 2 micro-batches (`--grad-accum 2`) draw the same samples with the
+    same noise (a sample's data and draws depend on its index in the step's global batch), and DDP averages what
+    accumulation sums, so both make the same steps. A run checkpointed at step 2 on 2 processes and resumed on 1 with
+    `--grad-accum 2` (allowed: the global batch is unchanged) logs the same terms at steps 3-4 as a run made on 1
+    process throughout (1e-5 relative, as for --grad-accum alone; float rounding of the all-reduce)."""
+    data = write_image_folder(tmp_path / "f", 12)
+    common = ("--max-steps", "4", "--checkpoint-every", "2", "--no-normalize-features", "--learning-rate", "1e-3")
+    one, moved = tmp_path / "one", tmp_path / "moved"
+    assert main(_args(tiny_pipeline_dir, data, one, *common, "--grad-accum", "2")) == 0
+    result = _torchrun(_args(tiny_pipeline_dir, data, moved, *common))
+    assert result.returncode == 0, result.stderr[-3000:]
+    shutil.rmtree(moved / "student")
+    (moved / "metrics.json").unlink()
+    assert main([*_args(tiny_pipeline_dir, data, moved, *common, "--grad-accum", "2"), "--resume"]) == 0
+    summary = json.loads((moved / "metrics.json").read_text())
+    assert summary["world_size"] == 1 and summary["steps"]["resumed_from"] == 2
+    a, b = _rows(one)[2:], _rows(moved)[2:]
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [3, 4]
+    for ra, rb in zip(a, b, strict=True):
+        for term in ("task", "output", "feature"):
+            assert rb[term] == pytest.approx(ra[term], rel=1e-5), (ra["step"], term)
