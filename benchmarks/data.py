@@ -7,6 +7,7 @@ samples/s is below the step's.
 
     python benchmarks/data.py                      # → results/data/loader-builtin.json
     python benchmarks/data.py --workers 0 2 --images 128 --name quick
+    python benchmarks/data.py --resolution 512 --no-train --name loader-512   # SD1.5's size: the loader alone
 
 Worker start-up (a fresh interpreter per worker) is reported apart from the steady rate. On a GPU the step is far
 faster than here; compare its samples/s with the loader's to size `--num-workers`.
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2, 4])
     parser.add_argument("--micro-batches", type=int, default=16, help="micro-batches timed per worker count")
     parser.add_argument("--train-steps", type=int, default=8)
+    parser.add_argument("--no-train", action="store_true", help="time the loader only (e.g. at SD1.5's 512 px)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default="loader-builtin", help="result name: results/data/NAME.json")
     parser.add_argument("--results-dir", type=Path, default=REPO / "results")
@@ -116,19 +118,23 @@ def main(argv: list[str] | None = None) -> int:
                 loader_rate(data, tmp_path / f"run-w{k}", k, args.batch_size, args.resolution, args.micro_batches)
                 for k in args.workers
             ]
-            step_s = train_step(data, tmp_path / "train", args.batch_size, args.train_steps, args.seed)
-        base = next((r for r in loaders if r["workers"] == 0), None)
-        load_s = args.batch_size / base["samples_per_s"] if base else 0.0
-        compute_s = max(step_s - load_s, 1e-9)  # the step's own work: its time less the in-step loading
-        step_rate = args.batch_size / compute_s
-        for r in loaders:
-            r["starves_step"] = r["samples_per_s"] < step_rate
-        metrics = {
-            "loader": loaders,
-            "train_step_s": round(step_s, 4),
-            "train_step_load_s": round(load_s, 4),
-            "train_samples_per_s": round(step_rate, 2),
-        }
+            step_s = None
+            if not args.no_train:
+                step_s = train_step(data, tmp_path / "train", args.batch_size, args.train_steps, args.seed)
+        metrics: dict = {"loader": loaders}
+        step_rate = None
+        if step_s is not None:
+            base = next((r for r in loaders if r["workers"] == 0), None)
+            load_s = args.batch_size / base["samples_per_s"] if base else 0.0
+            compute_s = max(step_s - load_s, 1e-9)  # the step's own work: its time less the in-step loading
+            step_rate = args.batch_size / compute_s
+            for r in loaders:
+                r["starves_step"] = r["samples_per_s"] < step_rate
+            metrics |= {
+                "train_step_s": round(step_s, 4),
+                "train_step_load_s": round(load_s, 4),
+                "train_samples_per_s": round(step_rate, 2),
+            }
         config = {k: v for k, v in vars(args).items() if k not in ("results_dir", "name")}
         command = "python benchmarks/data.py " + shlex.join(argv if argv is not None else sys.argv[1:])
         path = write_result(
@@ -141,9 +147,11 @@ def main(argv: list[str] | None = None) -> int:
         for r in loaders:
             print(
                 f"loader, {r['workers']} workers: {r['samples_per_s']:8.1f} samples/s (start-up {r['startup_s']:.1f} s)"
-                f"{'  ← starves the step' if r['starves_step'] else ''}"
+                f"{'  ← starves the step' if r.get('starves_step') else ''}"
             )
-        print(f"training step: {step_s:.3f} s ({step_rate:.1f} samples/s without loading); wrote {path}")
+        if step_s is not None:
+            print(f"training step: {step_s:.3f} s ({step_rate:.1f} samples/s without loading)")
+        print(f"wrote {path}")
         return 0
 
     return run_cli(body)
