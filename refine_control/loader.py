@@ -33,9 +33,12 @@ class Failure:
 
 def _guarded(batches: Batches, step: int, micro: int, rank: int) -> MicroBatch | Failure:
     try:
-        return batches.get(step, micro, rank)
+        batch = batches.get(step, micro, rank)
     except RefineError as err:
         return Failure(str(err), err.hint, err.exit_code)
+    if get_worker_info() is not None:  # tensors cross to the trainer in shared memory, arrays through a pipe
+        batch.images, batch.controls = torch.from_numpy(batch.images), torch.from_numpy(batch.controls)
+    return batch
 
 
 class _MapItems(Dataset):
@@ -102,4 +105,6 @@ def micro_batches(
     for item in loader:
         if isinstance(item, Failure):
             item.reraise()
+        if isinstance(item.images, torch.Tensor):
+            item.images, item.controls = item.images.numpy(), item.controls.numpy()
         yield item
