@@ -144,3 +144,16 @@ def test_a_checkpoint_written_by_two_processes_resumes_on_one(tiny_pipeline_dir,
     for ra, rb in zip(a, b, strict=True):
         for term in ("task", "output", "feature"):
             assert rb[term] == pytest.approx(ra[term], rel=1e-5), (ra["step"], term)
+
+
+def test_data_workers_do_not_change_the_run(tiny_pipeline_dir, tmp_path):
+    """The same 3 steps with the data loaded in the training process and in 2 data workers (their own
+    interpreters): every logged term is identical, since a micro-batch's samples and draws never depend on who
+    made it."""
+    data = write_parquet_shards(tmp_path / "pq", 8, shards=2)
+    runs = {}
+    for workers in (0, 2):
+        run = tmp_path / f"w{workers}"
+        assert main(_args(tiny_pipeline_dir, data, run, "--max-steps", "3", "--num-workers", str(workers))) == 0
+        runs[workers] = _rows(run)
+    assert len(runs[0]) == 3 and runs[0] == runs[2]
