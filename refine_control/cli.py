@@ -90,6 +90,51 @@ def build_parser() -> argparse.ArgumentParser:
         "Default with --teacher builtin: generated shapes",
     )
     p("--unlabelled", default=None, metavar="DIR", help="extra image folder of unlabelled images for stage 2")
+    data = parser.add_argument_group(
+        "data (Hugging Face datasets, local files only)",
+        "--labelled / --unlabelled take an image folder (metadata.jsonl convention), parquet shards or webdataset "
+        "tar shards (a file or a folder of them). Rows with a caption are labelled, rows without are unlabelled.",
+    )
+    data.add_argument(
+        "--streaming",
+        action="store_true",
+        help="read the data as a stream, shard by shard (for data larger than memory or disk cache); each process "
+        "reads its own shards and --resume continues at the exact sample",
+    )
+    data.add_argument(
+        "--caption-column", default=None, metavar="NAME", help="caption column. Default: text, txt or caption"
+    )
+    data.add_argument(
+        "--image-column", default=None, metavar="NAME", help="image column. Default: image, jpg, jpeg, png or webp"
+    )
+    data.add_argument(
+        "--num-workers",
+        type=int,
+        default=_default("num_workers"),
+        help="data worker processes (decode, resize, preprocessor); the data order does not depend on it. "
+        "Default: %(default)s",
+    )
+    data.add_argument(
+        "--shuffle-buffer",
+        type=int,
+        default=_default("shuffle_buffer"),
+        help="with --streaming: rows shuffled in a buffer (shard order is always shuffled). Default: %(default)s",
+    )
+    data.add_argument(
+        "--validate",
+        default=_default("validate"),
+        choices=["auto", "upfront", "lazy"],
+        help="upfront: decode every image before training (a bad file stops the run by name); lazy: skip, count "
+        "and name undecodable images in logs/bad_files.txt; auto: upfront for at most 10,000 images (not "
+        "streaming), else lazy. Default: %(default)s",
+    )
+    data.add_argument(
+        "--max-bad-fraction",
+        type=float,
+        default=_default("max_bad_fraction"),
+        help="lazy validation stops the run when more than this fraction of samples cannot be decoded. "
+        "Default: %(default)s",
+    )
     p(
         "--builtin-labelled",
         type=int,

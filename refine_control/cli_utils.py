@@ -17,6 +17,8 @@ TRAIN_MODULES = frozenset(
         "diffusers",
         "transformers",
         "accelerate",
+        "datasets",
+        "pyarrow",
         "safetensors",
         "skimage",
         "torchmetrics",

@@ -18,6 +18,9 @@ RESUME_FREE_FIELDS = (
     "keep_checkpoints",
     "log_every",
     "allow_pickle_weights",
+    "num_workers",  # the data order never depends on the number of data workers
+    "max_bad_fraction",
+    "validate",
 )
 
 
@@ -34,6 +37,14 @@ class DistillConfig:
     init: str = "uniform"
     labelled: str | None = None
     unlabelled: str | None = None
+    # The data layer (Hugging Face `datasets`): image folders, parquet or webdataset shards; see training_data.py.
+    streaming: bool = False
+    caption_column: str | None = None  # None: text, txt or caption, whichever exists
+    image_column: str | None = None  # None: image, jpg, jpeg, png or webp, whichever exists
+    num_workers: int = 0
+    shuffle_buffer: int = 1000  # streaming: rows shuffled in a buffer (the shard order is always shuffled)
+    validate: str = "auto"  # upfront | lazy | auto (upfront for map-style data of at most 10,000 rows)
+    max_bad_fraction: float = 0.001
     builtin_labelled: int = 500
     builtin_unlabelled: int = 0  # > 0 adds stage 2 on that many unlabelled shapes
     preprocessor: str = "canny"
@@ -114,6 +125,10 @@ class DistillConfig:
             (self.builtin_unlabelled >= 0, "--builtin-unlabelled", self.builtin_unlabelled, ">= 0"),
             (self.resolution is None or self.resolution >= 8, "--resolution", self.resolution, ">= 8"),
             (not (self.resume and self.overwrite), "--resume", "with --overwrite", "one of the two"),
+            (self.num_workers >= 0, "--num-workers", self.num_workers, ">= 0"),
+            (self.shuffle_buffer >= 1, "--shuffle-buffer", self.shuffle_buffer, ">= 1"),
+            (self.validate in ("auto", "upfront", "lazy"), "--validate", self.validate, "auto, upfront or lazy"),
+            (0 <= self.max_bad_fraction < 1, "--max-bad-fraction", self.max_bad_fraction, "in [0, 1)"),
         ]
         low, high = self.guidance_range
         checks += [
@@ -142,6 +157,17 @@ class DistillConfig:
                 hint="refine-distill --from runs/demo --few-step -o runs/demo-4step, then "
                 "refine-distill --from runs/demo-4step --tiny-decoder -o runs/demo-4step-tiny",
             )
+        if self.streaming and self.validate == "upfront":
+            raise ConfigError(
+                "`--validate upfront` decodes the whole dataset before training, which `--streaming` never reads in "
+                "full",
+                hint="drop --validate upfront (streamed data is validated lazily, see --max-bad-fraction)",
+            )
+        if self.streaming and self.tiny_decoder:
+            raise ConfigError(
+                "`--streaming` does not apply to --tiny-decoder, which reads the run's image folder in full",
+                hint="drop --streaming",
+            )
         if self.few_step and (self.ema_decay is not None or self.stage2_steps):
             raise ConfigError(
                 "the few-step stage keeps its own target network and has no stage 2",
@@ -163,13 +189,23 @@ class DistillConfig:
         out["guidance_range"] = list(self.guidance_range)
         return out
 
-    def resume_differences(self, saved: dict[str, Any]) -> list[str]:
-        """Fields whose saved value differs from this config (ignoring those that may change on resume)."""
+    def resume_differences(self, saved: dict[str, Any], world: int = 1) -> list[str]:
+        """Fields whose saved value differs from this config (ignoring those that may change on resume).
+
+        `--grad-accum` may change with the number of processes `world` when their product, the micro-batches of an
+        optimizer step, stays the same: a checkpoint of N processes resumes on M with the same global batch."""
         current = self.to_json()
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        free = set(RESUME_FREE_FIELDS)
+        saved_world = (saved.get("resolved") or {}).get("world_size")
+        if saved_world and saved_world * saved.get("grad_accum", 1) == world * self.grad_accum:
+            free.add("grad_accum")
         return [
             f"{key}: saved {saved.get(key)!r}, now {value!r}"
             for key, value in current.items()
-            if key not in RESUME_FREE_FIELDS and key != "output_dir" and saved.get(key) != value
+            if key not in free
+            and key != "output_dir"
+            and saved.get(key, defaults[key]) != value  # a field newer than the run: its default then
         ]
 
 

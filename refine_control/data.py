@@ -1,12 +1,13 @@
-"""Image-folder data: the Hugging Face imagefolder convention, checked up front.
+"""Image-folder data (the Hugging Face imagefolder convention), image decoding and the seeded data order.
 
 A folder holds images and an optional `metadata.jsonl` with one `{"file_name": ..., "text": ...}` per line.
 Records with a `text` are labelled (image + caption); records without one, and images in a folder without
-metadata, are unlabelled. Every image is decoded once when the folder is read, so a truncated or unreadable
-file is reported by name before training starts. `Batches` draws the training batches of `train(cfg)`: which
-images a (step, micro-batch, rank) sees is a pure function of them, so a resumed run replays the same data.
+metadata, are unlabelled. With `check` every image is decoded once when the folder is read, so a truncated or
+unreadable file is reported by name before training starts (the strict up-front check of small folders; larger
+datasets are validated lazily, see `bad_data.py`). `batches.py` draws the training batches from these.
 """
 
+import io
 import json
 import logging
 from dataclasses import dataclass
@@ -19,12 +20,10 @@ from tqdm.auto import tqdm
 
 from refine_control.config import DistillConfig
 from refine_control.errors import ConfigError
-from refine_control.preprocess import get_preprocessor
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
-LABELLED, UNLABELLED, REPLAY = 0, 1, 2  # data streams, each with its own seeded order
 
 
 @dataclass(frozen=True)
@@ -65,8 +64,9 @@ def _check_image(path: Path) -> None:
         raise ConfigError(f"image {path} cannot be read ({err})", hint="remove or replace the file") from err
 
 
-def read_image_folder(root: str | Path) -> list[ImageRecord]:
-    """List (and decode once, to validate) every image of an image folder."""
+def read_image_folder(root: str | Path, check: bool = True) -> list[ImageRecord]:
+    """List every image of an image folder; with `check`, decode each once now so that a bad file stops the run
+    before training (the strict up-front check; otherwise bad files are met, counted and skipped lazily)."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise ConfigError(f"image folder {root} does not exist or is not a directory")
@@ -77,12 +77,33 @@ def read_image_folder(root: str | Path) -> list[ImageRecord]:
         records = [ImageRecord(p, None) for p in files]
     if not records:
         raise ConfigError(f"image folder {root} holds no images", hint="add images (and a metadata.jsonl)")
-    for record in tqdm(records, desc=f"checking {root.name}", leave=False, disable=len(records) < 500):
-        _check_image(record.path)
+    if check:
+        check_records(records, root)
     return records
 
 
-def load_image(path: Path, resolution: int) -> np.ndarray:
+def check_records(records: list[ImageRecord], root: Path) -> None:
+    """Decode every image once: the first unreadable one stops the run, by name."""
+    for record in tqdm(records, desc=f"checking {root.name}", leave=False, disable=len(records) < 500):
+        _check_image(record.path)
+
+
+class BadImageError(Exception):
+    """An image that cannot be decoded (truncated, not an image, missing file): skipped and counted."""
+
+
+DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def decode_image(image: bytes | str | Path, resolution: int) -> np.ndarray:
+    """`load_image` of encoded bytes or a file path; any decoding failure becomes `BadImageError` (with the reason)."""
+    try:
+        return load_image(io.BytesIO(image) if isinstance(image, bytes) else Path(image), resolution)
+    except DECODE_ERRORS as err:
+        raise BadImageError(f"{type(err).__name__}: {err}") from err
+
+
+def load_image(path: Path | io.BytesIO, resolution: int) -> np.ndarray:
     """RGB uint8 (resolution, resolution, 3): shorter side resized to `resolution`, then centre-cropped."""
     with Image.open(path) as im:
         im = im.convert("RGB")
@@ -113,51 +134,7 @@ def derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
 
-class Batches:
-    """Deterministic batches: which records a (step, micro-batch, rank) sees is a pure function of them.
-
-    Every random draw of a sample (caption dropout, the control image's augmentation, and in the trainer its noise
-    and timestep) is seeded by (seed, step, the sample's index in the step's global batch), so an optimizer step
-    sees the same samples with the same draws however it is split into micro-batches and processes."""
-
-    def __init__(
-        self, labelled: list[ImageRecord], unlabelled: list[ImageRecord], cfg: DistillConfig, world: int, size: int
-    ) -> None:
-        self.labelled, self.unlabelled, self.cfg, self.world, self.size = labelled, unlabelled, cfg, world, size
-        self.preprocessor = get_preprocessor(cfg.preprocessor)
-
-    def get(
-        self, step: int, micro: int, rank: int, stage: int
-    ) -> tuple[np.ndarray, list[str], np.ndarray, list[str], list[int]]:
-        """images (B, H, W, 3) uint8, captions, controls (B, H, W, 3) float32, the image paths (cache keys) and
-        each sample's seed."""
-        cfg = self.cfg
-        slot_in_step = micro * self.world + rank
-        slot = step * cfg.grad_accum * self.world + slot_in_step
-        if stage == 1:
-            parts = [(LABELLED, self.labelled, cfg.batch_size)]
-        else:
-            n_replay = round(cfg.batch_size * cfg.replay_ratio)
-            parts = [(UNLABELLED, self.unlabelled, cfg.batch_size - n_replay), (REPLAY, self.labelled, n_replay)]
-        images, captions, controls, keys, seeds = [], [], [], [], []
-        # The few-step stage always shows the caption: its guidance input needs the conditional prediction.
-        dropout = 0.0 if cfg.few_step else cfg.prompt_dropout
-        for stream, records, count in parts:
-            for j in range(count):
-                record = records[epoch_index(slot * count + j, len(records), derive_seed(cfg.seed, stream))]
-                seed = derive_seed(cfg.seed, step, slot_in_step * cfg.batch_size + len(seeds))
-                rng = np.random.default_rng(derive_seed(seed, 7))
-                image = load_image(record.path, self.size)
-                caption = "" if stream == UNLABELLED else (record.text or "")
-                images.append(image)
-                captions.append("" if rng.random() < dropout else caption)
-                controls.append(self.preprocessor(image, rng))
-                keys.append(str(record.path))
-                seeds.append(seed)
-        return np.stack(images), captions, np.stack(controls), keys, seeds
-
-
-def _builtin_data(cfg: DistillConfig, run: Path) -> tuple[Path, Path | None]:
+def builtin_data(cfg: DistillConfig, run: Path) -> tuple[Path, Path | None]:
     from refine_control.builtin.shapes import write_image_folder
 
     labelled = run / "data" / "labelled"
@@ -175,7 +152,7 @@ def load_training_data(cfg: DistillConfig, run: Path) -> tuple[list[ImageRecord]
     """The labelled and unlabelled records of a run (the builtin teacher's shapes are written into RUN/data)."""
     labelled_dir, unlabelled_dir = cfg.labelled, cfg.unlabelled
     if cfg.teacher == "builtin" and labelled_dir is None:
-        labelled_path, unlabelled_path = _builtin_data(cfg, run)
+        labelled_path, unlabelled_path = builtin_data(cfg, run)
         labelled_dir = str(labelled_path)
         if unlabelled_dir is None and unlabelled_path is not None:
             unlabelled_dir = str(unlabelled_path)

@@ -28,7 +28,7 @@ def is_finished(run) -> bool:
     return (run / "student" / "model_index.json").is_file()
 
 
-def prepare_run_dir(cfg: DistillConfig) -> None:
+def prepare_run_dir(cfg: DistillConfig, world: int = 1) -> None:
     """Create, continue or (with --overwrite) replace the run dir; never touch a dir that is not a run dir.
 
     `config.json` is written first, so even a run that fails early is recognisable as a run dir; one that stopped
@@ -51,7 +51,7 @@ def prepare_run_dir(cfg: DistillConfig) -> None:
             f"{run} already holds a finished run", hint="pass --overwrite to replace it, or another --output-dir"
         )
     elif occupied and cfg.resume:
-        differences = cfg.resume_differences(json.loads((run / "config.json").read_text()))
+        differences = cfg.resume_differences(json.loads((run / "config.json").read_text()), world)
         if differences:
             raise ConfigError(
                 f"--resume with options that differ from the saved run: {'; '.join(differences)}",

@@ -18,15 +18,19 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from diffusers.training_utils import EMAModel
 
 from refine_control.atomic import write_json
+from refine_control.bad_data import BadDataPolicy
+from refine_control.batches import MicroBatch
 from refine_control.checkpoint import ema_state, list_checkpoints, restore_checkpoint, save_checkpoint
 from refine_control.config import DistillConfig
 from refine_control.consistency import consistency_batch
 from refine_control.data import derive_seed
 from refine_control.distiller import Conditioner, run_teacher
-from refine_control.errors import RefineError
+from refine_control.errors import ConfigError, RefineError
+from refine_control.loader import micro_batches
 from refine_control.progress import progress_bar
 from refine_control.run_dir import last_terms, prepare_run_dir, save_student, truncate_metrics
 from refine_control.training_setup import Setup, build_setup, fits_latent_cache
@@ -49,19 +53,28 @@ def _learning_rate(cfg: DistillConfig, step: int, stage1_steps: int, stage2_step
 
 
 def _train_step(
-    cfg: DistillConfig, setup: Setup, accelerator: Accelerator, conditioner: Conditioner, step: int, stage: int
+    cfg: DistillConfig,
+    setup: Setup,
+    accelerator: Accelerator,
+    conditioner: Conditioner,
+    step: int,
+    feed: Iterator[MicroBatch],
+    bad_data: BadDataPolicy,
 ) -> dict[str, float]:
-    """One optimizer step (over `grad_accum` micro-batches); returns the mean of each loss term."""
+    """One optimizer step (over `grad_accum` micro-batches from `feed`); returns the mean of each loss term."""
     module, rank = setup.module, accelerator.process_index
     terms: dict[str, float] = {}
     for micro in range(cfg.grad_accum):
-        images, captions, controls, keys, seeds = setup.batches.get(step, micro, rank, stage)
+        batch = next(feed)
+        assert (batch.step, batch.micro) == (step, micro), (batch.step, batch.micro, step, micro)
+        bad_data.update(batch.drawn, batch.bad)
+        images, captions, controls, keys, seeds = batch.images, batch.captions, batch.controls, batch.keys, batch.seeds
         generators = [torch.Generator().manual_seed(seed) for seed in seeds]
         if setup.solver is not None:  # the few-step stage
             generator = torch.Generator().manual_seed(derive_seed(cfg.seed, step, micro, rank))
             latents, text, control = conditioner.encode(images, captions, controls, keys)
             with accelerator.autocast():
-                batch = consistency_batch(
+                targets = consistency_batch(
                     setup.teacher_denoiser, setup.target, setup.solver, conditioner.prediction_type, latents, text,
                     conditioner.encode_text([""])[0], control, cfg.guidance_range, generator,
                 )  # fmt: skip
@@ -69,7 +82,7 @@ def _train_step(
             inputs = conditioner.make_inputs(images, captions, controls, generators, keys)
         with accelerator.accumulate(module):
             if setup.solver is not None:
-                out = module(batch)
+                out = module(targets)
             else:
                 teacher_out = None
                 if cfg.uses_teacher_signals:
@@ -118,8 +131,14 @@ def train(cfg: DistillConfig) -> Path:
         cpu=not torch.cuda.is_available(),
     )
     main = accelerator.is_main_process
+    if accelerator.distributed_type == DistributedType.FSDP:
+        # Checkpoints and the saved student read full parameters (`named_parameters`), which FSDP shards.
+        raise ConfigError(
+            "FSDP is not supported yet: checkpoints would hold only this process's shard of each parameter",
+            hint="launch with DDP (`accelerate launch --multi_gpu ...`); the student is small enough to replicate",
+        )
     if main:
-        prepare_run_dir(cfg)
+        prepare_run_dir(cfg, accelerator.num_processes)
     accelerator.wait_for_everyone()
     with _run_log(run, main):
         if cfg.tiny_decoder:
@@ -176,6 +195,10 @@ def _distil(cfg: DistillConfig, accelerator: Accelerator) -> None:
     # 6. The loop.
     conditioner = Conditioner(setup.teacher, accelerator.device, weight_dtype, fits_latent_cache(setup), cfg.snr_gamma)
     total = setup.stage1_steps + setup.stage2_steps
+    feed = micro_batches(setup.batches, start, total, cfg.grad_accum, accelerator.process_index, cfg.num_workers)
+    rows = setup.data.rows
+    known = None if rows[0] is None or rows[1] is None else rows[0] + rows[1]
+    bad_data = BadDataPolicy(run / "logs", accelerator.process_index, cfg.max_bad_fraction, known)
     step_times: list[float] = []
     progress = progress_bar(range(start, total), initial=start, total=total, disable=not main, desc="distilling")
     with contextlib.ExitStack() as stack:
@@ -186,7 +209,7 @@ def _distil(cfg: DistillConfig, accelerator: Accelerator) -> None:
             for group in setup.optimizer.param_groups:
                 group["lr"] = lr
             tic = time.perf_counter()
-            terms = _train_step(cfg, setup, accelerator, conditioner, step, stage)
+            terms = _train_step(cfg, setup, accelerator, conditioner, step, feed, bad_data)
             if ema is not None:
                 ema.step(ema_params)
                 if target_params is not None:

@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
+from refine_control.batches import Batches
 from refine_control.config import DistillConfig
 from refine_control.consistency import ConsistencyDistillation, DDIMSolver
-from refine_control.data import Batches, ImageRecord, load_training_data
 from refine_control.distiller import DistillationModule, probe_channels
 from refine_control.errors import ConfigError
 from refine_control.losses import TriLevelLoss
@@ -20,6 +20,7 @@ from refine_control.models.initialise import initialise_student
 from refine_control.models.presets import STUDENT_PRESETS, build_student, count_params
 from refine_control.models.teacher import Teacher, load_teacher
 from refine_control.run_dir import load_run_student
+from refine_control.training_data import TrainingData, open_training_data
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class Setup:
     teacher: Teacher
     teacher_denoiser: ControlledDenoiser
     batches: Batches
+    data: TrainingData
     module: DistillationModule | ConsistencyDistillation  # possibly wrapped by accelerate (DDP)
     optimizer: Any
     params: list[torch.nn.Parameter]
@@ -46,7 +48,7 @@ class Setup:
     solver: DDIMSolver | None = None  # few-step: the teacher's ODE solver
 
 
-def stage_steps(cfg: DistillConfig, unlabelled: list[ImageRecord]) -> tuple[int, int]:
+def stage_steps(cfg: DistillConfig, unlabelled: bool) -> tuple[int, int]:
     if cfg.few_step:
         return cfg.max_steps, 0
     stage2 = cfg.stage2_steps if cfg.stage2_steps is not None else (cfg.max_steps // 2 if unlabelled else 0)
@@ -66,15 +68,15 @@ def build_setup(cfg: DistillConfig, accelerator: Accelerator, weight_dtype: torc
     teacher = load_teacher(cfg.teacher, cfg.controlnet, weight_dtype, accelerator.device)
     teacher_denoiser = ControlledDenoiser(teacher.unet, teacher.controlnet)
 
-    # 2. Data (shapes materialised once for the builtin teacher), every image checked before training.
+    # 2. Data (shapes materialised once for the builtin teacher; small datasets checked before training).
     with accelerator.main_process_first():
-        labelled, unlabelled = load_training_data(cfg, run)
-    stage1_steps, stage2_steps = stage_steps(cfg, unlabelled)
+        data = open_training_data(cfg, run)
+    stage1_steps, stage2_steps = stage_steps(cfg, data.has_unlabelled)
     size = cfg.resolution or teacher.resolution
     grid = teacher.vae_scale_factor * 2 ** (len(teacher.unet.config.block_out_channels) - 1)
     if size % grid:
         raise ConfigError(f"`--resolution` must be a multiple of {grid} for this teacher, got {size}")
-    batches = Batches(labelled, unlabelled, cfg, accelerator.num_processes, size)
+    batches = data.batches(size, accelerator.num_processes, stage1_steps, accelerator.process_index)
 
     # 3. Student: a preset built from the teacher's configs (a shared UNet stays frozen), or for the few-step
     # stage a finished run's whole student, its UNet given the guidance input.
@@ -140,8 +142,8 @@ def build_setup(cfg: DistillConfig, accelerator: Accelerator, weight_dtype: torc
         "stage1_steps": stage1_steps,
         "stage2_steps": stage2_steps,
         "resolution": size,
-        "labelled_images": len(labelled),
-        "unlabelled_images": len(unlabelled),
+        "labelled_images": data.rows[0],  # None when streaming
+        "unlabelled_images": data.rows[1],
         "feature_taps": used_taps,
         "world_size": accelerator.num_processes,
         **counts,
@@ -150,6 +152,7 @@ def build_setup(cfg: DistillConfig, accelerator: Accelerator, weight_dtype: torc
         teacher,
         teacher_denoiser,
         batches,
+        data,
         module,
         optimizer,
         params,
@@ -165,8 +168,10 @@ def build_setup(cfg: DistillConfig, accelerator: Accelerator, weight_dtype: torc
 
 
 def fits_latent_cache(setup: Setup) -> bool:
-    """Whether the latents of every training image fit `LATENT_CACHE_BYTES`."""
-    batches, teacher = setup.batches, setup.teacher
-    latent = teacher.vae.config.latent_channels * (batches.size // teacher.vae_scale_factor) ** 2
-    images = len(batches.labelled) + len(batches.unlabelled)
-    return images * latent * 4 <= LATENT_CACHE_BYTES
+    """Whether the latents of every training image fit `LATENT_CACHE_BYTES` (never when streaming)."""
+    labelled, unlabelled = setup.data.rows
+    if labelled is None or unlabelled is None:
+        return False
+    teacher = setup.teacher
+    latent = teacher.vae.config.latent_channels * (setup.batches.size // teacher.vae_scale_factor) ** 2
+    return (labelled + unlabelled) * latent * 4 <= LATENT_CACHE_BYTES

@@ -98,3 +98,58 @@ def write_image_folder(root, n: int, labelled: bool = True, size: int = 16, seed
         rows.append(json.dumps(row))
     (root / "metadata.jsonl").write_text("\n".join(rows) + "\n")
     return root
+
+
+def _folder_rows(folder):
+    """(file name, PNG bytes, caption or None) of an image folder written by `write_image_folder`."""
+    import json
+
+    rows = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines() if line.strip()]
+    return [(r["file_name"], (folder / r["file_name"]).read_bytes(), r.get("text")) for r in rows]
+
+
+def write_parquet_shards(root, n: int, shards: int = 2, caption_column: str = "text", unlabelled_every: int = 0):
+    """`n` coloured squares as parquet shards (image struct {bytes, path} + caption), like a hub dataset export.
+
+    `unlabelled_every` k > 0 leaves every k-th caption empty (an unlabelled row)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root.mkdir(parents=True, exist_ok=True)
+    rows = _folder_rows(write_image_folder(root / "_src", n))
+    for s in range(shards):
+        part = rows[s::shards]
+        table = pa.table(
+            {
+                "image": [{"bytes": data, "path": name} for name, data, _ in part],
+                caption_column: [
+                    None if unlabelled_every and int(name[:4]) % unlabelled_every == 0 else text
+                    for name, _, text in part
+                ],
+            }
+        )
+        pq.write_table(table, root / f"train-{s:05d}.parquet")
+    import shutil
+
+    shutil.rmtree(root / "_src")
+    return root
+
+
+def write_tar_shards(root, n: int, shards: int = 2, image_ext: str = "png"):
+    """`n` coloured squares as webdataset tar shards: KEY.png + KEY.txt per sample."""
+    import io
+    import shutil
+    import tarfile
+
+    root.mkdir(parents=True, exist_ok=True)
+    rows = _folder_rows(write_image_folder(root / "_src", n))
+    for s in range(shards):
+        with tarfile.open(root / f"train-{s:05d}.tar", "w") as tar:
+            for name, data, text in rows[s::shards]:
+                key = name.split(".")[0]
+                for ext, payload in ((image_ext, data), ("txt", (text or "").encode())):
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(payload)
+                    tar.addfile(info, io.BytesIO(payload))
+    shutil.rmtree(root / "_src")
+    return root
