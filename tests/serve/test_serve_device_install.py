@@ -1,6 +1,6 @@
 """The device install: a fresh virtual environment with only `pip install refine-control[serve]` has no torch, yet
-serves an exported model; a training command there says which extra to install (exit 2). Slow: it installs the
-runtime's wheels from the package index into a new venv (about a minute)."""
+serves an exported model; a training command there says which extra to install (exit 2). It installs the runtime's
+wheels from the package index into a new venv (about a minute and a half), part of the default test run."""
 
 import base64
 import shutil
@@ -16,7 +16,6 @@ from serve_helpers import png_bytes, start_server
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.slow
 def test_serve_extra_alone_serves_without_torch(tiny_model_dir, tmp_path):
     env_dir = tmp_path / "device"
     venv.EnvBuilder(with_pip=True).create(env_dir)
