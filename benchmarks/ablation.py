@@ -11,7 +11,8 @@ held-out test shapes and noise:
 and, for label scarcity, scratch (a) and the default recipe (d) with 25 labelled shapes instead of 500
 (`--variants scratch-labelled25,default-labelled25`; README's label-scarcity table), and the semi-supervised stage
 there: stage 2 on unlabelled shapes added after the same labelled steps, against as many more labelled steps
-(`--variants stage2-labelled25,longer-labelled25`; README's semi-supervised table).
+(`--variants stage2-labelled25,longer-labelled25`; README's semi-supervised table); the `*-labelled10` variants are
+the same three arms with 10 labelled shapes.
 
     python benchmarks/ablation.py --seeds 0 1      # (a)-(c) → results/ablation/<variant>-seed<k>.json
 
@@ -51,6 +52,16 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "longer-labelled25": (
         "25 labelled shapes, 2,400 labelled steps (the same compute)",
         ("--builtin-labelled", "25", "--max-steps", "2400"),
+    ),
+    # The same pair (and the equal-labelled-steps baseline) with 10 labelled shapes.
+    "default-labelled10": ("the default recipe, 10 labelled shapes", ("--builtin-labelled", "10")),
+    "stage2-labelled10": (
+        "10 labelled shapes + stage 2 on 1,000 unlabelled (800 steps)",
+        ("--builtin-labelled", "10", "--builtin-unlabelled", "1000", "--stage2-steps", "800"),
+    ),
+    "longer-labelled10": (
+        "10 labelled shapes, 2,400 labelled steps (the same compute)",
+        ("--builtin-labelled", "10", "--max-steps", "2400"),
     ),
 }
 

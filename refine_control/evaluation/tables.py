@@ -271,13 +271,15 @@ def label_scarcity_table(root: Path) -> Table:
 
 @register_table("semi_supervised")
 def semi_supervised_table(root: Path) -> Table:
-    """Stage 2 on unlabelled images added after the labelled steps, against as many more labelled steps."""
+    """Stage 2 on unlabelled images added after the labelled steps, against as many more labelled steps, for each
+    labelled-set size that has runs (`stage2-labelled<N>`, `longer-labelled<N>`, and `default-labelled<N>`: the
+    same labelled steps without stage 2)."""
     keys = list(QUALITY)
     variants = _by_variant(read_results("ablation", root))
-    arms = [(name, variants[name]) for name in ("stage2-labelled25", "longer-labelled25") if name in variants]
-    base = variants.get("default-labelled25", [])
-    if not arms:
-        raise ResultsError("no semi-supervised runs in results/ablation/ (stage2-labelled25, longer-labelled25)")
+    sizes = sorted({int(n[len("stage2-labelled") :]) for n in variants if n.startswith("stage2-labelled")})
+    sizes = sorted({*sizes, *(int(n[len("longer-labelled") :]) for n in variants if n.startswith("longer-labelled"))})
+    if not sizes:
+        raise ResultsError("no semi-supervised runs in results/ablation/ (stage2-labelled<N>, longer-labelled<N>)")
 
     def label(run: Result) -> str:
         c = run["config"]
@@ -285,19 +287,40 @@ def semi_supervised_table(root: Path) -> Table:
         text = f"{c['builtin_labelled']} labelled, {c['max_steps']} labelled steps"
         return text + (f" + stage 2: {stage2} steps with {c['builtin_unlabelled']} unlabelled" if stage2 else "")
 
-    rows = [[label(runs[0]), *_quality_cells(runs, keys)] for runs in [base, *(r for _, r in arms)] if runs]
-    rows.append(["teacher", *_teacher_cells(arms[0][1][0], keys)])
-    caption = (
-        f"Student `{arms[0][1][0]['config']['student']}`, the default recipe otherwise; {_scoring(arms[0][1][0])}. "
-    )
-    if len(arms) == 2:
-        stage2, longer = arms[0][1], arms[1][1]
-        better = [QUALITY[k][0].rstrip(" ↑↓") for k in keys if _beats(stage2, longer, k)]
-        caption += f"At equal compute, stage 2 beats more labelled steps on {len(better)} of {len(keys)} metrics" + (
-            f" ({', '.join(better)}). " if better else ". "
-        )
-    runs = [r for _, group in arms for r in group] + base
-    return Table(markdown_table(["training", *(QUALITY[k][0] for k in keys)], rows), caption + provenance(runs))
+    def seeds(runs: Sequence[Result]) -> str:
+        return ", ".join(str(s) for s in sorted(r["seed"] for r in runs))
+
+    rows, verdicts, used = [], [], []
+    for size in sizes:
+        base, stage2, longer = (variants.get(f"{arm}-labelled{size}", []) for arm in ("default", "stage2", "longer"))
+        for runs in (base, stage2, longer):
+            if runs:
+                rows.append([label(runs[0]), seeds(runs), *_quality_cells(runs, keys)])
+                used += runs
+        if stage2 and longer:
+            better = [QUALITY[k][0].rstrip(" ↑↓") for k in keys if _beats(stage2, longer, k)]
+            text = f"with {size} labelled shapes, at equal compute, stage 2 beats more labelled steps on "
+            text += f"{len(better)} of {len(keys)} metrics" + (f" ({', '.join(better)})" if better else "")
+            paired = sorted({r["seed"] for r in stage2} & {r["seed"] for r in longer})
+            always = [
+                QUALITY[k][0].rstrip(" ↑↓")
+                for k in keys
+                if paired
+                and all(
+                    _beats([r for r in stage2 if r["seed"] == s], [r for r in longer if r["seed"] == s], k)
+                    for s in paired
+                )
+            ]
+            n = f"{len(paired)} seed" + ("s" if len(paired) != 1 else "")
+            text += f"; in each of its {n} on " + (", ".join(always) if always else "none")
+            verdicts.append(text)
+    rows.append(["teacher", "-", *_teacher_cells(used[0], keys)])
+    caption = f"Student `{used[0]['config']['student']}`, the default recipe otherwise; {_scoring(used[0])}. "
+    if verdicts:
+        text = "; ".join(verdicts)
+        caption += text[:1].upper() + text[1:] + ". "
+    header = ["training", "seeds", *(QUALITY[k][0] for k in keys)]
+    return Table(markdown_table(header, rows), caption + provenance(used))
 
 
 def _by_variant(results: Sequence[Result]) -> dict[str, list[Result]]:
