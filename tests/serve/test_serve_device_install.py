@@ -10,7 +10,6 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import pytest
 from serve_helpers import png_bytes, start_server
 
 ROOT = Path(__file__).resolve().parents[2]
