@@ -155,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--int8-anyway",
         action="store_true",
-        help="write an INT8 file even when no node set is both faster and accurate (the most accurate one)",
+        help="write an INT8 file even when no node set is both faster and accurate (the fastest accurate set, else "
+        "the smallest)",
     )
     parser.add_argument("--exporter", choices=EXPORTERS, default="dynamo", help="torch.onnx exporter (default dynamo)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset. Default: %(default)s")

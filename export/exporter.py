@@ -239,7 +239,7 @@ def _export(cfg: "ExportConfig", config: dict[str, Any], data_dir: Path, threads
                 logger.warning(
                     "no INT8 node set of this denoiser is both faster than FP32 on this CPU and accurate (images "
                     "within the bars of refine_control/export/parity.py); no INT8 file written (%.1f s). "
-                    "Pass --int8-anyway to write the most accurate set regardless",
+                    "Pass --int8-anyway to write one anyway (the fastest accurate set, else the smallest)",
                     elapsed,
                 )
             bar.update()

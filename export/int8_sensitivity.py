@@ -4,16 +4,16 @@ in FP32 by position.
 Local error, measured in one pass: every candidate node of the all-quantised QDQ model is copied into the FP32
 graph together with its own QuantizeLinear/DequantizeLinear inputs and output (the calibrated scales, the int8
 weights), fed the FP32 model's activations, and its output compared with the FP32 node's output, channel by
-channel. That is the error the node alone
-would add, free of the errors of the nodes before it (the "qdq_err" of onnxruntime.quantization.qdq_loss_debug, but
-at the node's output, where a weight that ignores an outlier channel is seen for what it is). Statistics are
-accumulated feed by feed, so memory stays at one feed's activations. The idea of ranking layers by sensitivity and
-keeping the worst in higher precision is MixDQ's ("MixDQ", arXiv 2405.17873); ranges from inputs captured along the
-whole sampling trajectory follow Q-Diffusion (arXiv 2302.04304).
+channel. That is the error the node alone would add, free of the errors of the nodes before it (like the "qdq_err"
+of onnxruntime.quantization.qdq_loss_debug, but at the node's output and per channel, where a channel drowned by an
+outlier channel's range is seen). Statistics are accumulated feed by feed, so memory stays at one feed's
+activations. Ranking layers by sensitivity and keeping the worst in higher precision is MixDQ's idea ("MixDQ",
+arXiv 2405.17873); ranges from inputs captured along the whole sampling trajectory follow Q-Diffusion (arXiv
+2302.04304). The measure and the rules here are this project's reconstruction, not either paper's procedure.
 
-Positional rules (kept FP32 whatever their measured error, as both papers do for the first and last layers):
-the first convolutions (no convolution before them), the last compute nodes (no candidate after them), and the
-control-conditioning path (nodes that read the control image before it meets the latent).
+Positional rules (kept FP32 whatever their measured error): the first convolutions (no convolution before them),
+the last compute nodes (no candidate after them), and the control-conditioning path (nodes that read the control
+image before it meets the latent).
 """
 
 from collections.abc import Sequence
