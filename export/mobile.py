@@ -8,7 +8,8 @@
   (`--include_ops_by_config required_operators.config` of ORT's build script), as ORT's converter writes it.
 
 Both write only inside `work_dir` (the export's temp dir): the checker's own optimisation step, which would use the
-system temp dir, is done here with the project's session factory instead.
+system temp dir, is done here with the project's session factory instead (tests/serve/test_serve_egress.py traces
+every file an export writes).
 """
 
 import logging
@@ -44,7 +45,9 @@ def mobile_usability(onnx_path: Path, work_dir: Path) -> dict[str, Any]:
     handler = _Collect()
     logger.addHandler(handler)
     try:
-        try_mobile_eps = bool(usability_checker.analyze_model(optimized, skip_optimize=True, logger=logger))
+        # `checker` is what `analyze_model` runs after optimising; called directly, since `analyze_model` always
+        # makes a directory in the system temp dir, outside the export's declared paths.
+        try_mobile_eps = bool(usability_checker.checker(optimized.resolve(), logger))
     except Exception as err:  # the checker's own failures must not fail the export: record them
         return {
             "checked": False,

@@ -155,6 +155,18 @@ def _quiet_root_logger() -> Iterator[None]:
         logging.disable(logging.NOTSET)
 
 
+@contextlib.contextmanager
+def _temp_files_in(directory: str) -> Iterator[None]:
+    """onnxruntime.quantization writes its augmented models to the system temp dir; keep them inside the export's
+    own temp dir (nothing written outside the declared paths)."""
+    previous = tempfile.tempdir
+    tempfile.tempdir = directory
+    try:
+        yield
+    finally:
+        tempfile.tempdir = previous
+
+
 class _Quantizer:
     """quantize_static with one calibration (ranges cached) for every node subset of one pre-processed graph."""
 
@@ -223,7 +235,7 @@ def quantize_int8(
         "calibration_inputs": len(calibration),
         **{k: v for k, v in asdict(options).items() if k != "anyway"},
     }
-    with tempfile.TemporaryDirectory(prefix=".refine-int8-", dir=out.parent) as tmp_dir:
+    with tempfile.TemporaryDirectory(prefix=".refine-int8-", dir=out.parent) as tmp_dir, _temp_files_in(tmp_dir):
         tmp = Path(tmp_dir)
         model, groups = _preprocess(fp32, tmp / "pre.onnx")
         quantize = _Quantizer(tmp / "pre.onnx", _Reader(calibration), options, tmp / "calibration.json")

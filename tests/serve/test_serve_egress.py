@@ -119,6 +119,7 @@ def test_export_and_served_generation_make_no_network_attempt(tiny_run_dir, tmp_
     # 1. refine-export (imports torch, diffusers, onnx, onnxruntime) under strace
     env, cwd = bare_env(tmp_path / "export")
     args = [str(tiny_run_dir), "--output-dir", str(model), "--exporter", "torchscript", "--parity-samples", "1"]
+    args += ["--int8", "--int8-anyway", "--calibration-samples", "1", "--ort"]  # the quantiser's and ORT's tools too
     command = strace_command([*script("refine-export"), *args, "--steps", "2", "-q"], tmp_path / "export" / "t")
     with open(tmp_path / "export" / "log", "wb") as log:
         done = subprocess.run(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, timeout=300)
