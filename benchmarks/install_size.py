@@ -20,7 +20,7 @@ if str(REPO) not in sys.path:  # run as a script from a checkout without install
     sys.path.insert(0, str(REPO))
 
 from refine_control.cli_utils import run_cli  # noqa: E402
-from refine_control.errors import ConfigError  # noqa: E402
+from refine_control.results import split_results_name  # noqa: E402
 
 # Run inside the new venv: bytes per distribution, from each one's RECORD.
 SIZES = """
@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> int:
+        if args.results_name is not None:
+            split_results_name(args.results_name)  # refuse a malformed name before the run
         from refine_control.results import git_state, write_result
 
         commit = git_state()
@@ -82,11 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:<28} {size:8.1f} MB")
         print(f"site-packages: {total:.1f} MB (pip itself {mb.get('pip', 0.0)} MB); torch importable: {has_torch}")
         if args.results_name is not None:
-            group, _, name = args.results_name.rpartition("/")
-            if not group:
-                raise ConfigError("--results-name needs GROUP/NAME, e.g. install/serve")
             write_result(
-                (group, name),
+                split_results_name(args.results_name),
                 metrics=metrics,
                 config={"extra": args.extra, "python": sys.version.split()[0]},
                 seed=None,

@@ -21,7 +21,7 @@ if str(REPO) not in sys.path:  # run as a script from a checkout without install
     sys.path.insert(0, str(REPO))
 
 from refine_control.cli_utils import offline_env, run_cli, setup_logging  # noqa: E402
-from refine_control.errors import ConfigError  # noqa: E402
+from refine_control.results import split_results_name  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     offline_env()
 
     def body() -> int:
+        if args.results_name is not None:
+            split_results_name(args.results_name)  # refuse a malformed name before the run
         from refine_control.export.cli import ExportConfig
         from refine_control.export.exporter import export_model
         from refine_control.results import git_state, machine_info, write_result
@@ -75,11 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             }
         print(json.dumps(metrics.get("int8_vs_fp32", {"int8_written": False}), indent=1))
         if args.results_name is not None:
-            group, _, name = args.results_name.rpartition("/")
-            if not group:
-                raise ConfigError("--results-name needs GROUP/NAME, e.g. int8/builtin-compact-wide")
             write_result(
-                (group, name),
+                split_results_name(args.results_name),
                 metrics=metrics,
                 config={**cfg.to_json(), "source_run": str(args.run)},
                 seed=0,

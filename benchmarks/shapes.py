@@ -25,7 +25,7 @@ if str(REPO) not in sys.path:  # run as a script from a checkout without install
 import numpy as np  # noqa: E402
 
 from refine_control.cli_utils import offline_env, run_cli  # noqa: E402
-from refine_control.errors import ConfigError  # noqa: E402
+from refine_control.results import split_results_name  # noqa: E402
 
 
 def feeds_at_resolution(pipe: Any, batch: int) -> dict[str, dict[str, np.ndarray]]:
@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     offline_env()
 
     def body() -> int:
+        if args.results_name is not None:
+            split_results_name(args.results_name)  # refuse a malformed name before the run
         from refine_control.results import git_state, machine_info, write_result
         from refine_control.serve.runtime import OnnxControlNetPipeline
         from refine_control.serve.runtime.session import fixed_dims_for, ort_session
@@ -100,14 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.json is not None:
             args.json.write_text(json.dumps(report, indent=2))
         if args.results_name is not None:
-            group, _, name = args.results_name.rpartition("/")
-            if not group:
-                raise ConfigError("--results-name needs GROUP/NAME, e.g. latency/shapes-builtin")
-            config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
             write_result(
-                (group, name),
+                split_results_name(args.results_name),
                 metrics=report,
-                config=config,
+                config={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                 seed=0,
                 command="python benchmarks/shapes.py " + " ".join(sys.argv[1:] if argv is None else argv),
                 wall_s=time.perf_counter() - started,

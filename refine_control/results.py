@@ -60,6 +60,19 @@ def result_path(group: str, name: str, root: str | os.PathLike[str] = DEFAULT_RO
     return Path(root) / group / f"{name}.json"
 
 
+def split_results_name(text: str) -> tuple[str, str]:
+    """A benchmark's `--results-name GROUP/NAME` (the group may have several segments) → (group, name);
+    `ConfigError` when malformed, so a script can refuse it before its run rather than after."""
+    from refine_control.errors import ConfigError
+
+    group, _, name = text.rpartition("/")
+    try:
+        result_path(group, name)
+    except ValueError as err:
+        raise ConfigError(f"--results-name {text!r}: expected GROUP/NAME, e.g. latency/builtin ({err})") from None
+    return group, name
+
+
 def git_state(cwd: str | os.PathLike[str] | None = None) -> tuple[str, bool | str]:
     """(HEAD sha, dirty) of the repository holding `cwd` (default: this package's code); "unknown" without git."""
     where = str(cwd or _CODE_ROOT)

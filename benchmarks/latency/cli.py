@@ -93,8 +93,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     from refine_control.errors import ConfigError
     from refine_control.export.spec import INT8_OP_TYPES
     from refine_control.models.presets import STUDENT_PRESETS
-
-    from .record import split_name
+    from refine_control.results import split_results_name
 
     quick = QUICK if args.quick else {"warmup": 2, "repeats": 10, "steps": 20, "exporter": "dynamo"}
     for key, value in quick.items():
@@ -137,7 +136,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         unknown = ", ".join(sorted(set(ort_models) - set(names)))
         raise ConfigError(f"--ort-models: unknown model {unknown}; measured models: {', '.join(names)}")
     if args.results_name is not None:
-        split_name(args.results_name)
+        split_results_name(args.results_name)
     cfg = BenchConfig(
         scale=args.scale,
         teacher=args.teacher,

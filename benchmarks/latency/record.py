@@ -7,21 +7,6 @@ from typing import Any
 SEED = 0  # every feed and random weight of the run is drawn from seed 0
 
 
-def split_name(text: str) -> tuple[str, str]:
-    """`GROUP/NAME` (the group may have several segments) → (group, name); `ConfigError` when malformed."""
-    from refine_control.errors import ConfigError
-    from refine_control.results import result_path
-
-    group, _, name = text.rpartition("/")
-    try:
-        result_path(group, name)
-    except ValueError as err:
-        raise ConfigError(
-            f"--results-name {text!r}: expected GROUP/NAME, e.g. latency/builtin-few-step ({err})"
-        ) from None
-    return group, name
-
-
 def _without_paths(files: dict[str, Any]) -> dict[str, Any]:
     """The temp-dir paths of the ONNX files mean nothing after the run; their sizes and INT8 reports stay."""
     return {k: {f: v for f, v in info.items() if f != "path"} for k, info in files.items()}
@@ -29,7 +14,7 @@ def _without_paths(files: dict[str, Any]) -> dict[str, Any]:
 
 def write(report: dict[str, Any], name: str, root: str, wall_s: float, commit: tuple[str, bool | str]) -> Path:
     """Write `report` as the result file `root/GROUP/NAME.json` (`name` = GROUP/NAME)."""
-    from refine_control.results import write_result
+    from refine_control.results import split_results_name, write_result
 
     models = {name: {**info, "files": _without_paths(info["files"])} for name, info in report["models"].items()}
     metrics = {
@@ -41,7 +26,7 @@ def write(report: dict[str, Any], name: str, root: str, wall_s: float, commit: t
         "peaks": report["peaks"],
     }
     return write_result(
-        split_name(name),
+        split_results_name(name),
         metrics=metrics,
         config={**report["config"], "counter": report["counter"]},
         seed=SEED,
