@@ -148,8 +148,8 @@ def builtin_data(cfg: DistillConfig, run: Path) -> tuple[Path, Path | None]:
     return labelled, unlabelled
 
 
-def load_training_data(cfg: DistillConfig, run: Path) -> tuple[list[ImageRecord], list[ImageRecord]]:
-    """The labelled and unlabelled records of a run (the builtin teacher's shapes are written into RUN/data)."""
+def training_data_paths(cfg: DistillConfig, run: Path) -> tuple[str, str | None]:
+    """The labelled and unlabelled data paths of a run (the builtin teacher's shapes are written into RUN/data)."""
     labelled_dir, unlabelled_dir = cfg.labelled, cfg.unlabelled
     if cfg.teacher == "builtin" and labelled_dir is None:
         labelled_path, unlabelled_path = builtin_data(cfg, run)
@@ -158,6 +158,12 @@ def load_training_data(cfg: DistillConfig, run: Path) -> tuple[list[ImageRecord]
             unlabelled_dir = str(unlabelled_path)
     if labelled_dir is None:
         raise ConfigError("`--labelled DIR` is required with a teacher other than builtin")
+    return labelled_dir, unlabelled_dir
+
+
+def load_training_data(cfg: DistillConfig, run: Path) -> tuple[list[ImageRecord], list[ImageRecord]]:
+    """The labelled and unlabelled records of a run's image folders."""
+    labelled_dir, unlabelled_dir = training_data_paths(cfg, run)
     records = read_image_folder(labelled_dir)
     labelled = [r for r in records if r.text is not None]
     unlabelled = [r for r in records if r.text is None]

@@ -12,7 +12,7 @@ import numpy as np
 
 from refine_control.batches import LABELLED, UNLABELLED, Batches, MapBatches, StreamBatches
 from refine_control.config import DistillConfig
-from refine_control.data import BadImageError, builtin_data, decode_image
+from refine_control.data import BadImageError, decode_image, training_data_paths
 from refine_control.data_sources import FOLDER, MapPool, Source, StreamPool, open_source, split_labelled
 from refine_control.errors import ConfigError
 
@@ -78,14 +78,7 @@ def _open(cfg: DistillConfig, path: str, captions: bool) -> Source:
 
 def open_training_data(cfg: DistillConfig, run: Path) -> TrainingData:
     """Open the labelled (and unlabelled) data of a run (the builtin teacher's shapes are written into RUN/data)."""
-    labelled_dir, unlabelled_dir = cfg.labelled, cfg.unlabelled
-    if cfg.teacher == "builtin" and labelled_dir is None:
-        labelled_path, unlabelled_path = builtin_data(cfg, run)
-        labelled_dir = str(labelled_path)
-        if unlabelled_dir is None and unlabelled_path is not None:
-            unlabelled_dir = str(unlabelled_path)
-    if labelled_dir is None:
-        raise ConfigError("`--labelled DIR` is required with a teacher other than builtin")
+    labelled_dir, unlabelled_dir = training_data_paths(cfg, run)
     labelled = _open(cfg, labelled_dir, captions=True)
     unlabelled = _open(cfg, unlabelled_dir, captions=False) if unlabelled_dir is not None else None
     if cfg.streaming:
