@@ -11,8 +11,8 @@ held-out test shapes and noise:
 and, for label scarcity, scratch (a) and the default recipe (d) with 25 labelled shapes instead of 500
 (`--variants scratch-labelled25,default-labelled25`; README's label-scarcity table), and the semi-supervised stage
 there: stage 2 on unlabelled shapes added after the same labelled steps, against as many more labelled steps
-(`--variants stage2-labelled25,longer-labelled25`; README's semi-supervised table); the `*-labelled10` variants are
-the same three arms with 10 labelled shapes.
+(`--variants stage2-labelled25,longer-labelled25`; README's semi-supervised table); `*-labelled10`, `-labelled50` and
+`-labelled200` are the same three arms with 10, 50 and 200 labelled shapes.
 
     python benchmarks/ablation.py --seeds 0 1      # (a)-(c) → results/ablation/<variant>-seed<k>.json
 
@@ -43,27 +43,23 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
         ("--init", "random", "--loss-weights", "1,0,0", "--builtin-labelled", "25"),
     ),
     "default-labelled25": ("the default recipe, 25 labelled shapes", ("--builtin-labelled", "25")),
-    # The semi-supervised stage under label scarcity: stage 2 on 1,000 unlabelled shapes added after the same
-    # 1,600 labelled steps (800 more steps), against an equal-compute control of 2,400 labelled steps.
-    "stage2-labelled25": (
-        "25 labelled shapes + stage 2 on 1,000 unlabelled (800 steps)",
-        ("--builtin-labelled", "25", "--builtin-unlabelled", "1000", "--stage2-steps", "800"),
-    ),
-    "longer-labelled25": (
-        "25 labelled shapes, 2,400 labelled steps (the same compute)",
-        ("--builtin-labelled", "25", "--max-steps", "2400"),
-    ),
-    # The same pair (and the equal-labelled-steps baseline) with 10 labelled shapes.
-    "default-labelled10": ("the default recipe, 10 labelled shapes", ("--builtin-labelled", "10")),
-    "stage2-labelled10": (
-        "10 labelled shapes + stage 2 on 1,000 unlabelled (800 steps)",
-        ("--builtin-labelled", "10", "--builtin-unlabelled", "1000", "--stage2-steps", "800"),
-    ),
-    "longer-labelled10": (
-        "10 labelled shapes, 2,400 labelled steps (the same compute)",
-        ("--builtin-labelled", "10", "--max-steps", "2400"),
-    ),
 }
+# The semi-supervised stage under label scarcity, at each labelled-set size: stage 2 on 1,000 unlabelled shapes added
+# after the same 1,600 labelled steps (800 more steps), against an equal-compute control of 2,400 labelled steps, and
+# the same 1,600 labelled steps alone (`default-labelled<N>`; 25 is defined above).
+SEMI_SUPERVISED_SIZES = (10, 25, 50, 200)
+for _n in SEMI_SUPERVISED_SIZES:
+    VARIANTS.setdefault(
+        f"default-labelled{_n}", (f"the default recipe, {_n} labelled shapes", ("--builtin-labelled", f"{_n}"))
+    )
+    VARIANTS[f"stage2-labelled{_n}"] = (
+        f"{_n} labelled shapes + stage 2 on 1,000 unlabelled (800 steps)",
+        ("--builtin-labelled", f"{_n}", "--builtin-unlabelled", "1000", "--stage2-steps", "800"),
+    )
+    VARIANTS[f"longer-labelled{_n}"] = (
+        f"{_n} labelled shapes, 2,400 labelled steps (the same compute)",
+        ("--builtin-labelled", f"{_n}", "--max-steps", "2400"),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

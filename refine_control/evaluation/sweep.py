@@ -70,8 +70,8 @@ def _evaluate(run: Path, scoring: Scoring, judge_cache: Path) -> dict[str, Any]:
         write_bytes(teacher_file, buffer.getvalue())
     report = result.report
     write_report(eval_dir / "metrics.json", report)
-    for trained in eval_dir.glob("*.safetensors"):
-        shutil.copy2(trained, judge_cache / trained.name)
+    for trained in eval_dir.glob("*.safetensors"):  # atomically: sweeps in parallel share the cache
+        write_bytes(judge_cache / trained.name, trained.read_bytes())
     return report
 
 
