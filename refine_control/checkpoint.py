@@ -3,17 +3,24 @@
 A checkpoint is a directory `checkpoints/step-NNNNNN/` written atomically; `state.json` inside it is the
 proof it is complete. RNG state is not stored: every random draw of the trainer is derived from
 (seed, step), so weights + optimizer + step are enough to continue bit for bit.
+
+It always holds whole tensors. Under FSDP2 (`torch.distributed.fsdp.fully_shard`) parameters, optimizer slots and
+the EMA are `DTensor` shards: `gather_state` makes them whole (a collective: every process calls it, in the same
+order) and `restore_checkpoint` cuts each process's shard back out, so a checkpoint written on N processes, sharded
+or not, resumes on M.
 """
 
 import json
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from refine_control.atomic import atomic_dir
 from refine_control.errors import CheckpointError
@@ -24,13 +31,55 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+def whole(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor on CPU: an FSDP2 shard is all-gathered (a collective), a plain tensor is returned as is."""
+    if isinstance(tensor, DTensor):
+        tensor = tensor.full_tensor()
+    return tensor.detach().cpu().contiguous()
+
+
+def _shard_like(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`value` (whole) laid out as `like`: this process's shard when `like` is a DTensor, else moved to its device."""
+    if isinstance(like, DTensor):  # every process holds the whole value, so no data needs to move
+        return distribute_tensor(value.to(like.dtype), like.device_mesh, like.placements, src_data_rank=None)
+    return value.to(like.device)
+
+
+@dataclass(frozen=True)
+class TrainingState:
+    """What a checkpoint holds, as whole tensors: trainable weights by name, the optimizer's state dict, and the
+    EMA as (averaged tensors by name, the rest of its state as JSON) when one is kept."""
+
+    trainable: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    ema: tuple[dict[str, torch.Tensor], dict[str, Any]] | None
+
+
+def gather_state(
+    trainable: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    ema: "EMAModel | None",
+    ema_names: list[str],
+) -> TrainingState:
+    """The training state as whole tensors. Under FSDP2 every process must call this (it all-gathers)."""
+    opt = optimizer.state_dict()
+    slots = {
+        i: {k: whole(v) if isinstance(v, torch.Tensor) else v for k, v in s.items()} for i, s in opt["state"].items()
+    }
+    return TrainingState(
+        {name: whole(value) for name, value in trainable.items()},
+        {"state": slots, "param_groups": opt["param_groups"]},
+        ema_state(ema, ema_names) if ema is not None else None,
+    )
+
+
 def _optimizer_to_flat(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, Any] = {}
     for index, slots in state["state"].items():
         for key, value in slots.items():
             if isinstance(value, torch.Tensor):
-                tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
+                tensors[f"{index}.{key}"] = value
             else:
                 scalars[f"{index}.{key}"] = value
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
@@ -44,27 +93,17 @@ def _optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_checkpoint(
-    directory: Path,
-    step: int,
-    trainable: dict[str, torch.Tensor],
-    optimizer_state: dict[str, Any],
-    ema: tuple[dict[str, torch.Tensor], dict[str, Any]] | None,
-    extra: dict[str, Any],
-    keep: int,
-) -> Path:
-    """Write `directory/step-NNNNNN` atomically and delete all but the newest `keep` checkpoints.
-
-    `ema` is (averaged tensors by name, the rest of the EMA's state as JSON), see `ema_state`."""
+def save_checkpoint(directory: Path, step: int, state: TrainingState, extra: dict[str, Any], keep: int) -> Path:
+    """Write `directory/step-NNNNNN` atomically and delete all but the newest `keep` checkpoints."""
     target = directory / f"step-{step:06d}"
     with atomic_dir(target) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in trainable.items()}, tmp / "trainable.safetensors")
-        opt_tensors, opt_meta = _optimizer_to_flat(optimizer_state)
+        save_file(state.trainable, tmp / "trainable.safetensors")
+        opt_tensors, opt_meta = _optimizer_to_flat(state.optimizer)
         save_file(opt_tensors, tmp / "optimizer.safetensors")
         (tmp / "optimizer.json").write_text(json.dumps(opt_meta))
-        if ema is not None:
-            save_file({k: v.detach().cpu().contiguous() for k, v in ema[0].items()}, tmp / "ema.safetensors")
-            (tmp / "ema.json").write_text(json.dumps(ema[1]))
+        if state.ema is not None:
+            save_file(state.ema[0], tmp / "ema.safetensors")
+            (tmp / "ema.json").write_text(json.dumps(state.ema[1]))
         (tmp / "state.json").write_text(json.dumps({"step": step, **extra}, indent=2))
     for old in list_checkpoints(directory)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
@@ -99,10 +138,10 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def ema_state(ema: "EMAModel", names: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """An `EMAModel` over the parameters `names` as (averaged tensors by name, its other state as JSON)."""
+    """An `EMAModel` over the parameters `names` as (whole averaged tensors by name, its other state as JSON)."""
     state = ema.state_dict()
     shadow = state.pop("shadow_params")
-    return dict(zip(names, shadow, strict=True)), state
+    return {name: whole(value) for name, value in zip(names, shadow, strict=True)}, state
 
 
 def restore_checkpoint(
@@ -112,20 +151,27 @@ def restore_checkpoint(
     ema: "EMAModel | None",
     ema_names: list[str],
 ) -> int:
-    """Load a checkpoint into the trainable parameters, the optimizer and the EMA; return its step."""
+    """Load a checkpoint into the trainable parameters, the optimizer and the EMA (each process its own shard under
+    FSDP2); return its step."""
     state = load_checkpoint(path)
     if set(state["trainable"]) != set(named_parameters) or (ema is not None) != (state["ema"] is not None):
         raise CheckpointError(f"checkpoint {path} does not match this student", hint="start over with --overwrite")
     with torch.no_grad():
         for name, value in state["trainable"].items():
-            named_parameters[name].copy_(value)
-    optimizer.load_state_dict(state["optimizer"])
+            named_parameters[name].copy_(_shard_like(value, named_parameters[name]))
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    opt = state["optimizer"]
+    opt["state"] = {
+        i: {k: _shard_like(v, params[i]) if isinstance(v, torch.Tensor) and v.dim() else v for k, v in slots.items()}
+        for i, slots in opt["state"].items()
+    }
+    optimizer.load_state_dict(opt)
     if ema is not None:
         tensors, meta = state["ema"]
         if set(tensors) != set(ema_names):
             raise CheckpointError(f"checkpoint {path}: the EMA does not match this student")
-        device = ema.shadow_params[0].device
-        ema.load_state_dict({**meta, "shadow_params": [tensors[name].to(device) for name in ema_names]})
+        shadows = [_shard_like(tensors[name], like) for name, like in zip(ema_names, ema.shadow_params, strict=True)]
+        ema.load_state_dict({**meta, "shadow_params": shadows})
     step = int(state["state"]["step"])
     logger.info("resumed from %s at step %d", path, step)
     return step

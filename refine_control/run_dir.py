@@ -13,7 +13,7 @@ import torch
 from diffusers import StableDiffusionControlNetPipeline
 
 from refine_control.atomic import atomic_dir, write_json, write_text
-from refine_control.checkpoint import list_checkpoints
+from refine_control.checkpoint import list_checkpoints, whole
 from refine_control.config import DistillConfig
 from refine_control.errors import ConfigError
 from refine_control.models.denoiser import ControlledDenoiser
@@ -104,6 +104,24 @@ def save_student(
         if sampling is not None:
             (tmp / SAMPLING_FILE).write_text(json.dumps({**sampling, "scheduler": type(scheduler).__name__}, indent=2))
     logger.info("student saved to %s", path)
+
+
+def unsharded(student: ControlledDenoiser) -> ControlledDenoiser:
+    """The student itself, or under FSDP2 a whole copy on CPU for saving (a collective: every process calls it)."""
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor import DTensor
+
+    if not any(isinstance(p, DTensor) for p in student.parameters()):
+        return student
+
+    def copy(model: Any) -> Any:
+        state = {name: whole(value) for name, value in model.state_dict().items()}
+        plain = next(c for c in type(model).__mro__ if not issubclass(c, FSDPModule))  # fully_shard subclasses it
+        fresh = plain.from_config(model.config)
+        fresh.load_state_dict(state)
+        return fresh
+
+    return ControlledDenoiser(copy(student.unet), copy(student.controlnet))
 
 
 def load_run_student(run: Path, device: torch.device) -> ControlledDenoiser:

@@ -11,31 +11,35 @@ import contextlib
 import json
 import logging
 import math
+import os
 import statistics
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import DistributedType
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, parse_flag_from_env
 from diffusers.training_utils import EMAModel
 
 from refine_control.atomic import write_json
 from refine_control.bad_data import BadDataPolicy
 from refine_control.batches import MicroBatch
-from refine_control.checkpoint import ema_state, list_checkpoints, restore_checkpoint, save_checkpoint
+from refine_control.checkpoint import gather_state, list_checkpoints, restore_checkpoint, save_checkpoint
 from refine_control.config import DistillConfig
 from refine_control.consistency import consistency_batch
 from refine_control.data import derive_seed
 from refine_control.distiller import Conditioner, run_teacher
 from refine_control.errors import ConfigError, RefineError
 from refine_control.loader import micro_batches
+from refine_control.models.presets import STUDENT_PRESETS
 from refine_control.progress import progress_bar
-from refine_control.run_dir import last_terms, prepare_run_dir, save_student, truncate_metrics
+from refine_control.run_dir import last_terms, prepare_run_dir, save_student, truncate_metrics, unsharded
 from refine_control.training_setup import Setup, build_setup, fits_latent_cache
 
 logger = logging.getLogger(__name__)
+# The hint when FSDP cannot be used.
+_DDP = "or launch DDP (`accelerate launch --multi_gpu ...`): the student is small enough to replicate"
 
 
 def _learning_rate(cfg: DistillConfig, step: int, stage1_steps: int, stage2_steps: int) -> float:
@@ -125,18 +129,20 @@ def _run_log(run: Path, enabled: bool) -> Iterator[None]:
 def train(cfg: DistillConfig) -> Path:
     """Distil the teacher into the preset student; return the run dir (its `student/` is the result)."""
     run = cfg.output_dir
+    fsdp = parse_flag_from_env("ACCELERATE_USE_FSDP")
+    if fsdp and os.environ.get("FSDP_VERSION", "1") != "2":
+        # FSDP1 flattens parameters into per-process buffers; checkpoints and the EMA are written for FSDP2's
+        # per-parameter shards (DTensor), which `refine_control.checkpoint` gathers and cuts back.
+        raise ConfigError("FSDP version 1 is not supported", hint=f"launch with `--fsdp_version 2`, {_DDP}")
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,
         gradient_accumulation_steps=cfg.grad_accum,
         cpu=not torch.cuda.is_available(),
     )
     main = accelerator.is_main_process
-    if accelerator.distributed_type == DistributedType.FSDP:
-        # Checkpoints and the saved student read full parameters (`named_parameters`), which FSDP shards.
-        raise ConfigError(
-            "FSDP is not supported yet: checkpoints would hold only this process's shard of each parameter",
-            hint="launch with DDP (`accelerate launch --multi_gpu ...`); the student is small enough to replicate",
-        )
+    if fsdp:
+        _check_fsdp(cfg)
+        _fsdp_on_cpu(accelerator, cfg.mixed_precision)
     if main:
         prepare_run_dir(cfg, accelerator.num_processes)
     accelerator.wait_for_everyone()
@@ -151,6 +157,32 @@ def train(cfg: DistillConfig) -> Path:
             _distil(cfg, accelerator)
     accelerator.end_training()
     return run
+
+
+def _fsdp_on_cpu(accelerator: Accelerator, mixed_precision: str) -> None:
+    """Honour `accelerate launch --use_fsdp` on CPU processes (gloo). accelerate 1.15 turns FSDP on only for GPU-type
+    backends and would quietly run DDP instead; torch's FSDP2 runs on gloo, so it is turned on here with the
+    launcher's FSDP settings (this is how the 2-process FSDP tests run on a CPU machine)."""
+    if accelerator.distributed_type != DistributedType.MULTI_CPU:
+        return
+    plugin = FullyShardedDataParallelPlugin()  # reads the launcher's FSDP_* environment
+    if mixed_precision != "no":
+        plugin.set_mixed_precision(mixed_precision)
+    accelerator.state.fsdp_plugin = plugin
+    # AcceleratorState re-reads the process-wide PartialState whenever it is built again, so set it in both.
+    PartialState().distributed_type = accelerator.state.distributed_type = DistributedType.FSDP
+
+
+def _check_fsdp(cfg: DistillConfig) -> None:
+    """FSDP shards a student that owns all its weights, and nothing else needs them whole during training."""
+    if cfg.few_step:
+        raise ConfigError("--few-step is not supported under FSDP: its target network is a whole copy", hint=_DDP)
+    if cfg.from_run is None and not STUDENT_PRESETS.get(cfg.student).shrink_unet:
+        raise ConfigError(
+            f"student {cfg.student!r} is not supported under FSDP: it shares the teacher's UNet, which the teacher "
+            "must run whole",
+            hint=f"choose a compact-* student, {_DDP}",
+        )
 
 
 def _make_ema(cfg: DistillConfig, params: list[torch.nn.Parameter]) -> EMAModel | None:
@@ -223,26 +255,23 @@ def _distil(cfg: DistillConfig, accelerator: Accelerator) -> None:
                 metrics.flush()
             if done % cfg.checkpoint_every == 0 and done < total:
                 accelerator.wait_for_everyone()
+                named = dict(accelerator.unwrap_model(setup.module).named_parameters())
+                trainable = {n: named[n] for n in setup.trainable_names}
+                state = gather_state(trainable, setup.optimizer, ema, ema_names)  # every process: FSDP gathers
                 if main:
-                    named = dict(accelerator.unwrap_model(setup.module).named_parameters())
-                    save_checkpoint(
-                        run / "checkpoints",
-                        done,
-                        {n: named[n] for n in setup.trainable_names},
-                        setup.optimizer.state_dict(),
-                        ema_state(ema, ema_names) if ema is not None else None,
-                        {"stage": stage, "config": cfg.to_json()},
-                        cfg.keep_checkpoints,
-                    )
+                    extra = {"stage": stage, "config": cfg.to_json()}
+                    save_checkpoint(run / "checkpoints", done, state, extra, cfg.keep_checkpoints)
 
     # 7. The deployable student: a full pipeline dir (the projectors are not part of it).
     accelerator.wait_for_everyone()
-    in_sync = _replicas_in_sync(accelerator, setup.params)
+    sharded = accelerator.distributed_type == DistributedType.FSDP
+    in_sync = None if sharded else _replicas_in_sync(accelerator, setup.params)  # FSDP keeps one (sharded) copy
+    if ema is not None and target_params is None:
+        ema.copy_to(ema_params)
+    whole_student = unsharded(student)  # every process: FSDP gathers
     if main:
-        if ema is not None and target_params is None:
-            ema.copy_to(ema_params)
         sampling = {"steps": cfg.sampling_steps, "guidance_scale": cfg.sampling_guidance} if cfg.few_step else None
-        save_student(run / "student", setup.teacher, student, sampling)
+        save_student(run / "student", setup.teacher, whole_student, sampling)
         write_json(
             run / "metrics.json",
             {

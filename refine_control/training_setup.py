@@ -122,11 +122,13 @@ def build_setup(cfg: DistillConfig, accelerator: Accelerator, weight_dtype: torc
     trainable_names = [n for n, p in module.named_parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     module, optimizer = accelerator.prepare(module, optimizer)
+    trainable = sum(p.numel() for p in params)
+    params = [p for p in module.parameters() if p.requires_grad]  # FSDP2 swaps in sharded ones
 
     counts = {
         "teacher_denoiser_params": count_params(teacher.unet, teacher.controlnet),
         "student_denoiser_params": count_params(student.unet, student.controlnet),
-        "trainable_params": sum(p.numel() for p in params),
+        "trainable_params": trainable,
     }
     if main:
         logger.info(

@@ -90,11 +90,13 @@ class FeatureLoss(nn.Module):
             raise ValueError("the feature term needs the teacher's features")
         losses = []
         for name in self.taps:
-            s = self.projectors[_key(name)](student.features[name].float())
+            projector, feature = self.projectors[_key(name)], student.features[name]
+            # float32, or bf16 where FSDP's mixed precision casts the projector's weights for the forward pass
+            s = projector(feature.to(projector.weight.dtype if isinstance(projector, nn.Conv2d) else torch.float32))
             t = teacher.features[name].detach().float()
             if s.shape[-2:] != t.shape[-2:]:
                 s = F.interpolate(s, size=t.shape[-2:], mode="bilinear", align_corners=False)
-            loss = F.mse_loss(s, t)
+            loss = F.mse_loss(s.float(), t)
             if self.normalize:
                 loss = loss / (t.pow(2).mean() + 1e-6)
             losses.append(loss)
