@@ -49,7 +49,7 @@ def int8_builtin_table(root: Path) -> Table:
         held_out = (
             f"On the {settings['samples']} held-out parity samples the written INT8 denoiser keeps "
             f"{100 * metrics['int8_vs_fp32']['edge_f1_ratio']:.1f}% of the FP32 pipeline's edge F1 (images "
-            f"{e2e['int8']['psnr_db_min']:.1f} dB min PSNR vs PyTorch, FP32 "
+            f"{e2e['int8']['psnr_db_min'] or float('inf'):.1f} dB min PSNR vs PyTorch, FP32 "
             f"{e2e['fp32']['psnr_db_min'] or float('inf'):.1f} dB), and one denoiser step takes "
             f"{latency['onnxruntime int8']:.1f} ms against FP32's {latency['onnxruntime fp32']:.1f} ms "
             f"({metrics['int8_vs_fp32']['step_speedup']:.2f}×, parity's own timing). "

@@ -77,7 +77,8 @@ def test_parity_report(model: Path, exported: dict):
     assert e2e["fp32"]["psnr_db_min"] is None or e2e["fp32"]["psnr_db_min"] >= 40
     assert {"pytorch", "fp32", "int8", "fp16", "fp32.ort", "int8.ort", "fp16.ort"} <= set(e2e)
     # INT8 keeps the control (the bar the verdict applies), and its images stay close to FP32's.
-    assert e2e["int8"]["edge_f1"] >= 0.95 * e2e["fp32"]["edge_f1"] and e2e["int8"]["psnr_db_min"] >= 25
+    assert e2e["int8"]["edge_f1"] >= 0.95 * e2e["fp32"]["edge_f1"]
+    assert e2e["int8"]["psnr_db_min"] is None or e2e["int8"]["psnr_db_min"] >= 25  # None: the same images
     assert {"pytorch", "onnxruntime fp32", "onnxruntime int8"} <= set(report["latency_ms_per_denoiser_step"])
     assert "verdict: PASS" in exported["stdout"]
 
@@ -116,8 +117,9 @@ def test_int8_graph_holds_quantized_ops(model: Path, manifest: dict):
     fp32_weights = sum(len(t.raw_data) for t in onnx.load(str(model / "denoiser.onnx")).graph.initializer)
     int8_bytes = sum(len(t.raw_data) for t in int8_weights)
     assert int8_bytes == sum(int(np.prod(t.dims)) for t in int8_weights)  # one byte per quantised weight
-    # How much the file shrinks depends on the nodes chosen here.
-    assert sum(len(t.raw_data) for t in graph.initializer) < fp32_weights - 2 * int8_bytes
+    # How much the file shrinks depends on the nodes chosen here (timed on this CPU, under whatever load it has):
+    # 3 bytes per quantised weight, less the per-channel scales and zero points and the activations' Q/DQ constants.
+    assert sum(len(t.raw_data) for t in graph.initializer) < fp32_weights - int8_bytes
 
 
 def test_manifest_records_mobile_verdicts_and_the_minimal_build_config(model: Path, manifest: dict):
