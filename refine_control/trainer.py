@@ -198,6 +198,7 @@ def _make_ema(cfg: DistillConfig, params: list[torch.nn.Parameter]) -> EMAModel 
 
 def _distil(cfg: DistillConfig, accelerator: Accelerator) -> None:
     run, main = cfg.output_dir, accelerator.is_main_process
+    sharded = accelerator.distributed_type == DistributedType.FSDP  # gathering the weights takes every process
     weight_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision, torch.float32)
     setup = build_setup(cfg, accelerator, weight_dtype)
     student = accelerator.unwrap_model(setup.module).student
@@ -255,20 +256,20 @@ def _distil(cfg: DistillConfig, accelerator: Accelerator) -> None:
                 metrics.flush()
             if done % cfg.checkpoint_every == 0 and done < total:
                 accelerator.wait_for_everyone()
-                named = dict(accelerator.unwrap_model(setup.module).named_parameters())
-                trainable = {n: named[n] for n in setup.trainable_names}
-                state = gather_state(trainable, setup.optimizer, ema, ema_names)  # every process: FSDP gathers
+                if main or sharded:
+                    named = dict(accelerator.unwrap_model(setup.module).named_parameters())
+                    trainable = {n: named[n] for n in setup.trainable_names}
+                    state = gather_state(trainable, setup.optimizer, ema, ema_names)
                 if main:
                     extra = {"stage": stage, "config": cfg.to_json()}
                     save_checkpoint(run / "checkpoints", done, state, extra, cfg.keep_checkpoints)
 
     # 7. The deployable student: a full pipeline dir (the projectors are not part of it).
     accelerator.wait_for_everyone()
-    sharded = accelerator.distributed_type == DistributedType.FSDP
     in_sync = None if sharded else _replicas_in_sync(accelerator, setup.params)  # FSDP keeps one (sharded) copy
     if ema is not None and target_params is None:
         ema.copy_to(ema_params)
-    whole_student = unsharded(student)  # every process: FSDP gathers
+    whole_student = unsharded(student)  # under FSDP every process takes part
     if main:
         sampling = {"steps": cfg.sampling_steps, "guidance_scale": cfg.sampling_guidance} if cfg.few_step else None
         save_student(run / "student", setup.teacher, whole_student, sampling)
