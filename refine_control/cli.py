@@ -241,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--replay-ratio",
         type=float,
         default=_default("replay_ratio"),
-        help="share of labelled samples replayed in each stage-2 batch. Default: %(default)s",
+        help="share of labelled samples replayed in each stage-2 batch (1: stage 2's schedule on labelled samples "
+        "only, a control for what the unlabelled images add). Default: %(default)s",
     )
     p(
         "--ema-decay",

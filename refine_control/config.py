@@ -116,7 +116,7 @@ class DistillConfig:
                 "no, bf16, fp16",
             ),
             (0 <= self.prompt_dropout <= 1, "--prompt-dropout", self.prompt_dropout, "in [0, 1]"),
-            (0 <= self.replay_ratio < 1, "--replay-ratio", self.replay_ratio, "in [0, 1)"),
+            (0 <= self.replay_ratio <= 1, "--replay-ratio", self.replay_ratio, "in [0, 1]"),
             (self.ema_decay is None or 0 < self.ema_decay < 1, "--ema-decay", self.ema_decay, "in (0, 1)"),
             (self.checkpoint_every >= 1, "--checkpoint-every", self.checkpoint_every, ">= 1"),
             (self.keep_checkpoints >= 1, "--keep-checkpoints", self.keep_checkpoints, ">= 1"),

@@ -110,6 +110,18 @@ def test_map_style_processes_draw_disjoint_samples_and_an_image_folder_streams_t
     }
 
 
+@pytest.mark.parametrize(("ratio", "unlabelled"), [(0.5, 1), (1.0, 0)])
+def test_stage_2_mixes_unlabelled_rows_and_labelled_replay_by_the_replay_ratio(tmp_path, ratio, unlabelled):
+    """Each stage-2 micro-batch of 2: one unlabelled row (empty caption) and one replayed labelled row at 0.5; at 1.0
+    only labelled rows (stage 2's schedule without the unlabelled images: the control arm of the ablation)."""
+    folder = write_image_folder(tmp_path / "f", 8)
+    more = write_image_folder(tmp_path / "u", 8, labelled=False, seed=1)
+    _, batches = _batches(tmp_path, folder, stage1=1, unlabelled=str(more), replay_ratio=ratio, prompt_dropout=0.0)
+    for batch in _take(batches, 1, 4):  # steps 1-3: stage 2
+        from_unlabelled = [k for k in batch.keys if k.startswith(str(more.resolve()))]
+        assert len(from_unlabelled) == unlabelled and batch.captions.count("") == unlabelled
+
+
 def _break(path: Path) -> None:
     path.write_bytes(path.read_bytes()[:40])
 
