@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> int:
-        if args.results_name is not None:
-            split_results_name(args.results_name)  # refuse a malformed name before the run
+        # (group, name) of the result file, parsed before the run so that a malformed name is refused early
+        target = split_results_name(args.results_name) if args.results_name is not None else None
         from refine_control.results import git_state, write_result
 
         commit = git_state()
@@ -83,9 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         for name, size in mb.items():
             print(f"{name:<28} {size:8.1f} MB")
         print(f"site-packages: {total:.1f} MB (pip itself {mb.get('pip', 0.0)} MB); torch importable: {has_torch}")
-        if args.results_name is not None:
+        if target is not None:
             write_result(
-                split_results_name(args.results_name),
+                target,
                 metrics=metrics,
                 config={"extra": args.extra, "python": sys.version.split()[0]},
                 seed=None,

@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     offline_env()
 
     def body() -> int:
-        if args.results_name is not None:
-            split_results_name(args.results_name)  # refuse a malformed name before the run
+        # (group, name) of the result file, parsed before the run so that a malformed name is refused early
+        target = split_results_name(args.results_name) if args.results_name is not None else None
         from refine_control.export.cli import ExportConfig
         from refine_control.export.exporter import export_model
         from refine_control.results import git_state, machine_info, write_result
@@ -76,9 +76,9 @@ def main(argv: list[str] | None = None) -> int:
                 "edge_f1_ratio": round(e2e["int8"]["edge_f1"] / e2e["fp32"]["edge_f1"], 4),
             }
         print(json.dumps(metrics.get("int8_vs_fp32", {"int8_written": False}), indent=1))
-        if args.results_name is not None:
+        if target is not None:
             write_result(
-                split_results_name(args.results_name),
+                target,
                 metrics=metrics,
                 config={**cfg.to_json(), "source_run": str(args.run)},
                 seed=0,

@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     offline_env()
 
     def body() -> int:
-        if args.results_name is not None:
-            split_results_name(args.results_name)  # refuse a malformed name before the run
+        # (group, name) of the result file, parsed before the run so that a malformed name is refused early
+        target = split_results_name(args.results_name) if args.results_name is not None else None
         from refine_control.results import git_state, machine_info, write_result
         from refine_control.serve.runtime import OnnxControlNetPipeline
         from refine_control.serve.runtime.session import fixed_dims_for, ort_session
@@ -101,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         report = {"model": str(args.model), "batch": batch, "resolution": base.resolution, "graphs": rows}
         if args.json is not None:
             args.json.write_text(json.dumps(report, indent=2))
-        if args.results_name is not None:
+        if target is not None:
             write_result(
-                split_results_name(args.results_name),
+                target,
                 metrics=report,
                 config={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                 seed=0,
