@@ -7,6 +7,8 @@ Reads the idx files of the Debian package `dataset-fashion-mnist` (never downloa
 the reader of the `fashion-mnist` dataset of `refine_control.weaklabel`. Each image becomes an RGB
 PNG at `--size` pixels with the caption "a photo of a <class>"; `--unlabelled` leaves the captions out (stage-2
 data). `train` draws from the official training set and `test` from the official test set, so they never overlap.
+Within a split, `--seed` fixes one shuffled order and `--skip K` starts K images into it, so folders written with the
+same seed and non-overlapping ranges share no image (e.g. labelled = the first 50, unlabelled = 1,000 after skip 200).
 """
 
 import argparse
@@ -57,14 +59,23 @@ def read_fashion_mnist(root: Path | None) -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_fashion_folder(
-    output_dir: Path, split: str, num_images: int, size: int = 64, seed: int = 0, captions: bool = True
+    output_dir: Path,
+    split: str,
+    num_images: int,
+    size: int = 64,
+    seed: int = 0,
+    captions: bool = True,
+    skip: int = 0,
 ) -> Path:
-    """Write `num_images` class-balanced images of the official `split` as an image folder, atomically."""
+    """Write images `skip` … `skip + num_images` of the official `split`, shuffled by `seed`, as an image folder,
+    atomically."""
     images, labels = read_fashion_mnist(None)
     pool = np.arange(OFFICIAL_TRAIN) if split == "train" else np.arange(OFFICIAL_TRAIN, len(labels))
-    if num_images > len(pool):
-        raise ConfigError(f"`--num-images` {num_images} exceeds the {len(pool)} images of the {split} split")
-    chosen = np.random.default_rng(seed).permutation(pool)[:num_images]
+    if skip + num_images > len(pool):
+        raise ConfigError(
+            f"`--skip` {skip} + `--num-images` {num_images} exceeds the {len(pool)} images of the {split} split"
+        )
+    chosen = np.random.default_rng(seed).permutation(pool)[skip : skip + num_images]
     rows = []
     with atomic_dir(output_dir) as tmp:
         for i, idx in enumerate(chosen):
@@ -87,15 +98,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--split", choices=("train", "test"), default="train", help="Default: %(default)s")
     parser.add_argument("--num-images", type=int, default=2000, help="Default: %(default)s")
     parser.add_argument("--size", type=int, default=64, help="side in pixels. Default: %(default)s")
-    parser.add_argument("--seed", type=int, default=0, help="Default: %(default)s")
+    parser.add_argument("--seed", type=int, default=0, help="shuffles the split. Default: %(default)s")
+    parser.add_argument(
+        "--skip", type=int, default=0, help="start this many images into the shuffled split. Default: %(default)s"
+    )
     parser.add_argument("--unlabelled", action="store_true", help="write no captions (stage-2 data)")
     args = parser.parse_args(argv)
 
     def body() -> int:
-        if args.num_images < 1 or args.size < 8:
-            raise ConfigError("`--num-images` must be >= 1 and `--size` >= 8")
+        if args.num_images < 1 or args.size < 8 or args.skip < 0:
+            raise ConfigError("`--num-images` must be >= 1, `--size` >= 8 and `--skip` >= 0")
         path = write_fashion_folder(
-            args.output_dir, args.split, args.num_images, args.size, args.seed, not args.unlabelled
+            args.output_dir, args.split, args.num_images, args.size, args.seed, not args.unlabelled, args.skip
         )
         print(f"wrote {args.num_images} images to {path}")  # noqa: T201 - the command's output
         return 0

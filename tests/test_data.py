@@ -128,3 +128,23 @@ def test_fashion_mnist_becomes_a_captioned_image_folder(tmp_path, monkeypatch):
     # More images than the split holds: a one-line error, exit code 2, nothing written.
     assert fashion_mnist.main(["--output-dir", str(tmp_path / "big"), "--split", "test", "--num-images", "7"]) == 2
     assert not (tmp_path / "big").exists()
+
+
+def test_fashion_mnist_folders_from_one_seed_and_disjoint_ranges_share_no_image(tmp_path, monkeypatch):
+    from refine_control import fashion_mnist
+
+    _fake_fashion_mnist(tmp_path / "idx")
+    monkeypatch.setenv("REFINE_FASHION_MNIST_DIR", str(tmp_path / "idx"))
+    monkeypatch.setattr(fashion_mnist, "OFFICIAL_TRAIN", 12)
+    write = fashion_mnist.write_fashion_folder
+    pixels = {
+        name: {
+            load_image(r.path, 28).tobytes()
+            for r in read_image_folder(write(tmp_path / name, "train", n, 28, 0, skip=k))
+        }
+        for name, n, k in (("small", 3, 0), ("large", 5, 0), ("unlabelled", 7, 5))
+    }
+    assert pixels["small"] < pixels["large"]  # nested labelled sets: the first N of one shuffled order
+    assert not pixels["large"] & pixels["unlabelled"] and len(pixels["unlabelled"]) == 7
+    assert fashion_mnist.main(["--output-dir", str(tmp_path / "x"), "--num-images", "8", "--skip", "5"]) == 2
+    assert not (tmp_path / "x").exists()

@@ -169,18 +169,23 @@ def folder_benchmark(cfg: EvalConfig, target: Target, folder: str, resolution: i
     preprocessor = get_preprocessor(name)
     controls = np.stack([preprocessor(img, np.random.default_rng([cfg.seed, i])) for i, img in enumerate(truth)])
     pool = [captioned[i] for i in order[:FOLDER_NET_IMAGES]]
+    pool_captions = [r.text or "" for r in pool]
+    tasks = _folder_tasks(pool_captions)
     digest = hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:10]
     judge = _cached_net(
         target, f"folder-net-{digest}-{resolution}px-seed{cfg.seed}-steps{cfg.oracle_steps}",
         lambda: train_folder_net(
-            np.stack([load_image(r.path, resolution) for r in pool]), [r.text or "" for r in pool], cfg.seed,
-            cfg.oracle_steps,
+            np.stack([load_image(r.path, resolution) for r in pool]), pool_captions, cfg.seed, cfg.oracle_steps
         ),
-        _folder_tasks([r.text or "" for r in pool]),
+        tasks,
     )  # fmt: skip
+    prompts = [r.text or "" for r in chosen]
+    # Captions that name classes: does the image show the class it was prompted with (the judge's class index)?
+    classes = {c: i for i, c in enumerate(sorted(set(pool_captions)))}
+    labels = {"caption": np.array([classes[p] for p in prompts])} if "caption" in tasks else None
     info = {"folder": str(folder), "held_out": held_out, "preprocessor": name, "captioned_images": len(captioned)}
     return Benchmark(
-        "folder", [r.text or "" for r in chosen], controls, truth, reference, judge, info,
+        "folder", prompts, controls, truth, reference, judge, info, labels=labels,
         edge_metrics=name in EDGE_PREPROCESSORS,
     )  # fmt: skip
 
@@ -216,11 +221,12 @@ def score(images: np.ndarray, bench: Benchmark, seed: int) -> dict[str, float]:
         controls = bench.controls[..., 0] > 0.5
         prf = np.array([M.edge_prf(M.edges(img), ctl) for img, ctl in zip(images, controls, strict=True)])
         out.update(edge_precision=prf[:, 0].mean(), edge_recall=prf[:, 1].mean(), edge_f1=prf[:, 2].mean())
-    if bench.mode == "shapes" and bench.masks is not None and bench.labels is not None:
+    if bench.mode == "shapes" and bench.masks is not None:
         ious = [M.mask_iou(M.foreground_mask(img, BACKGROUND), m) for img, m in zip(images, bench.masks, strict=True)]
         out["mask_iou"] = float(np.mean(ious))
         errors = [M.colour_error(img, t, m) for img, t, m in zip(images, bench.truth, bench.masks, strict=True)]
         out["colour_delta_e"] = float(np.mean(errors))
+    if bench.labels is not None:
         predicted = predict(bench.judge, images)
         for task, labels in bench.labels.items():
             out[f"{task}_acc"] = float((predicted[task] == labels).mean())

@@ -23,6 +23,7 @@ METRICS = {
     "colour_acc": "colour accuracy (oracle) ↑",
     "texture_acc": "texture accuracy (oracle) ↑",
     "shape_acc": "shape accuracy (oracle) ↑",
+    "caption_acc": "prompted class accuracy (judge) ↑",
     "domain_fid": "domain FID (oracle features) ↓",
     "domain_kid": "domain KID (oracle features) ↓",
     "teacher_psnr_db": "PSNR vs teacher, same noise (dB) ↑",

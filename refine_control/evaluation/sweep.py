@@ -36,6 +36,7 @@ class Scoring:
     num_samples: int = 256
     steps: int = 20
     guidance_scale: float = 3.0
+    data: str | None = None  # a held-out captioned image folder instead of the built-in shapes (`refine-eval --data`)
 
 
 def _evaluate(run: Path, scoring: Scoring, judge_cache: Path) -> dict[str, Any]:
@@ -57,11 +58,13 @@ def _evaluate(run: Path, scoring: Scoring, judge_cache: Path) -> dict[str, Any]:
         split=scoring.split,
         steps=scoring.steps,
         guidance_scale=scoring.guidance_scale,
+        data=scoring.data,
     )
     config = json.loads((run / "config.json").read_text())
-    teacher_file = (
-        judge_cache / f"teacher-{config['teacher'].replace('/', '_')}-{scoring.split}-{scoring.num_samples}.npy"
-    )
+    benchmark = f"{scoring.split}-{scoring.num_samples}"
+    if scoring.data is not None:
+        benchmark = f"{Path(scoring.data).name}-{scoring.num_samples}"
+    teacher_file = judge_cache / f"teacher-{config['teacher'].replace('/', '_')}-{benchmark}.npy"
     cached = np.load(teacher_file) if config["teacher"] == "builtin" and teacher_file.is_file() else None
     result = evaluate(cfg, cached)
     if config["teacher"] == "builtin" and cached is None:
@@ -135,7 +138,8 @@ def record(
         "distil_s": round(distil_s, 1),
         "training": train,  # the run's own metrics.json (loss terms and step times, or the tiny VAE's scores)
     }
-    scored = {"split": scoring.split, "num_samples": scoring.num_samples, **report["sampling"]}
+    where = {"data": scoring.data} if scoring.data is not None else {"split": scoring.split}
+    scored = {**where, "num_samples": scoring.num_samples, **report["sampling"]}
     return write_result(
         target,
         metrics=metrics,

@@ -27,6 +27,15 @@ QUALITY = {
     "teacher_psnr_db": ("PSNR vs teacher ↑", 2, True),
     "domain_fid": ("domain FID ↓", 2, False),
 }
+# An image-folder benchmark (`refine-eval --data`) has no ground truth, masks or shape oracle; its judge classifies
+# the prompted class instead.
+FOLDER_QUALITY = {
+    "edge_f1": QUALITY["edge_f1"],
+    "caption_acc": ("class acc ↑", 3, True),
+    "teacher_psnr_db": QUALITY["teacher_psnr_db"],
+    "domain_fid": QUALITY["domain_fid"],
+}
+METRICS = {**QUALITY, **FOLDER_QUALITY}  # name, digits, higher is better
 
 
 def kept(result: Result) -> dict[str, float]:
@@ -62,12 +71,12 @@ def _pct(value: float) -> str:
 
 
 def _quality_cells(runs: Sequence[Result], keys: Sequence[str]) -> list[str]:
-    return [_stat([r["metrics"][k] for r in runs], _num(QUALITY[k][1])) for k in keys]
+    return [_stat([r["metrics"][k] for r in runs], _num(METRICS[k][1])) for k in keys]
 
 
 def _teacher_cells(result: Result, keys: Sequence[str]) -> list[str]:
     teacher = result["metrics"]["teacher"]
-    return [f"{teacher[k]:.{QUALITY[k][1]}f}" if k in teacher else "-" for k in keys]
+    return [f"{teacher[k]:.{METRICS[k][1]}f}" if k in teacher else "-" for k in keys]
 
 
 def _by_student(results: Sequence[Result]) -> dict[str, list[Result]]:
@@ -79,9 +88,10 @@ def _by_student(results: Sequence[Result]) -> dict[str, list[Result]]:
 
 def _scoring(result: Result) -> str:
     e = result["config"]["eval"]
+    where = f"held-out {e['split']} shapes" if "split" in e else f"images of {Path(e['data']).name}"
     return (
-        f"`refine-eval` on {e['num_samples']} held-out {e['split']} shapes, {e['steps']} steps, guidance "
-        f"{e['guidance_scale']:g}, the same noise for student and teacher"
+        f"`refine-eval` on {e['num_samples']} {where}, {e['steps']} steps, guidance {e['guidance_scale']:g}, the same "
+        "noise for student and teacher"
     )
 
 
@@ -189,7 +199,7 @@ def recipe_table(root: Path) -> Table:
 def _beats(runs: Sequence[Result], others: Sequence[Result], key: str) -> bool:
     """Whether `runs` are strictly better than `others` on `key`, by their means."""
     ours, theirs = (statistics.fmean(r["metrics"][key] for r in group) for group in (runs, others))
-    return ours > theirs if QUALITY[key][2] else ours < theirs
+    return ours > theirs if METRICS[key][2] else ours < theirs
 
 
 @register_table("ablation")
@@ -271,55 +281,73 @@ def label_scarcity_table(root: Path) -> Table:
 
 @register_table("semi_supervised")
 def semi_supervised_table(root: Path) -> Table:
+    """The semi-supervised stage on the built-in shapes (`<arm>-labelled<N>` in results/ablation/)."""
+    return _semi_supervised(root, "", QUALITY, "shapes")
+
+
+@register_table("semi_supervised_fashion")
+def semi_supervised_fashion_table(root: Path) -> Table:
+    """The same on Fashion-MNIST image folders (`fashion-<arm>-labelled<N>`)."""
+    return _semi_supervised(root, "fashion-", FOLDER_QUALITY, "images")
+
+
+def _semi_supervised(root: Path, prefix: str, metrics: dict[str, tuple[str, int, bool]], unit: str) -> Table:
     """Stage 2 on unlabelled images added after the labelled steps, against as many more labelled steps, for each
-    labelled-set size that has runs (`stage2-labelled<N>`, `longer-labelled<N>`, and `default-labelled<N>`: the
-    same labelled steps without stage 2)."""
-    keys = list(QUALITY)
-    variants = _by_variant(read_results("ablation", root))
-    sizes = sorted({int(n[len("stage2-labelled") :]) for n in variants if n.startswith("stage2-labelled")})
-    sizes = sorted({*sizes, *(int(n[len("longer-labelled") :]) for n in variants if n.startswith("longer-labelled"))})
+    labelled-set size that has runs (`stage2-`, `longer-`; also `default-`: the same labelled steps without stage 2,
+    and `replay-`: stage 2's schedule on labelled samples only, which isolates what the unlabelled images add)."""
+    keys = list(metrics)
+    variants = {n[len(prefix) :]: runs for n, runs in _by_variant(read_results("ablation", root)).items()}
+    if prefix == "":
+        variants = {n: runs for n, runs in variants.items() if not n.startswith("fashion-")}
+    sizes = sorted({int(n.split("-labelled")[1]) for n in variants if n.startswith(("stage2-", "longer-"))})
     if not sizes:
-        raise ResultsError("no semi-supervised runs in results/ablation/ (stage2-labelled<N>, longer-labelled<N>)")
+        raise ResultsError(f"no semi-supervised runs in results/ablation/ ({prefix}stage2-labelled<N>, ...)")
 
     def label(run: Result) -> str:
-        c = run["config"]
-        stage2 = c["stage2_steps"] if c["builtin_unlabelled"] else 0
-        text = f"{c['builtin_labelled']} labelled, {c['max_steps']} labelled steps"
-        return text + (f" + stage 2: {stage2} steps with {c['builtin_unlabelled']} unlabelled" if stage2 else "")
+        c, r = run["config"], run["config"]["resolved"]
+        text = f"{r['labelled_images']} labelled, {c['max_steps']} labelled steps"
+        if r["stage2_steps"]:
+            text += f" + stage 2: {r['stage2_steps']} steps"
+            text += " on labelled only" if c["replay_ratio"] == 1 else f" with {r['unlabelled_images']} unlabelled"
+        return text
 
     def seeds(runs: Sequence[Result]) -> str:
         return ", ".join(str(s) for s in sorted(r["seed"] for r in runs))
 
+    def verdict(ours: Sequence[Result], theirs: Sequence[Result]) -> str:
+        better = [metrics[k][0].rstrip(" ↑↓") for k in keys if _beats(ours, theirs, k)]
+        text = f"{len(better)} of {len(keys)} metrics" + (f" ({', '.join(better)})" if better else "")
+        paired = sorted({r["seed"] for r in ours} & {r["seed"] for r in theirs})
+        always = [
+            metrics[k][0].rstrip(" ↑↓")
+            for k in keys
+            if paired
+            and all(
+                _beats([r for r in ours if r["seed"] == s], [r for r in theirs if r["seed"] == s], k) for s in paired
+            )
+        ]
+        n = f"{len(paired)} seed" + ("s" if len(paired) != 1 else "")
+        return text + f"; in each of its {n} on " + (", ".join(always) if always else "none")
+
     rows, verdicts, used = [], [], []
     for size in sizes:
-        base, stage2, longer = (variants.get(f"{arm}-labelled{size}", []) for arm in ("default", "stage2", "longer"))
-        for runs in (base, stage2, longer):
+        arms = {arm: variants.get(f"{arm}-labelled{size}", []) for arm in ("default", "stage2", "longer", "replay")}
+        for runs in arms.values():
             if runs:
                 rows.append([label(runs[0]), seeds(runs), *_quality_cells(runs, keys)])
                 used += runs
-        if stage2 and longer:
-            better = [QUALITY[k][0].rstrip(" ↑↓") for k in keys if _beats(stage2, longer, k)]
-            text = f"with {size} labelled shapes, at equal compute, stage 2 beats more labelled steps on "
-            text += f"{len(better)} of {len(keys)} metrics" + (f" ({', '.join(better)})" if better else "")
-            paired = sorted({r["seed"] for r in stage2} & {r["seed"] for r in longer})
-            always = [
-                QUALITY[k][0].rstrip(" ↑↓")
-                for k in keys
-                if paired
-                and all(
-                    _beats([r for r in stage2 if r["seed"] == s], [r for r in longer if r["seed"] == s], k)
-                    for s in paired
-                )
-            ]
-            n = f"{len(paired)} seed" + ("s" if len(paired) != 1 else "")
-            text += f"; in each of its {n} on " + (", ".join(always) if always else "none")
-            verdicts.append(text)
+        if arms["stage2"] and arms["longer"]:
+            text = f"with {size} labelled {unit}, at equal compute, stage 2 beats more labelled steps on "
+            verdicts.append(text + verdict(arms["stage2"], arms["longer"]))
+        if arms["stage2"] and arms["replay"]:
+            text = f"with {size} labelled {unit}, stage 2 beats the same schedule on labelled samples only on "
+            verdicts.append(text + verdict(arms["stage2"], arms["replay"]))
     rows.append(["teacher", "-", *_teacher_cells(used[0], keys)])
     caption = f"Student `{used[0]['config']['student']}`, the default recipe otherwise; {_scoring(used[0])}. "
     if verdicts:
         text = "; ".join(verdicts)
         caption += text[:1].upper() + text[1:] + ". "
-    header = ["training", "seeds", *(QUALITY[k][0] for k in keys)]
+    header = ["training", "seeds", *(metrics[k][0] for k in keys)]
     return Table(markdown_table(header, rows), caption + provenance(used))
 
 

@@ -132,6 +132,9 @@ def test_image_folder_uses_metrics_without_ground_truth(tiny_pipeline_dir, tmp_p
     assert {"edge_f1", "domain_fid", "domain_kid", "teacher_psnr_db"} <= set(metrics)
     assert "psnr_gt_db" not in metrics and "mask_iou" not in metrics
     assert report["columns"]["real images"]["edge_f1"] == 1.0
+    # Captions that name classes: the judge scores whether each image shows its prompted class.
+    assert 0.0 <= metrics["caption_acc"] <= 1.0 and "caption_acc" in report["columns"]["real images"]
+    assert "prompted class accuracy (judge)" in capsys.readouterr().out
 
 
 def test_missing_target_is_a_usage_error(tmp_path, capsys):
