@@ -296,9 +296,11 @@ def _semi_supervised(root: Path, prefix: str, metrics: dict[str, tuple[str, int,
     labelled-set size that has runs (`stage2-`, `longer-`; also `default-`: the same labelled steps without stage 2,
     and `replay-`: stage 2's schedule on labelled samples only, which isolates what the unlabelled images add)."""
     keys = list(metrics)
-    variants = {n[len(prefix) :]: runs for n, runs in _by_variant(read_results("ablation", root)).items()}
-    if prefix == "":
-        variants = {n: runs for n, runs in variants.items() if not n.startswith("fashion-")}
+    variants = {
+        n[len(prefix) :]: runs
+        for n, runs in _by_variant(read_results("ablation", root)).items()
+        if n.startswith(prefix) and not n[len(prefix) :].startswith("fashion-")
+    }
     sizes = sorted({int(n.split("-labelled")[1]) for n in variants if n.startswith(("stage2-", "longer-"))})
     if not sizes:
         raise ResultsError(f"no semi-supervised runs in results/ablation/ ({prefix}stage2-labelled<N>, ...)")
