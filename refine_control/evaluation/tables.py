@@ -316,20 +316,23 @@ def _semi_supervised(root: Path, prefix: str, metrics: dict[str, tuple[str, int,
     def seeds(runs: Sequence[Result]) -> str:
         return ", ".join(str(s) for s in sorted(r["seed"] for r in runs))
 
-    def verdict(ours: Sequence[Result], theirs: Sequence[Result]) -> str:
+    def verdict(ours: Sequence[Result], theirs: Sequence[Result], control: str) -> str:
+        """Where `ours` is ahead by the mean, where in every paired seed, and where `theirs` is ahead in every seed."""
         better = [metrics[k][0].rstrip(" ↑↓") for k in keys if _beats(ours, theirs, k)]
         text = f"{len(better)} of {len(keys)} metrics" + (f" ({', '.join(better)})" if better else "")
         paired = sorted({r["seed"] for r in ours} & {r["seed"] for r in theirs})
-        always = [
-            metrics[k][0].rstrip(" ↑↓")
-            for k in keys
-            if paired
-            and all(
-                _beats([r for r in ours if r["seed"] == s], [r for r in theirs if r["seed"] == s], k) for s in paired
-            )
-        ]
+
+        def always(a: Sequence[Result], b: Sequence[Result]) -> str:
+            names = [
+                metrics[k][0].rstrip(" ↑↓")
+                for k in keys
+                if paired
+                and all(_beats([r for r in a if r["seed"] == s], [r for r in b if r["seed"] == s], k) for s in paired)
+            ]
+            return ", ".join(names) if names else "none"
+
         n = f"{len(paired)} seed" + ("s" if len(paired) != 1 else "")
-        return text + f"; in each of its {n} on " + (", ".join(always) if always else "none")
+        return text + f"; in each of its {n} on {always(ours, theirs)}; {control} in each on {always(theirs, ours)}"
 
     rows, verdicts, used = [], [], []
     for size in sizes:
@@ -340,10 +343,10 @@ def _semi_supervised(root: Path, prefix: str, metrics: dict[str, tuple[str, int,
                 used += runs
         if arms["stage2"] and arms["longer"]:
             text = f"with {size} labelled {unit}, at equal compute, stage 2 beats more labelled steps on "
-            verdicts.append(text + verdict(arms["stage2"], arms["longer"]))
+            verdicts.append(text + verdict(arms["stage2"], arms["longer"], "more labelled steps ahead"))
         if arms["stage2"] and arms["replay"]:
             text = f"with {size} labelled {unit}, stage 2 beats the same schedule on labelled samples only on "
-            verdicts.append(text + verdict(arms["stage2"], arms["replay"]))
+            verdicts.append(text + verdict(arms["stage2"], arms["replay"], "the labelled-only schedule ahead"))
     rows.append(["teacher", "-", *_teacher_cells(used[0], keys)])
     caption = f"Student `{used[0]['config']['student']}`, the default recipe otherwise; {_scoring(used[0])}. "
     if verdicts:
