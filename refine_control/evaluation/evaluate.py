@@ -33,6 +33,7 @@ from refine_control.evaluation.generate import (
 from refine_control.evaluation.oracle import (
     SHAPE_TASKS,
     FeatureNet,
+    caption_classes,
     load_net,
     predict,
     save_net,
@@ -170,7 +171,8 @@ def folder_benchmark(cfg: EvalConfig, target: Target, folder: str, resolution: i
     controls = np.stack([preprocessor(img, np.random.default_rng([cfg.seed, i])) for i, img in enumerate(truth)])
     pool = [captioned[i] for i in order[:FOLDER_NET_IMAGES]]
     pool_captions = [r.text or "" for r in pool]
-    tasks = _folder_tasks(pool_captions)
+    classes = caption_classes(pool_captions)
+    tasks = {"caption": len(classes)} if classes is not None else {"rotation": 4}
     digest = hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:10]
     judge = _cached_net(
         target, f"folder-net-{digest}-{resolution}px-seed{cfg.seed}-steps{cfg.oracle_steps}",
@@ -181,18 +183,12 @@ def folder_benchmark(cfg: EvalConfig, target: Target, folder: str, resolution: i
     )  # fmt: skip
     prompts = [r.text or "" for r in chosen]
     # Captions that name classes: does the image show the class it was prompted with (the judge's class index)?
-    classes = {c: i for i, c in enumerate(sorted(set(pool_captions)))}
-    labels = {"caption": np.array([classes[p] for p in prompts])} if "caption" in tasks else None
+    labels = {"caption": np.array([classes[p] for p in prompts])} if classes is not None else None
     info = {"folder": str(folder), "held_out": held_out, "preprocessor": name, "captioned_images": len(captioned)}
     return Benchmark(
         "folder", prompts, controls, truth, reference, judge, info, labels=labels,
         edge_metrics=name in EDGE_PREPROCESSORS,
     )  # fmt: skip
-
-
-def _folder_tasks(captions: list[str]) -> dict[str, int]:
-    distinct = set(captions)
-    return {"caption": len(distinct)} if 2 <= len(distinct) <= len(captions) // 4 else {"rotation": 4}
 
 
 def domain_fid_kid(net: FeatureNet, real: np.ndarray, fake: np.ndarray, seed: int) -> tuple[float, float]:

@@ -161,14 +161,20 @@ def train_shapes_oracle(seed: int, steps: int = 500) -> FeatureNet:
     return train_feature_net(SHAPE_TASKS, sample, steps, seed)
 
 
-def train_folder_net(images: np.ndarray, captions: list[str], seed: int, steps: int = 500) -> FeatureNet:
-    """A feature net for a real image folder: classify the captions when they name classes (each caption shared by
-    several images, as in "a photo of a sneaker"), else predict the rotation (0/90/180/270°) of the image."""
+def caption_classes(captions: list[str]) -> dict[str, int] | None:
+    """Class index per caption when the captions name classes (each shared by several images, as in "a photo of a
+    sneaker"), else None: the folder net's caption task and its labels."""
     distinct = sorted(set(captions))
-    if 2 <= len(distinct) <= len(captions) // 4:
-        index = {c: i for i, c in enumerate(distinct)}
+    return {c: i for i, c in enumerate(distinct)} if 2 <= len(distinct) <= len(captions) // 4 else None
+
+
+def train_folder_net(images: np.ndarray, captions: list[str], seed: int, steps: int = 500) -> FeatureNet:
+    """A feature net for a real image folder: classify the captions when they name classes (`caption_classes`),
+    else predict the rotation (0/90/180/270°) of the image."""
+    index = caption_classes(captions)
+    if index is not None:
         targets = np.array([index[c] for c in captions])
-        tasks = {"caption": len(distinct)}
+        tasks = {"caption": len(index)}
 
         def sample(rng: np.random.Generator, n: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
             idx = rng.integers(0, len(images), n)
