@@ -62,7 +62,11 @@ class SoftLabelSettings:
     fit: FitConfig = field(default_factory=lambda: FitConfig(epochs=60, batch_size=128, lr=3e-3, patience=10))
     ks: tuple[int, ...] = (1, 2, 3)
     teacher_arch: str = "mlp:256-256"
-    teacher_fit: FitConfig = field(default_factory=lambda: FitConfig(epochs=30, batch_size=128, lr=1e-3, patience=0))
+    # The trained "skilful but bad" teacher: (weight on the wrong first label, weight on the true label) and its
+    # training. Set on seed 100 (not a reported seed) by the teacher's own top-1 on the images it labels, before any
+    # student ran: 30 epochs at (0.5, 0.35) left it right at top-1 on 0.59 of them; 150 epochs at (0.6, 0.3) on 0.02.
+    teacher_targets: tuple[float, float] = (0.6, 0.3)
+    teacher_fit: FitConfig = field(default_factory=lambda: FitConfig(epochs=150, batch_size=128, lr=1e-3, patience=0))
     labelled_fraction: float = 0.1  # incomplete supervision
     rounds: int = 3
     biased_grid: tuple[tuple[float, float, int], ...] = BIASED_GRID
@@ -173,7 +177,7 @@ def run_producer(dataset: str, seed: int, producer: str, s: SoftLabelSettings) -
         with stopwatch() as t:
             m = _trained_teacher(ds, seed, s)
         emit("trained, true class ranked 2nd", "rank2", m, t(), teacher_arch=s.teacher_arch,
-             teacher_epochs=s.teacher_fit.epochs)  # fmt: skip
+             teacher_epochs=s.teacher_fit.epochs, teacher_targets=list(s.teacher_targets))  # fmt: skip
     elif producer == "partial":
         for delta, gamma in s.pll_grid:
             with stopwatch() as t:
@@ -207,11 +211,14 @@ def run_producer(dataset: str, seed: int, producer: str, s: SoftLabelSettings) -
 
 def _trained_teacher(ds: ImageDataset, seed: int, s: SoftLabelSettings) -> dict[str, Any]:
     """Train a network to rank the true class second (targets from `rank_second_targets`, the wrong first label
-    set by a fixed random projection of the image), then use its softmax as the students' soft labels."""
+    set by a fixed random projection of the image), then use its softmax on the images it was trained on as the
+    students' soft labels (as a KD teacher labels its own training set). It is top-1 wrong there because it fits
+    its targets; on new images it ranks the truth first more often, which the test columns show."""
     c = ds.num_classes
     g = generator(seed, 13)
     w = torch.randn(ds.train.x[0].numel(), generator=g)
-    targets, _ = rank_second_targets(ds.train.y, ds.train.x.flatten(1) @ w, c)
+    first, second = s.teacher_targets
+    targets, _ = rank_second_targets(ds.train.y, ds.train.x.flatten(1) @ w, c, first=first, second=second)
     teacher = build_net(s.teacher_arch, ds.image_shape, c, seed=7919 * seed + 5)
 
     def step(idx: torch.Tensor) -> torch.Tensor:
@@ -221,11 +228,15 @@ def _trained_teacher(ds: ImageDataset, seed: int, s: SoftLabelSettings) -> dict[
     soft = F.softmax(predict_logits(teacher, ds.train.x), 1)
     val_soft = F.softmax(predict_logits(teacher, ds.val.x), 1)
     test_probs = F.softmax(predict_logits(teacher, ds.test.x), 1)
-    top2 = topk_sets(test_probs, 2)[torch.arange(len(ds.test)), ds.test.y].float().mean().item()
     return {
         **_soft_run(ds, soft, val_soft, seed, s),
-        "teacher_test_top1": (test_probs.argmax(1) == ds.test.y).float().mean().item(), "teacher_test_top2": top2,
+        "teacher_train_top2": _top2(soft, ds.train.y), "teacher_test_top2": _top2(test_probs, ds.test.y),
+        "teacher_test_top1": (test_probs.argmax(1) == ds.test.y).float().mean().item(),
     }  # fmt: skip
+
+
+def _top2(probs: torch.Tensor, y: torch.Tensor) -> float:
+    return topk_sets(probs, 2)[torch.arange(len(y)), y].float().mean().item()
 
 
 def _self_training(ds: ImageDataset, seed: int, s: SoftLabelSettings) -> list[tuple[int, dict[str, Any], float]]:

@@ -17,6 +17,7 @@ from refine_control.weaklabel.soft_labels import (
     topk_partial_loss,
     topk_sets,
 )
+from refine_control.weaklabel.softlabel_experiment import quick_settings, run_producer
 
 # 6 samples, 3 classes; true labels 0,0,0,1,1,2
 SOFT = torch.tensor(
@@ -144,3 +145,11 @@ def test_rank_second_targets_by_hand():
     assert targets[0].tolist() == pytest.approx([0.35, 0.075, 0.075, 0.5])
     assert targets[4].tolist() == pytest.approx([0.5, 0.35, 0.075, 0.075])
     assert bool((targets.argmax(1) != y).all())
+
+
+def test_trained_teacher_reports_top1_and_top2_on_the_images_it_labels_and_on_test():
+    (run,) = run_producer("digits", 0, "teacher", quick_settings("digits"))
+    m = run.metrics
+    assert run.config["teacher_targets"] == [0.6, 0.3]
+    assert 0.0 <= m["label_top1"] <= m["teacher_train_top2"] <= 1.0
+    assert 0.0 <= m["teacher_test_top1"] <= m["teacher_test_top2"] <= 1.0
