@@ -297,7 +297,8 @@ def softlabel_teacher(root: Path) -> Table:
         out.append(
             [
                 ds, pm([r["label_top1"] for r in a]), pm([r["teacher_train_top2"] for r in a]),
-                pm([r["teacher_test_top1"] for r in a]), pm([r["teacher_test_top2"] for r in a]), "/".join(sorted({str(r["k"]) for r in a})), pm([r["delta_plus_gamma"] for r in a], 2),
+                pm([r["teacher_test_top1"] for r in a]), pm([r["teacher_test_top2"] for r in a]),
+                "/".join(sorted({str(r["k"]) for r in a})), pm([r["delta_plus_gamma"] for r in a], 2),
                 pm([r["acc_soft_ce"] for r in a]), pm([r["acc_topk"] for r in a]), pm([r["acc_soft_ce"] for r in clean]),
             ]
         )  # fmt: skip
@@ -354,7 +355,8 @@ def _headline_soft(root: Path) -> tuple[list[str], list[dict[str, Any]]]:
     t = select(rows, producer="teacher")
     if t:
         parts.append(
-            f"trained rank-2 teacher (top-1 {pm([r['label_top1'] for r in t]).split(' ±')[0]} on the images it labels): soft-CE student "
+            f"trained rank-2 teacher (top-1 {pm([r['label_top1'] for r in t]).split(' ±')[0]} on the images it labels): "
+            "soft-CE student "
             f"{pm([r['acc_soft_ce'] for r in t])}, top-k student {pm([r['acc_topk'] for r in t])}"
         )
     clean = select(rows, producer="clean")
