@@ -108,9 +108,16 @@ def test_int8_graph_holds_quantized_ops(model: Path, manifest: dict):
     candidates, bar = report["candidates"], report["min_speedup"]
     accepted = [i for i, c in enumerate(candidates) if c.get("check", {}).get("accepted")]
     by_speed = sorted(accepted, key=lambda i: candidates[i]["int8_ms"])
-    confirmed = [i for i in by_speed if candidates[i]["speedup"] >= bar and candidates[i]["confirmed_speedup"] >= bar]
-    expected = (confirmed or by_speed or [len(candidates) - 1])[0]
-    assert report["chosen"] == expected and report["faster_than_fp32"] == bool(confirmed)
+    # Confirmation walks the fast sets fastest first and stops at the first that holds up: each set it reached
+    # carries its second timing, the sets after the chosen one need not.
+    confirmed = None
+    for i in (i for i in by_speed if candidates[i]["speedup"] >= bar):
+        assert "confirmed_speedup" in candidates[i], candidates[i]
+        if candidates[i]["confirmed_speedup"] >= bar:
+            confirmed = i
+            break
+    expected = confirmed if confirmed is not None else (by_speed or [len(candidates) - 1])[0]
+    assert report["chosen"] == expected and report["faster_than_fp32"] == (confirmed is not None)
     assert report["quantized_nodes"] == candidates[expected]["quantized_nodes"]
     assert sum(report["protected"].values()) == len(report["fp32_nodes"]["protected"]) > 0
     # Weights shrink (the tiny graph's file is dominated by its QDQ node structure, so compare the weights).
