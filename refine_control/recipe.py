@@ -19,6 +19,7 @@ import dataclasses
 import json
 import logging
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -133,10 +134,11 @@ def run_recipe(cfg: DistillConfig) -> Path:
     state.wait_for_everyone()
     from refine_control.trainer import train
 
+    seconds: dict[str, float] = {}  # spent on each stage by this invocation (0 for one finished before)
     compact = compact_config(cfg)
-    _run_stage("compact", compact, train)
+    seconds["compact"] = _run_stage("compact", compact, train)
     few = few_step_config(cfg)  # reads the compact stage's finished run
-    _run_stage("few-step", few, train)
+    seconds["few-step"] = _run_stage("few-step", few, train)
     decision = tiny_decoder_decision(cfg, few.output_dir)
     logger.info(
         "tiny decoder: %s (decode %.0f%% of the few-step image's MACs; a tiny decoder would cut them %.2fx)",
@@ -158,15 +160,18 @@ def run_recipe(cfg: DistillConfig) -> Path:
     return run
 
 
-def _run_stage(name: str, stage_cfg: DistillConfig, train: Any) -> None:
+def _run_stage(name: str, stage_cfg: DistillConfig, train: Any) -> float:
+    """Train one stage unless it finished before; return the seconds spent on it."""
     if is_finished(stage_cfg.output_dir):
         logger.info("stage %s: finished already (%s)", name, stage_cfg.output_dir)
-        return
+        return 0.0
     logger.info("stage %s → %s", name, stage_cfg.output_dir)
+    start = time.perf_counter()
     train(stage_cfg)
+    return time.perf_counter() - start
 
 
-def _finish(cfg: DistillConfig, compact: Path, final: Path, names: list[str]) -> None:
+def _finish(cfg: DistillConfig, compact: Path, final: Path, names: list[str], seconds: dict[str, float]) -> None:
     """RUN/config.json with the compact stage's resolved facts, RUN/metrics.json gathering each stage's summary,
     and last (it marks the run finished) RUN/student, a copy of the last stage's."""
     run = cfg.output_dir
@@ -177,7 +182,8 @@ def _finish(cfg: DistillConfig, compact: Path, final: Path, names: list[str]) ->
         for name in names
         if (stage_dir(run, name) / "metrics.json").is_file()
     }
-    write_json(run / "metrics.json", {"recipe": cfg.recipe, "final_stage": names[-1], "stages": metrics})
+    summary = {"recipe": cfg.recipe, "final_stage": names[-1], "stages": metrics, "seconds": seconds}
+    write_json(run / "metrics.json", summary)
     with atomic_dir(run / "student") as tmp:
         shutil.copytree(final / "student", tmp, dirs_exist_ok=True)
     logger.info("recipe finished: %s (the %s stage's student)", run / "student", names[-1])
