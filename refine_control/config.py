@@ -294,7 +294,7 @@ def with_run_settings(cfg: DistillConfig) -> DistillConfig:
             inherited["labelled"] = saved["labelled"]
     except KeyError as err:
         raise ConfigError(f"`--from {run}`: its config.json lacks {err}") from err
-    if saved.get("recipe", "guided") == "fast":
+    if (run / "stages").is_dir():  # a fast-recipe run (refine_control/recipe.py)
         raise ConfigError(
             f"`--from {run}`: that run holds the whole fast recipe (its student is the last stage's)",
             hint=f"start from its compact stage: --from {run}/stages/compact",
