@@ -214,3 +214,31 @@ def test_cases_are_timed_round_robin_with_an_a_vs_a_noise_floor(bench):
     assert "A-vs-A noise floor" in stdout
     result = json.loads((tmp / "results" / "latency" / "test.json").read_text())
     assert result["metrics"]["noise_floor"]["factor"] == floor["factor"]
+
+
+def test_sequential_schedule_times_one_case_after_another(cli, tiny_pipeline_dir, tmp_path):
+    """`--schedule sequential` (one model in memory at a time): all of a case's rounds before the next case's; the
+    A-vs-A copy of the only model still gives a floor."""
+    out = tmp_path / "seq.json"
+    args = ["--teacher", str(tiny_pipeline_dir), "--quick", "--presets", "none", "--runtimes", "pytorch"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main([*args, "--schedule", "sequential", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    (case,) = report["cases"]
+    floor = report["noise_floor"]
+    assert (floor["model"], floor["runtime"], report["config"]["schedule"]) == ("teacher", "pytorch", "sequential")
+    assert max(case["round_starts_s"]) < min(floor["copy"]["round_starts_s"])
+    assert "one case after another" in " ".join(report["notes"])
+
+
+def test_a_failing_case_is_reported_not_raised(tmp_path):
+    """A case whose process fails (here: a job without a model) answers with its error; the run goes on."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from benchmarks.latency.worker import CaseWorker
+
+    worker = CaseWorker("broken pytorch", {"runtime": "pytorch", "threads": 1, "warmup": 0}, tmp_path, 120.0)
+    assert worker.start() is False
+    worker.round()  # nothing to do once failed
+    result = worker.finish()
+    assert set(result) == {"error"} and result["error"].startswith("worker failed: KeyError")
