@@ -264,8 +264,8 @@ def kept_ratios(
     if intervals:
         main["intervals"] = {
             **intervals,
-            "method": f"paired percentile bootstrap over the evaluation images ({RESAMPLES} resamples, seed 0, "
-            f"{int(100 * LEVEL)}%)",
+            "method": f"paired percentile bootstrap over the evaluation images, {RESAMPLES} resamples, seed 0, "
+            f"{int(100 * LEVEL)}%",
         }
 
 

@@ -76,7 +76,7 @@ def format_table(report: dict[str, Any]) -> str:
     kept = [f"{name} [{v[0]:.3f}, {v[1]:.3f}]" for name, v in intervals.items() if name != "method"]
     lines += [
         "",
-        *([f"95% intervals ({intervals['method']}): " + "; ".join(kept) + "."] if kept else []),
+        *([f"95% intervals: {'; '.join(kept)} ({intervals['method']})."] if kept else []),
         f"{report['num_samples']} samples of {where}; seed {report['seed']}; {settings}; same prompts, controls and "
         "initial noise for every model.",
         f"Note: {report['note']}.",
