@@ -286,7 +286,8 @@ def _select(
         op: {"nodes": len(groups[op]), "int8_ms": round(ms, 3), "speedup": round(fp32_ms / ms, 3)}
         for op, ms in zip(per_type, type_ms, strict=True)
     }
-    fast_types = [op for op in groups if by_type[op]["speedup"] >= options.min_speedup] or list(groups)
+    faster_alone = [op for op in groups if by_type[op]["speedup"] >= options.min_speedup]
+    fast_types = faster_alone or list(groups)  # none faster alone: every type stays a candidate
     pool = [n for op in fast_types for n in groups[op]]
 
     # 2. Sensitivity by node; positional rules first. Ranked by error per MAC: cheap error, large savings first.
@@ -343,6 +344,7 @@ def _select(
     result: dict[str, Any] = {
         "fp32_ms": round(fp32_ms, 3),
         "by_type": by_type,
+        "op_types_faster_alone": faster_alone,
         "op_types_considered": fast_types,
         "protected": {reason: sum(1 for r in protected.values() if r == reason) for reason in set(protected.values())},
         "sensitivity": {

@@ -180,3 +180,65 @@ def test_bad_input_is_one_line_and_exit_2(cli, tiny_pipeline_dir, capsys, extra,
     assert cli.main(["--teacher", str(tiny_pipeline_dir), "--quick", *extra]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+def test_cases_are_timed_round_robin_with_an_a_vs_a_noise_floor(bench):
+    """Every case's round r starts before any case's round r + 1 (one clock for all processes); the last model's
+    first case with a denoiser (fs, PyTorch) is also timed as a second case, and the floor is their worst median
+    ratio."""
+    tmp, report, stdout = bench
+    timed = [c for c in report["cases"] if "round_starts_s" in c]
+    assert len(timed) >= 4
+    rounds = report["config"]["repeats"]
+    assert all(len(c["round_starts_s"]) == rounds for c in timed)
+    for r in range(rounds - 1):
+        assert max(c["round_starts_s"][r] for c in timed) < min(c["round_starts_s"][r + 1] for c in timed)
+    floor = report["noise_floor"]
+    assert (floor["model"], floor["runtime"]) == ("fs", "pytorch")
+    original = _case(report, "fs", "pytorch")
+    size = str(report["config"]["sizes"][0])
+    a, b = original["denoiser"][size]["1"], floor["copy"]["denoiser"][size]["1"]
+    assert floor["ratios"][f"denoiser {size} b1"] == pytest.approx(a["median_s"] / b["median_s"])
+    assert floor["counted"] == [f"denoiser {size} b1"]
+    assert floor["factor"] == pytest.approx(max(a["median_s"] / b["median_s"], b["median_s"] / a["median_s"]))
+    assert floor["copy"]["round_starts_s"][0] > original["round_starts_s"][0]  # its own process, later in the round
+    # Quartiles and IQR of every timing; the per-image spread from the parts summed round by round.
+    assert a["q1_s"] <= a["median_s"] <= a["q3_s"] and a["iqr_s"] == pytest.approx(a["q3_s"] - a["q1_s"])
+    assert len(a["samples_s"]) == rounds
+    row = _image(report, "fs", "ort-fp32")
+    assert row["image_q1_s"] <= row["image_q3_s"] and row["image_iqr_s"] >= 0
+    assert isinstance(row["teacher_over_model_beyond_noise"], bool)
+    assert isinstance(report["machine"]["load_average_1min"], float)
+    table = (tmp / "bench.md").read_text()
+    assert "A-vs-A noise floor ±" in table and "1-min load average at start" in table and "interleaved" in table
+    assert "A-vs-A noise floor" in stdout
+    result = json.loads((tmp / "results" / "latency" / "test.json").read_text())
+    assert result["metrics"]["noise_floor"]["factor"] == floor["factor"]
+
+
+def test_sequential_schedule_times_one_case_after_another(cli, tiny_pipeline_dir, tmp_path):
+    """`--schedule sequential` (one model in memory at a time): all of a case's rounds before the next case's; the
+    A-vs-A copy of the only model still gives a floor."""
+    out = tmp_path / "seq.json"
+    args = ["--teacher", str(tiny_pipeline_dir), "--quick", "--presets", "none", "--runtimes", "pytorch"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main([*args, "--schedule", "sequential", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    (case,) = report["cases"]
+    floor = report["noise_floor"]
+    assert (floor["model"], floor["runtime"], report["config"]["schedule"]) == ("teacher", "pytorch", "sequential")
+    assert max(case["round_starts_s"]) < min(floor["copy"]["round_starts_s"])
+    assert "one case after another" in " ".join(report["notes"])
+
+
+def test_a_failing_case_is_reported_not_raised(tmp_path):
+    """A case whose process fails (here: a job without a model) answers with its error; the run goes on."""
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from benchmarks.latency.worker import CaseWorker
+
+    worker = CaseWorker("broken pytorch", {"runtime": "pytorch", "threads": 1, "warmup": 0}, tmp_path, 120.0)
+    assert worker.start() is False
+    worker.round()  # nothing to do once failed
+    result = worker.finish()
+    assert set(result) == {"error"} and result["error"].startswith("worker failed: KeyError")

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from .config import FEW_STEP_SUFFIX, RUNTIMES, SCALES, TEACHER, BenchConfig
+from .config import FEW_STEP_SUFFIX, RUNTIMES, SCALES, SCHEDULES, TEACHER, BenchConfig
 
 QUICK = {"warmup": 1, "repeats": 2, "steps": 2, "exporter": "torchscript", "int8_ops": "Conv,MatMul,Gemm"}
 
@@ -17,7 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="benchmarks/latency.py",
         description="Latency and cost of the teacher vs the student presets, few-step students and trained runs in "
-        "PyTorch FP32, ONNX Runtime FP32 and ONNX Runtime INT8, per step and per image as each model samples.",
+        "PyTorch FP32, ONNX Runtime FP32 and ONNX Runtime INT8, per step and per image as each model samples. "
+        "Cases are timed round-robin; one model is also timed as a second case, and the spread between the two "
+        "(the A-vs-A noise floor) decides which ratios are reported as speed-ups.",
     )
     p = parser.add_argument
     p("--scale", choices=SCALES, default="builtin", help="builtin: the shipped teacher; sd15: SD1.5-size, random")
@@ -34,7 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
     p("--runtimes", default=",".join(RUNTIMES), help="comma-separated subset of: " + ", ".join(RUNTIMES))
     p("--size", type=int, action="append", default=None, help="image size (repeatable). Default: the teacher's")
     p("--steps", type=int, default=None, help="steps per image with guidance pairs (teacher, presets). Default: 20")
-    p("--repeats", type=int, default=None, help="timed repeats per measurement. Default: 10")
+    p("--repeats", type=int, default=None, help="timed repeats (rounds) per measurement. Default: 10")
+    p(
+        "--schedule",
+        choices=SCHEDULES,
+        default="interleaved",
+        help="interleaved: every case in its own process, timed round-robin, one repeat of each per round (every "
+        "model held in memory at once); sequential: one case after another. Default: %(default)s",
+    )
     p("--warmup", type=int, default=None, help="untimed runs first. Default: 2")
     p("--threads", type=int, default=2, help="threads for torch and ONNX Runtime. Default: %(default)s")
     p("--exporter", choices=("dynamo", "torchscript"), default=None, help="ONNX exporter. Default: dynamo")
@@ -148,6 +157,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         sizes=tuple(args.size) if args.size else None,
         steps=args.steps,
         repeats=args.repeats,
+        schedule=args.schedule,
         warmup=args.warmup,
         threads=args.threads,
         exporter=args.exporter,

@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 RUNTIMES = ("pytorch", "ort-fp32", "ort-int8")
 SCALES = ("builtin", "sd15")
+SCHEDULES = ("interleaved", "sequential")
 TEACHER = "teacher"
 FEW_STEP_SUFFIX = "+few-step"  # the sd15 scale's few-step case is named `<preset>+few-step`
 
@@ -20,7 +21,8 @@ class BenchConfig:
     sizes: tuple[int, ...] | None = None  # None: the teacher's own (builtin) or 256 and 512 (sd15)
     steps: int = 20  # denoiser steps per image of the teacher and of every student sampled with guidance pairs
     guidance_scale: float = 3.0  # fed to guidance-embedded denoisers without a recommendation of their own
-    repeats: int = 10
+    repeats: int = 10  # rounds: each times every measurement of every case once
+    schedule: str = "interleaved"  # or "sequential": one case after another (one model in memory at a time)
     warmup: int = 2
     threads: int = 2
     exporter: str = "dynamo"

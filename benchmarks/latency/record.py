@@ -24,6 +24,7 @@ def write(report: dict[str, Any], name: str, root: str, wall_s: float, commit: t
         "cases": report["cases"],
         "models": models,
         "peaks": report["peaks"],
+        "noise_floor": report.get("noise_floor"),
     }
     return write_result(
         split_results_name(name),

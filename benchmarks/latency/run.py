@@ -1,5 +1,7 @@
 """`run_benchmark(cfg)`: count, export and time every model × runtime; returns the JSON-ready report."""
 
+import os
+import sys
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -9,7 +11,8 @@ from .cases import ModelSpec, build, count, model_specs, sampling_of, teacher_pi
 from .config import TEACHER, BenchConfig
 from .export import export_model
 from .report import derive
-from .worker import run_worker
+from .stats import load_check, noise_floor
+from .worker import CaseWorker, run_worker
 
 COUNTER = (
     "torch.utils.flop_counter.FlopCounterMode on the meta device (convolutions, matmuls and attention as bmm; "
@@ -89,6 +92,51 @@ def measure_model(
     return info
 
 
+def floor_case(jobs: list[tuple[str, str, dict[str, Any]]]) -> int | None:
+    """Which case is timed twice for the A-vs-A noise floor: the last model's first timed case with a denoiser (the
+    students come last, and a fast model's timings are the noisiest in relative terms), else the last timed case."""
+    timed = [i for i, (_, _, job) in enumerate(jobs) if "skipped" not in job]
+    with_denoiser = [i for i in timed if jobs[i][2]["denoiser_batches"]]
+    if not timed:
+        return None
+    if with_denoiser:
+        last_model = jobs[with_denoiser[-1]][0]
+        return next(i for i in with_denoiser if jobs[i][0] == last_model)
+    return timed[-1]
+
+
+def time_cases(cases: list[tuple[str, dict[str, Any]]], cfg: BenchConfig, tmp: Path, bar: Any) -> list[dict[str, Any]]:
+    """Time every case (name, job) in its own process. Interleaved (the default): start them all, then
+    `cfg.repeats` rounds, each one run of every measurement of every case in turn (round-robin); sequential:
+    one case after another, all its repeats at once (less memory: one model loaded at a time)."""
+    workers = []
+    if cfg.schedule == "sequential":
+        results = []
+        for name, job in cases:
+            bar.set_postfix_str(name)
+            worker = CaseWorker(name, job, tmp, cfg.worker_timeout)
+            if worker.start():
+                for _ in range(cfg.repeats):
+                    worker.round()
+            results.append(worker.finish())
+            bar.update()
+        return results
+    for name, job in cases:
+        bar.set_postfix_str(f"{name}: start")
+        worker = CaseWorker(name, job, tmp, cfg.worker_timeout)
+        worker.start()  # built and warm before the next one starts, so loading never overlaps a timing
+        workers.append(worker)
+    for r in range(cfg.repeats):
+        bar.set_postfix_str(f"round {r + 1}/{cfg.repeats}")
+        for worker in workers:
+            worker.round()
+    results = []
+    for worker in workers:
+        results.append(worker.finish())
+        bar.update()
+    return results
+
+
 def run_benchmark(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
     from tqdm import tqdm
 
@@ -105,15 +153,22 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
         components_device="cpu" if ort else "meta",
     )
     sizes = resolve_sizes(cfg, build(specs[0], teacher, None).geometry)
+    # The load at the start, before this run's own work: the cores may be shared with other jobs.
+    load, warning = load_check(os.cpu_count())
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    machine = machine_info(cfg.threads)
+    machine |= {"load_average_1min": None if load is None else round(load, 2), "load_warning": warning}
     report: dict[str, Any] = {
         "benchmark": "refine-control latency",
         "config": {**asdict(cfg), "sizes": list(sizes)},
-        "machine": machine_info(cfg.threads),
+        "machine": machine,
         "counter": COUNTER,
         "models": {},
         "cases": [],
     }
-    bar = tqdm(total=1 + len(specs) * (1 + len(cfg.runtimes)), desc="latency", unit="case", disable=not progress)
+    total = 1 + len(specs) * (1 + len(cfg.runtimes)) + 1
+    bar = tqdm(total=total, desc="latency", unit="case", disable=not progress)
     with tempfile.TemporaryDirectory(prefix="refine-bench-", dir=cfg.workdir) as tmp_dir:
         tmp = Path(tmp_dir)
         bar.set_postfix_str("matmul peaks")
@@ -122,15 +177,27 @@ def run_benchmark(cfg: BenchConfig, progress: bool = True) -> dict[str, Any]:
         if "error" in report["peaks"]:
             raise RefineError(f"the matmul peak could not be measured: {report['peaks']['error']}")
         bar.update()
+        jobs = []
         for spec in specs:
             bar.set_postfix_str(f"{spec.name}: count" + (" + export" if ort else ""))
             info = report["models"][spec.name] = measure_model(spec, teacher, cfg, sizes, tmp)
             bar.update()
-            for runtime in cfg.runtimes:
-                bar.set_postfix_str(f"{spec.name}: {runtime}")
-                job = _job(spec, runtime, info, cfg, sizes)
-                result = job if "skipped" in job else run_worker(job, tmp, cfg.worker_timeout)
-                report["cases"].append({"model": spec.name, "runtime": runtime, **result})
-                bar.update()
+            jobs += [(spec.name, runtime, _job(spec, runtime, info, cfg, sizes)) for runtime in cfg.runtimes]
+        copy = floor_case(jobs)
+        timed = [i for i, (_, _, job) in enumerate(jobs) if "skipped" not in job]
+        cases = [(f"{jobs[i][0]} {jobs[i][1]}", jobs[i][2]) for i in timed]
+        if copy is not None:  # the A-vs-A copy runs last in each round, as far from its original as can be
+            cases.append((f"{jobs[copy][0]} {jobs[copy][1]} (A-A copy)", jobs[copy][2]))
+        bar.update(len(jobs) - len(timed))
+        results = dict(
+            zip([*timed, *([-1] if copy is not None else [])], time_cases(cases, cfg, tmp, bar), strict=True)
+        )
+        for i, (model, runtime, job) in enumerate(jobs):
+            report["cases"].append({"model": model, "runtime": runtime, **(job if "skipped" in job else results[i])})
         bar.close()
+    report["machine"]["load_average_1min_end"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+    report["noise_floor"] = None
+    if copy is not None and "error" not in results[copy] and "error" not in results[-1]:
+        model, runtime, _ = jobs[copy]
+        report["noise_floor"] = noise_floor(results[copy], results[-1], model, runtime)
     return derive(report)

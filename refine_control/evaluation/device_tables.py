@@ -5,6 +5,7 @@ dynamic sessions (`benchmarks/shapes.py`) and the size of the torch-free install
 from pathlib import Path
 from typing import Any
 
+from refine_control.evaluation.latency_tables import floor_sentence, noise_floor, ratio_cell
 from refine_control.results import ResultsError, Table, markdown_table, provenance, read_results, register_table
 
 
@@ -56,12 +57,11 @@ def int8_builtin_table(root: Path) -> Table:
         )
     else:
         held_out = "No INT8 file was written: no set was both accurate and faster. "
-    types = ", ".join(q.get("op_types_considered", []))
+    types = _considered_types(q)
     protected = ", ".join(f"{n} {reason}" for reason, n in sorted(q.get("protected", {}).items()))
     caption = (
         f"`refine-export --int8` on the trained built-in student ({result['config']['source_run']}: compact-wide, "
-        f"the refine-distill defaults, seed 0): FP32 step {q['fp32_ms']:.1f} ms; node types faster alone and so "
-        f"considered: {types}; kept FP32 by position: {protected}; the rest ranked by the error each node adds "
+        f"the refine-distill defaults, seed 0): FP32 step {q['fp32_ms']:.1f} ms; {types}; kept FP32 by position: {protected}; the rest ranked by the error each node adds "
         f"per MAC it saves; sets checked on {result['config']['calibration_samples']} calibration samples "
         f"({settings['steps']} steps, guidance {settings['guidance_scale']}) from the smallest up; a passing set's "
         "speed-up is confirmed in a second, longer timing. "
@@ -69,6 +69,22 @@ def int8_builtin_table(root: Path) -> Table:
         + provenance([result])
     )
     return Table(markdown_table(header, rows), caption)
+
+
+def _considered_types(q: dict[str, Any]) -> str:
+    """Which node types the per-node selection considered, and why: those faster alone than FP32 in the quantiser's
+    timing, or, when none was, all of them (the quantiser's fallback)."""
+    bar = q.get("min_speedup", 1.0)
+    by_type = q.get("by_type", {})
+    faster = q.get("op_types_faster_alone", [op for op, t in by_type.items() if t["speedup"] >= bar])
+    considered = ", ".join(q.get("op_types_considered", []))
+    if faster:
+        return f"node types faster alone (≥ {bar:g}× in the quantiser's timing) and so considered: {considered}"
+    alone = ", ".join(f"{op} {t['speedup']:.2f}×" for op, t in by_type.items())
+    return (
+        f"no node type was faster alone by the {bar:g}× bar in the quantiser's timing ({alone}), so all were "
+        f"considered: {considered}"
+    )
 
 
 def _int8_rows(result: dict[str, Any], model: str) -> list[list[str]]:
@@ -81,9 +97,8 @@ def _int8_rows(result: dict[str, Any], model: str) -> list[list[str]]:
     for batch in ("1", "2"):
         a = cases["ort-fp32"]["denoiser"][size][batch]["median_s"]
         b = cases["ort-int8"]["denoiser"][size][batch]["median_s"]
-        rows.append(
-            [f"`{result['name']}`", nodes, f"{size}²", batch, f"{1000 * a:.0f}", f"{1000 * b:.0f}", f"{a / b:.2f}×"]
-        )
+        speedup = ratio_cell(a / b, noise_floor(result), digits=2)
+        rows.append([f"`{result['name']}`", nodes, f"{size}²", batch, f"{1000 * a:.0f}", f"{1000 * b:.0f}", speedup])
     return rows
 
 
@@ -100,7 +115,9 @@ def sd15_int8_table(root: Path) -> Table:
         "control-conditioning path, first and last layers kept FP32), and, in an earlier run, every Conv, MatMul "
         "and Gemm node quantised. Commands: "
         f"`{chosen['command']}`; `{whole['command']}`. On {_machine(chosen)}; other jobs shared the cores, so "
-        "compare FP32 and INT8 within a run. " + provenance([chosen, whole])
+        "compare FP32 and INT8 within a run. "
+        + "".join(dict.fromkeys(floor_sentence(r) for r in (chosen, whole)))
+        + provenance([chosen, whole])
     )
     return Table(markdown_table(header, rows), caption)
 

@@ -2,10 +2,13 @@
 
 Two benchmarks:
 - **shapes** (built-in teacher and its students): held-out `test`-split shapes, where every metric has an exact
-  ground truth (PSNR/SSIM vs the render, edge P/R/F1 vs the control, mask IoU, colour ΔE, oracle accuracies,
-  domain FID/KID).
+  ground truth (PSNR/SSIM vs the render, edge P/R/F1 vs the control, 1-px and pixel-exact, edge chamfer distance,
+  mask IoU, colour ΔE, oracle accuracies, domain FID/KID).
 - **folder** (any teacher, `--data DIR`): a captioned image folder; only the metrics that need no ground-truth
   render (edge P/R/F1 vs the control, fidelity to the teacher, domain FID/KID with a feature net trained on it).
+
+"Kept" ratios (model mean / teacher mean) come with paired bootstrap 95% intervals over the evaluation images
+(`bootstrap.py`); the strict (pixel-exact, ControlNet++) edge F1 is the one to headline.
 
 "Domain FID/KID" are Fréchet/kernel distances in the 64-d features of a small net trained on the benchmark's own
 data, not Inception features: they compare models on one benchmark and are not comparable to published FIDs.
@@ -23,6 +26,7 @@ import torch
 from refine_control.builtin.shapes import BACKGROUND, RESOLUTION, make_sample, render, sample_specs
 from refine_control.errors import ConfigError
 from refine_control.evaluation import metrics as M
+from refine_control.evaluation.bootstrap import LEVEL, RESAMPLES, ratio_interval
 from refine_control.evaluation.generate import (
     Sampling,
     generate,
@@ -49,6 +53,8 @@ logger = logging.getLogger(__name__)
 MIN_FID_SAMPLES = 64  # covariances of the 64-d features need at least as many samples
 EDGE_PREPROCESSORS = ("canny", "lineart")
 FOLDER_NET_IMAGES = 10_000  # at most this many folder images train the feature net
+# Metrics reported as model / teacher ("kept"); the strict edge F1 is the headline one (issue 28).
+KEPT = ("edge_f1_strict", "edge_f1", "colour_acc", "texture_acc")
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,7 @@ class Benchmark:
     masks: np.ndarray | None = None  # (N, H, W) bool, shapes only
     labels: dict[str, np.ndarray] | None = None  # oracle targets, shapes only
     edge_metrics: bool = True
+    strict_edges: bool = True  # the controls are Canny maps: the pixel-exact (ControlNet++) scores apply
 
 
 def _cached_net(target: Target, name: str, train: Any, tasks: dict[str, int]) -> FeatureNet:
@@ -187,7 +194,7 @@ def folder_benchmark(cfg: EvalConfig, target: Target, folder: str, resolution: i
     info = {"folder": str(folder), "held_out": held_out, "preprocessor": name, "captioned_images": len(captioned)}
     return Benchmark(
         "folder", prompts, controls, truth, reference, judge, info, labels=labels,
-        edge_metrics=name in EDGE_PREPROCESSORS,
+        edge_metrics=name in EDGE_PREPROCESSORS, strict_edges=name == "canny",
     )  # fmt: skip
 
 
@@ -207,27 +214,59 @@ def domain_fid_kid(net: FeatureNet, real: np.ndarray, fake: np.ndarray, seed: in
     return float(fid.compute()), float(kid.compute()[0])
 
 
-def score(images: np.ndarray, bench: Benchmark, seed: int) -> dict[str, float]:
-    """Every metric of the benchmark for one set of generated images (N, H, W, 3) uint8."""
-    out: dict[str, float] = {}
+def per_image_scores(images: np.ndarray, bench: Benchmark) -> dict[str, np.ndarray]:
+    """Every metric of the benchmark that is defined per image, as (N,) arrays (accuracies as 0/1): what `score`
+    averages and what the paired bootstrap intervals resample."""
+    out: dict[str, np.ndarray] = {}
     if bench.mode == "shapes":
-        out["psnr_gt_db"] = M.finite_mean(M.psnr(images, bench.truth))
-        out["ssim_gt"] = float(M.ssim(images, bench.truth).mean())
+        out["psnr_gt_db"] = M.psnr(images, bench.truth)
+        out["ssim_gt"] = M.ssim(images, bench.truth)
     if bench.edge_metrics:
-        controls = bench.controls[..., 0] > 0.5
-        prf = np.array([M.edge_prf(M.edges(img), ctl) for img, ctl in zip(images, controls, strict=True)])
-        out.update(edge_precision=prf[:, 0].mean(), edge_recall=prf[:, 1].mean(), edge_f1=prf[:, 2].mean())
+        out.update(M.edge_scores(images, bench.controls[..., 0] > 0.5, strict=bench.strict_edges))
     if bench.mode == "shapes" and bench.masks is not None:
-        ious = [M.mask_iou(M.foreground_mask(img, BACKGROUND), m) for img, m in zip(images, bench.masks, strict=True)]
-        out["mask_iou"] = float(np.mean(ious))
-        errors = [M.colour_error(img, t, m) for img, t, m in zip(images, bench.truth, bench.masks, strict=True)]
-        out["colour_delta_e"] = float(np.mean(errors))
+        out["mask_iou"] = np.array(
+            [M.mask_iou(M.foreground_mask(img, BACKGROUND), m) for img, m in zip(images, bench.masks, strict=True)]
+        )
+        out["colour_delta_e"] = np.array(
+            [M.colour_error(img, t, m) for img, t, m in zip(images, bench.truth, bench.masks, strict=True)]
+        )
     if bench.labels is not None:
         predicted = predict(bench.judge, images)
         for task, labels in bench.labels.items():
-            out[f"{task}_acc"] = float((predicted[task] == labels).mean())
+            out[f"{task}_acc"] = (predicted[task] == labels).astype(np.float64)
+    return out
+
+
+def score(
+    images: np.ndarray, bench: Benchmark, seed: int, per_image: dict[str, np.ndarray] | None = None
+) -> dict[str, float]:
+    """Every metric of the benchmark for one set of generated images (N, H, W, 3) uint8: the means of
+    `per_image_scores` (given, or computed here) and the domain FID/KID."""
+    values = per_image_scores(images, bench) if per_image is None else per_image
+    out = {name: M.finite_mean(v) if name == "psnr_gt_db" else float(np.mean(v)) for name, v in values.items()}
     out["domain_fid"], out["domain_kid"] = domain_fid_kid(bench.judge, bench.reference, images, seed)
-    return {k: float(v) for k, v in out.items()}
+    return out
+
+
+def kept_ratios(
+    main: dict[str, Any], teacher: dict[str, float], model_scores: dict[str, np.ndarray],
+    teacher_scores: dict[str, np.ndarray],
+) -> None:  # fmt: skip
+    """Add `<metric>_kept` (model mean / teacher mean) to `main` for each kept metric both have, and its paired
+    bootstrap 95% interval over the images to `main["intervals"]`."""
+    intervals: dict[str, list[float]] = {}
+    for name in KEPT:
+        if name not in main or not teacher.get(name):
+            continue
+        main[f"{name}_kept"] = main[name] / teacher[name]
+        low, high = ratio_interval(model_scores[name], teacher_scores[name])
+        intervals[f"{name}_kept"] = [low, high]
+    if intervals:
+        main["intervals"] = {
+            **intervals,
+            "method": f"paired percentile bootstrap over the evaluation images, {RESAMPLES} resamples, seed 0, "
+            f"{int(100 * LEVEL)}%",
+        }
 
 
 def _resolution(pipeline: Any, target: Target) -> int:
@@ -281,15 +320,14 @@ def evaluate(cfg: EvalConfig, teacher_images: np.ndarray | None = None) -> EvalR
         del teacher
 
     # 2. Score every model, and the real images as the ceiling/floor of each metric.
-    columns = {label: score(images, bench, cfg.seed) for label, images in generated.items()}
+    per_image = {label: per_image_scores(images, bench) for label, images in generated.items()}
+    columns = {label: score(images, bench, cfg.seed, per_image[label]) for label, images in generated.items()}
     columns["ground truth" if bench.mode == "shapes" else "real images"] = score(bench.truth, bench, cfg.seed)
     main = columns[target.label]
     if "teacher" in generated:
         main["teacher_psnr_db"] = M.finite_mean(M.psnr(generated[target.label], generated["teacher"]))
         main["teacher_ssim"] = float(M.ssim(generated[target.label], generated["teacher"]).mean())
-        for name in ("edge_f1", "colour_acc", "texture_acc"):
-            if name in main and columns["teacher"].get(name):
-                main[f"{name}_kept"] = main[name] / columns["teacher"][name]
+        kept_ratios(main, columns["teacher"], per_image[target.label], per_image["teacher"])
     report = {
         "target": cfg.target,
         "model": target.label,
@@ -312,6 +350,12 @@ def evaluate(cfg: EvalConfig, teacher_images: np.ndarray | None = None) -> EvalR
         },
         "columns": columns,
         "metrics": main,
+        # Per-image scores of every model (same image order for every run with this seed and split): what a paired
+        # bootstrap between two runs (arms) resamples.
+        "per_image": {
+            label: {name: [round(float(x), 6) for x in values] for name, values in scores.items()}
+            for label, scores in per_image.items()
+        },
         "note": "domain FID/KID use the judge net's 64-d features, not Inception: not comparable to published FIDs",
     }
     return EvalResult(report, generated)

@@ -18,6 +18,10 @@ METRICS = {
     "edge_precision": "edge precision vs control ↑",
     "edge_recall": "edge recall vs control ↑",
     "edge_f1": "edge F1 vs control (1 px) ↑",
+    "edge_precision_strict": "edge precision, pixel-exact ↑",
+    "edge_recall_strict": "edge recall, pixel-exact ↑",
+    "edge_f1_strict": "edge F1, pixel-exact (ControlNet++) ↑",
+    "edge_chamfer_px": "edge chamfer distance (px) ↓",
     "mask_iou": "foreground mask IoU ↑",
     "colour_delta_e": "colour error ΔE*ab in mask ↓",
     "colour_acc": "colour accuracy (oracle) ↑",
@@ -28,7 +32,8 @@ METRICS = {
     "domain_kid": "domain KID (oracle features) ↓",
     "teacher_psnr_db": "PSNR vs teacher, same noise (dB) ↑",
     "teacher_ssim": "SSIM vs teacher, same noise ↑",
-    "edge_f1_kept": "edge F1 kept (model / teacher) ↑",
+    "edge_f1_strict_kept": "pixel-exact edge F1 kept (model / teacher) ↑",
+    "edge_f1_kept": "edge F1 (1 px) kept ↑",
     "colour_acc_kept": "colour accuracy kept ↑",
     "texture_acc_kept": "texture accuracy kept ↑",
 }
@@ -67,8 +72,11 @@ def format_table(report: dict[str, Any]) -> str:
     teacher = (sampling.get("teacher_steps"), sampling.get("teacher_guidance_scale"))
     if "teacher" in columns and teacher != (sampling["steps"], sampling["guidance_scale"]):
         settings = f"{report['model']} {settings}, teacher {teacher[0]} steps, guidance {teacher[1]}"
+    intervals = report["metrics"].get("intervals", {})
+    kept = [f"{name} [{v[0]:.3f}, {v[1]:.3f}]" for name, v in intervals.items() if name != "method"]
     lines += [
         "",
+        *([f"95% intervals: {'; '.join(kept)} ({intervals['method']})."] if kept else []),
         f"{report['num_samples']} samples of {where}; seed {report['seed']}; {settings}; same prompts, controls and "
         "initial noise for every model.",
         f"Note: {report['note']}.",

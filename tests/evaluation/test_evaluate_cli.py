@@ -94,9 +94,12 @@ def test_shapes_benchmark_on_a_pipeline_dir(tiny64_dir, tmp_path, capsys):
     assert report["benchmark"] == "shapes" and set(report["columns"]) == {"model", "ground truth"}
     truth = report["columns"]["ground truth"]
     assert truth["edge_f1"] == 1.0 and truth["mask_iou"] == 1.0 and truth["colour_delta_e"] == 0.0
+    assert truth["edge_f1_strict"] == truth["edge_recall_strict"] == 1.0 and truth["edge_chamfer_px"] == 0.0
+    assert "edge F1, pixel-exact (ControlNet++)" in table and "edge chamfer distance (px)" in table
     assert truth["psnr_gt_db"] == "inf" and truth["ssim_gt"] == pytest.approx(1.0)
     model = report["metrics"]
-    for name in ("psnr_gt_db", "ssim_gt", "edge_f1", "mask_iou", "colour_delta_e", "texture_acc", "domain_fid"):
+    names = ("psnr_gt_db", "ssim_gt", "edge_f1", "mask_iou", "colour_delta_e", "texture_acc", "domain_fid")
+    for name in (*names, "edge_precision_strict", "edge_recall_strict", "edge_f1_strict", "edge_chamfer_px"):
         assert isinstance(model[name], float), name
     from PIL import Image
 
@@ -118,6 +121,15 @@ def test_run_dir_compares_student_and_teacher(fake_run, capsys):
     assert report["metrics"]["teacher_psnr_db"] == "inf"  # the student is a copy of the teacher
     assert report["metrics"]["teacher_ssim"] == pytest.approx(1.0)
     assert report["columns"]["student"]["edge_f1"] == report["columns"]["teacher"]["edge_f1"]
+    # Kept ratios with their paired bootstrap intervals: a copy keeps exactly 100%, in every resample.
+    metrics, teacher = report["metrics"], report["columns"]["teacher"]
+    assert teacher["edge_f1_strict"] > 0 and "edge_chamfer_px" in teacher
+    assert metrics["edge_f1_strict_kept"] == 1.0 and metrics["intervals"]["edge_f1_strict_kept"] == [1.0, 1.0]
+    assert metrics["intervals"]["edge_f1_kept"] == [1.0, 1.0] and "bootstrap" in metrics["intervals"]["method"]
+    assert "95% intervals" in capsys.readouterr().out
+    per_image = report["per_image"]
+    assert set(per_image) == {"student", "teacher"} and len(per_image["student"]["edge_f1_strict"]) == 64
+    assert np.mean(per_image["teacher"]["edge_f1_strict"]) == pytest.approx(teacher["edge_f1_strict"], abs=1e-6)
     assert list((fake_run / "eval").glob("shapes-oracle-*.safetensors")), "the oracle is cached in the run dir"
 
 

@@ -1,5 +1,6 @@
 import math
 
+import cv2
 import numpy as np
 import pytest
 
@@ -126,3 +127,78 @@ def test_finite_mean():
     assert M.finite_mean(np.array([1.0, 3.0])) == 2.0
     assert math.isinf(M.finite_mean(np.array([1.0, np.inf])))
     assert math.isnan(M.finite_mean(np.array([])))
+
+
+def test_strict_edges_need_the_exact_pixels():
+    # One row down: every pixel is within the 1-px radius, but only the two sides' 15 rows in common (30 of 60
+    # pixels each way) are the same pixels.
+    assert M.edge_prf(_square_edges(1), _square_edges()) == (1.0, 1.0, 1.0)
+    assert M.edge_prf_strict(_square_edges(1), _square_edges()) == (0.5, 0.5, 0.5)
+    assert M.edge_prf_strict(_square_edges(), _square_edges()) == (1.0, 1.0, 1.0)
+    assert M.edge_prf_strict(np.zeros((32, 32), bool), _square_edges()) == (0.0, 0.0, 0.0)
+
+
+def test_chamfer_distance_counted_by_hand():
+    assert M.edge_chamfer(_square_edges(), _square_edges()) == 0.0
+    # One row down: the 14 inner pixels of the new top row and the 16 of the new bottom row are 1 px from the
+    # reference (30 of 60: mean 0.5); the mirror case is the same.
+    assert M.edge_chamfer(_square_edges(1), _square_edges()) == pytest.approx(0.5)
+    # Three rows down, by hand: the new top row's 14 inner pixels lie 1, 2, 3, ..., 3, 2, 1 px from the sides (36),
+    # the new bottom row's 14 inner ones 3 px from the old bottom row (42), the sides' 3 overhanging rows 1, 2, 3 px
+    # (12 for both); 90 / 60 each way.
+    assert M.edge_chamfer(_square_edges(3), _square_edges()) == pytest.approx(1.5)
+    empty = np.zeros((32, 32), bool)
+    assert M.edge_chamfer(empty, empty) == 0.0
+    assert M.edge_chamfer(empty, _square_edges()) == pytest.approx(math.hypot(32, 32))
+    assert M.edge_chamfer(_square_edges(), empty) == pytest.approx(math.hypot(32, 32))
+
+
+@pytest.fixture(scope="module")
+def truth():
+    """16 held-out shapes: their renders and (exactly matching) Canny controls."""
+    from refine_control.builtin.shapes import sample_specs
+
+    samples = [make_sample(s) for s in sample_specs("test", 16, 0)]
+    return np.stack([s.image for s in samples]), np.stack([s.control[..., 0] > 0.5 for s in samples])
+
+
+def _mean_scores(images: np.ndarray, controls: np.ndarray) -> dict[str, float]:
+    return {k: float(v.mean()) for k, v in M.edge_scores(images, controls).items()}
+
+
+def test_ground_truth_scores_perfectly_on_every_edge_score(truth):
+    scores = _mean_scores(*truth)
+    assert scores.pop("edge_chamfer_px") == 0.0
+    assert set(scores.values()) == {1.0}
+
+
+def test_strict_scores_fall_on_a_blurred_ground_truth_where_the_1px_f1_does_not(truth):
+    images, controls = truth
+    blurred = _mean_scores(np.stack([cv2.GaussianBlur(i, (5, 5), 0) for i in images]), controls)
+    assert blurred["edge_f1"] >= 0.99  # the lenient score cannot see a 5×5 blur
+    assert blurred["edge_f1_strict"] <= 0.9 and blurred["edge_chamfer_px"] >= 0.1
+
+
+def test_strict_scores_fall_on_a_shifted_ground_truth(truth):
+    images, controls = truth
+    one, two = (_mean_scores(np.roll(images, k, axis=2), controls) for k in (1, 2))
+    assert one["edge_f1"] == 1.0 and one["edge_f1_strict"] <= 0.5
+    assert two["edge_f1_strict"] <= 0.35 and two["edge_f1_strict"] < two["edge_f1"] - 0.3
+    assert 0.5 <= one["edge_chamfer_px"] < two["edge_chamfer_px"]
+    assert two["edge_chamfer_px"] >= 1.0
+
+
+def test_strict_scores_fall_more_on_a_noisy_ground_truth(truth):
+    images, controls = truth
+    noise = np.random.default_rng(0).normal(0, 8, images.shape)
+    noisy = _mean_scores(np.clip(images + noise, 0, 255).astype(np.uint8), controls)
+    assert noisy["edge_recall"] >= 0.99  # stray edges only: every true edge still has one within 1 px
+    assert noisy["edge_recall_strict"] <= 0.85  # but many of them moved
+    assert 1 - noisy["edge_f1_strict"] >= 1.5 * (1 - noisy["edge_f1"])
+    assert noisy["edge_chamfer_px"] >= 0.5
+
+
+def test_strict_scores_can_be_left_out():
+    images = np.zeros((2, 16, 16, 3), np.uint8)
+    scores = M.edge_scores(images, np.zeros((2, 16, 16), bool), strict=False)
+    assert set(scores) == {"edge_precision", "edge_recall", "edge_f1"}
