@@ -1,5 +1,5 @@
-"""The device install: a fresh virtual environment with only `pip install refine-control[serve]` has neither torch nor
-OpenCV, yet serves an exported model and draws control maps (the numpy preprocessors, the same code as in
+"""The device install: a fresh virtual environment with only `pip install refine-control[serve]` has no torch,
+OpenCV or `tokenizers`, yet serves an exported model and draws control maps (the numpy preprocessors, the same code as in
 training); a training command there says which extra to install (exit 2). It installs the runtime's
 wheels from the package index into a new venv (about a minute and a half), part of the default test run."""
 
@@ -31,8 +31,9 @@ def test_serve_extra_alone_serves_without_torch(tiny_model_dir, tmp_path):
     subprocess.run(install, check=True, capture_output=True, text=True)
     no_torch = subprocess.run([python, "-c", "import torch"], capture_output=True, text=True)
     assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
-    no_opencv = subprocess.run([python, "-c", "import cv2"], capture_output=True, text=True)
-    assert no_opencv.returncode != 0 and "No module named 'cv2'" in no_opencv.stderr
+    for module in ("cv2", "tokenizers"):  # the preprocessors and CLIP's tokenizer are numpy / pure Python there
+        absent = subprocess.run([python, "-c", f"import {module}"], capture_output=True, text=True)
+        assert absent.returncode != 0 and f"No module named '{module}'" in absent.stderr
 
     distill = subprocess.run(
         [str(env_dir / "bin" / "refine-distill"), "--teacher", "builtin", "-o", str(tmp_path / "run")],
