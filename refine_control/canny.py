@@ -5,7 +5,8 @@ The steps follow OpenCV's implementation: no smoothing first (cv2.Canny does non
 borders in integers, per pixel the channel with the largest magnitude (the first one on a tie), magnitude
 |dx| + |dy| (or dx² + dy² with `l2_gradient`, thresholds then squared), non-maximum suppression along four
 directions with OpenCV's fixed-point tan(22.5°) test and its tie rules (magnitude outside the image is 0), then
-hysteresis: pixels above `low` that survive suppression, 8-connected to one above `high`. Thresholds are strict
+hysteresis: pixels above `low` that survive suppression, 8-connected to one above `high` (OpenCV follows them
+with a stack; here the connected components of row runs give the same set). Thresholds are strict
 (`>`), as in OpenCV. tests/test_canny.py checks the result against `cv2.Canny` pixel for pixel on real images.
 """
 
@@ -28,15 +29,19 @@ def sobel3(channel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _gradients(image: np.ndarray, l2_gradient: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(dx, dy, magnitude) int64 (H, W); for several channels the one with the largest magnitude per pixel."""
+    """(dx, dy, magnitude) int32 (H, W); for several channels the one with the largest magnitude per pixel."""
     channels = image[..., None] if image.ndim == 2 else image
-    dxs, dys = zip(*(sobel3(channels[..., c]) for c in range(channels.shape[2])), strict=True)
-    dx, dy = np.stack(dxs, axis=-1).astype(np.int64), np.stack(dys, axis=-1).astype(np.int64)
-    mag = dx * dx + dy * dy if l2_gradient else np.abs(dx) + np.abs(dy)
-    if mag.shape[2] == 1:
-        return dx[..., 0], dy[..., 0], mag[..., 0]
-    pick = np.argmax(mag, axis=2)[..., None]  # first maximum, as OpenCV's strict `>` scan
-    return (np.take_along_axis(a, pick, axis=2)[..., 0] for a in (dx, dy, mag))  # type: ignore[return-value]
+    best: list[np.ndarray] = []
+    for c in range(channels.shape[2]):
+        dx, dy = sobel3(channels[..., c])
+        mag = dx * dx + dy * dy if l2_gradient else np.abs(dx) + np.abs(dy)  # at most 2 * 1020², fits int32
+        if not best:
+            best = [dx, dy, mag]
+            continue
+        larger = mag > best[2]  # strictly: the first channel wins a tie, as in OpenCV
+        for kept, new in zip(best, (dx, dy, mag), strict=True):
+            np.copyto(kept, new, where=larger)
+    return best[0], best[1], best[2]
 
 
 def _suppressed(dx: np.ndarray, dy: np.ndarray, mag: np.ndarray, low: int) -> np.ndarray:
@@ -64,21 +69,63 @@ def _suppressed(dx: np.ndarray, dy: np.ndarray, mag: np.ndarray, low: int) -> np
     return keep & (mag > low)
 
 
+def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The horizontal runs of True in `mask` (H, W), row by row: (row, first column, column after the last)."""
+    h, w = mask.shape
+    padded = np.zeros((h, w + 2), np.int8)
+    padded[:, 1:-1] = mask
+    step = np.diff(padded, axis=1)
+    rows, starts = np.nonzero(step == 1)
+    _, ends = np.nonzero(step == -1)
+    return rows, starts, ends
+
+
+def _components(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Connected components of a graph with `n` nodes and edges (a, b): each node's smallest node index in its
+    component. Each round hooks both ends of every edge, and the labels they point to, onto the smaller label, then
+    follows label chains to their end; a few rounds suffice even for long chains."""
+    labels = np.arange(n)
+    while True:
+        label_a, label_b = labels[a], labels[b]
+        low = np.minimum(label_a, label_b)
+        for nodes in (label_a, label_b, a, b):  # a label is always a node of the same component, at most its own
+            np.minimum.at(labels, nodes, low)
+        while True:
+            jumped = labels[labels]
+            if np.array_equal(jumped, labels):
+                break
+            labels = jumped
+        if np.array_equal(labels[a], labels[b]):
+            return labels
+
+
 def hysteresis(candidates: np.ndarray, seeds: np.ndarray) -> np.ndarray:
-    """The `candidates` (H, W) bool pixels 8-connected through candidates to a `seeds` pixel (breadth first)."""
+    """The `candidates` (H, W) bool pixels 8-connected through candidates to a `seeds` pixel.
+
+    Works on runs of candidates within rows (connected components of the runs that touch from one row to the next,
+    in whole-array steps), so its cost does not grow with the length of an edge chain as a pixel-by-pixel walk's does."""
     h, w = candidates.shape
-    width = w + 2
-    allowed = np.pad(candidates, 1).ravel()  # the frame is never allowed: no wrap-around between rows
-    reached = np.zeros_like(allowed)
-    frontier = np.flatnonzero(np.pad(seeds & candidates, 1).ravel())
-    reached[frontier] = True
-    steps = np.array([-width - 1, -width, -width + 1, -1, 1, width - 1, width, width + 1])
-    while frontier.size:
-        near = (frontier[:, None] + steps).ravel()
-        near = near[allowed[near] & ~reached[near]]
-        frontier = np.unique(near)
-        reached[frontier] = True
-    return reached.reshape(h + 2, width)[1:-1, 1:-1]
+    rows, starts, ends = _runs(candidates)
+    if rows.size == 0:
+        return np.zeros((h, w), bool)
+    stride = w + 2  # a key row * stride + column orders runs row by row, columns never reaching the next row
+    flat_seeds = np.concatenate([[0], np.cumsum((seeds & candidates).ravel(), dtype=np.int64)])
+    seeded = flat_seeds[rows * w + ends] > flat_seeds[rows * w + starts]
+    # Runs of row r + 1 touching run a of row r (8-connected): start <= a.end (exclusive) and end >= a.start.
+    start_keys, end_keys = rows * stride + starts, rows * stride + ends
+    first = np.searchsorted(end_keys, (rows + 1) * stride + starts, side="left")
+    last = np.searchsorted(start_keys, (rows + 1) * stride + ends, side="right")
+    count = np.maximum(last - first, 0)
+    run_a = np.repeat(np.arange(rows.size), count)
+    run_b = np.repeat(first, count) + (np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count))
+    roots = _components(rows.size, run_a, run_b)
+    seeded_roots = np.zeros(rows.size, bool)
+    seeded_roots[roots[seeded]] = True
+    keep = seeded_roots[roots]
+    paint = np.zeros(h * w + 1, np.int64)
+    np.add.at(paint, rows[keep] * w + starts[keep], 1)
+    np.add.at(paint, rows[keep] * w + ends[keep], -1)
+    return (np.cumsum(paint)[:-1] > 0).reshape(h, w)
 
 
 def canny(image: np.ndarray, low: float, high: float, l2_gradient: bool = False) -> np.ndarray:

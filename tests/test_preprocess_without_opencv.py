@@ -51,3 +51,37 @@ def test_hysteresis_keeps_only_what_connects_to_a_seed():
     expected[1, 1:4] = True
     expected[2, 4] = True
     np.testing.assert_array_equal(kept, expected)
+
+
+def _flood(candidates: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """Reference: a pixel-by-pixel 8-connected flood fill from the seeds, as OpenCV's stack walk does."""
+    h, w = candidates.shape
+    kept = np.zeros_like(candidates)
+    stack = [tuple(p) for p in np.argwhere(seeds & candidates)]
+    for y, x in stack:
+        kept[y, x] = True
+    while stack:
+        y, x = stack.pop()
+        for ny in range(max(0, y - 1), min(h, y + 2)):
+            for nx in range(max(0, x - 1), min(w, x + 2)):
+                if candidates[ny, nx] and not kept[ny, nx]:
+                    kept[ny, nx] = True
+                    stack.append((ny, nx))
+    return kept
+
+
+def test_hysteresis_equals_a_flood_fill_on_random_and_long_chains():
+    rng = np.random.default_rng(0)
+    for density in (0.2, 0.45, 0.6):
+        candidates = rng.random((64, 80)) < density
+        seeds = rng.random((64, 80)) < 0.01
+        np.testing.assert_array_equal(hysteresis(candidates, seeds), _flood(candidates, seeds))
+    serpentine = np.zeros((41, 30), bool)  # one chain snaking through the whole image, seeded at its far end
+    serpentine[::2] = True
+    for row in range(1, 41, 2):
+        serpentine[row, 29 if row % 4 == 1 else 0] = True
+    seeds = np.zeros_like(serpentine)
+    seeds[40, 29] = True
+    kept = hysteresis(serpentine, seeds)
+    assert kept.sum() == serpentine.sum()
+    np.testing.assert_array_equal(kept, _flood(serpentine, seeds))
