@@ -6,8 +6,8 @@ borders in integers, per pixel the channel with the largest magnitude (the first
 |dx| + |dy| (or dx² + dy² with `l2_gradient`, thresholds then squared), non-maximum suppression along four
 directions with OpenCV's fixed-point tan(22.5°) test and its tie rules (magnitude outside the image is 0), then
 hysteresis: pixels above `low` that survive suppression, 8-connected to one above `high` (OpenCV follows them
-with a stack; here the connected components of row runs give the same set). Thresholds are strict
-(`>`), as in OpenCV. tests/test_canny.py checks the result against `cv2.Canny` pixel for pixel on real images.
+with a stack; here the connected components of row runs give the same set). Thresholds are strict (`>`), as in
+OpenCV. tests/test_preprocess_opencv.py checks the result against `cv2.Canny` pixel for pixel on real images.
 """
 
 import math
@@ -103,7 +103,7 @@ def hysteresis(candidates: np.ndarray, seeds: np.ndarray) -> np.ndarray:
     """The `candidates` (H, W) bool pixels 8-connected through candidates to a `seeds` pixel.
 
     Works on runs of candidates within rows (connected components of the runs that touch from one row to the next,
-    in whole-array steps), so its cost does not grow with the length of an edge chain as a pixel-by-pixel walk's does."""
+    in whole-array steps), so its cost does not grow with the length of an edge chain as a pixel walk's does."""
     h, w = candidates.shape
     rows, starts, ends = _runs(candidates)
     if rows.size == 0:

@@ -1,10 +1,11 @@
 """The few image operations the preprocessors need, in numpy alone (the device install carries no OpenCV).
 
-Each follows the OpenCV call it replaces closely enough to give the same control maps; tests/test_imageops.py
-measures the agreement with OpenCV where it is installed: `gaussian_blur` is `cv2.GaussianBlur(x, (0, 0), sigma)`
-on float32 up to float rounding, `resize_cubic` is `cv2.resize(..., INTER_CUBIC)` up to float rounding,
-`remap_linear` is OpenCV 5's `cv2.remap(..., INTER_LINEAR)` but for rare rounding ties, and `draw_polyline` is a round-capped
-thick polyline like `cv2.polylines` (which differs from it only in some pixels along the stroke's border).
+Each follows the OpenCV call it replaces closely enough to give the same control maps;
+tests/test_preprocess_opencv.py measures the agreement with OpenCV where it is installed: `gaussian_blur` is
+`cv2.GaussianBlur(x, (0, 0), sigma)` on float32 up to float rounding, `resize_cubic` is
+`cv2.resize(..., INTER_CUBIC)` up to float rounding, `remap_linear` is OpenCV 5's `cv2.remap(..., INTER_LINEAR)` but
+for rare rounding ties, and `draw_polyline` is a round-capped thick polyline like `cv2.polylines` (which differs
+from it only in some pixels along the stroke's border).
 """
 
 import itertools
@@ -97,7 +98,7 @@ def draw_polyline(mask: np.ndarray, points: np.ndarray, thickness: int, value: i
     """Draw an open polyline of round-capped segments about `thickness` pixels wide into `mask` (H, W) in place:
     every pixel whose centre lies within a radius of a segment. OpenCV fills each segment as a fixed-point polygon
     plus round caps, which comes out wider than `thickness`; the radius (thickness/2 + 0.45 for even thickness,
-    + 0.9 for odd, 0.5 for 1) is fitted to it (tests/test_imageops.py measures the overlap)."""
+    + 0.9 for odd, 0.5 for 1) is fitted to it (tests/test_preprocess_opencv.py measures the overlap)."""
     h, w = mask.shape
     radius = 0.5 if thickness <= 1 else thickness / 2 + (0.9 if thickness & 1 else 0.45)
     pts = np.asarray(points, np.float64)
