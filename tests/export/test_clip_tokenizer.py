@@ -3,8 +3,8 @@ the former; `[train]` brings the latter with transformers).
 
 Measured (Python 3.11, Unicode 14 tables; tokenizers 0.23): equal on every prompt below; on random strings of
 assigned code points, equal on all but 1 of 20,000 (a separate run) and all but 2 of the 3,000 tested here, each
-time two combining marks that Python's NFC puts in canonical order and the library does not (marks new in
-Unicode 14). Characters unassigned in Python's Unicode tables (added in later versions) may also differ.
+time two adjacent combining marks that Python's NFC puts in canonical order and the library leaves as they are.
+Characters unassigned in Python's Unicode tables (added in later versions) may also differ.
 """
 
 import itertools
