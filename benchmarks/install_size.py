@@ -1,6 +1,9 @@
 """The device install's size: a fresh venv with only `pip install refine-control[serve]` (the torch-free runtime
 and the web server), measured as site-packages megabytes per installed distribution.
 
+Besides the whole of site-packages it records what the fresh venv held before the install (pip, and setuptools on
+Python < 3.12: the venv's own tools, not the project's) and so what the install itself added.
+
     python benchmarks/install_size.py --results-name install/serve
 
 Installs from the package index this machine reaches (the versions pinned in constraints.txt), into --workdir.
@@ -37,6 +40,10 @@ print(json.dumps(out))
 """
 
 
+def _tree_mb(root: Path) -> float:
+    return sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) / 1e6
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="benchmarks/install_size.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--extra", default="serve", help="the extra to install. Default: %(default)s")
@@ -56,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         env_dir, source = args.workdir / "venv", args.workdir / "src"
         venv.EnvBuilder(with_pip=True).create(env_dir)
         python = str(env_dir / "bin" / "python")
+        site = next((env_dir / "lib").glob("python3*/site-packages"))
+        empty_venv = _tree_mb(site)
         ignore = shutil.ignore_patterns(".*", "runs", "build", "*.egg-info", "__pycache__", "results")
         shutil.copytree(REPO, source, ignore=ignore)
         install = [
@@ -72,17 +81,21 @@ def main(argv: list[str] | None = None) -> int:
         has_torch = subprocess.run([python, "-c", "import torch"], capture_output=True).returncode == 0
         sizes = json.loads(subprocess.run([python, "-c", SIZES], check=True, capture_output=True, text=True).stdout)
         mb = {name: round(b / 1e6, 1) for name, b in sorted(sizes.items(), key=lambda kv: -kv[1])}
-        site = next((env_dir / "lib").glob("python3*/site-packages"))
-        total = sum(f.stat().st_size for f in site.rglob("*") if f.is_file()) / 1e6
+        total = _tree_mb(site)
         metrics = {
             "site_packages_mb": round(total, 1),
             "without_pip_mb": round(total - mb.get("pip", 0.0), 1),
+            "empty_venv_mb": round(empty_venv, 1),
+            "added_by_install_mb": round(total - empty_venv, 1),
             "torch_importable": has_torch,
             "distributions_mb": mb,
         }
         for name, size in mb.items():
             print(f"{name:<28} {size:8.1f} MB")
-        print(f"site-packages: {total:.1f} MB (pip itself {mb.get('pip', 0.0)} MB); torch importable: {has_torch}")
+        print(
+            f"site-packages: {total:.1f} MB, of which the empty venv's {empty_venv:.1f} MB (pip itself "
+            f"{mb.get('pip', 0.0)} MB); added by the install {total - empty_venv:.1f} MB; torch importable: {has_torch}"
+        )
         if target is not None:
             write_result(
                 target,

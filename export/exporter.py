@@ -107,7 +107,7 @@ def _write_tokenizer_and_scheduler(student: Student, tmp: Path, prompts: list[st
     if not (tmp / TOKENIZER).is_file():
         raise ExportError("the student's tokenizer did not save a tokenizer.json (a fast tokenizer is needed)")
     write_json(tmp / SCHEDULER, json.loads(pipe.scheduler.to_json_string()))
-    # The runtime tokenises with the `tokenizers` library alone; it must give the ids transformers gives.
+    # The runtime tokenises without transformers (serve/runtime/clip_tokenizer.py); it must give the ids they give.
     encoder = PromptEncoder(
         (tmp / TOKENIZER).read_bytes(), pipe.tokenizer.model_max_length, pipe.tokenizer.pad_token_id
     )

@@ -1,4 +1,5 @@
-"""Control-image preprocessors behind one interface (numpy + OpenCV only, so the server can use them).
+"""Control-image preprocessors behind one interface, in numpy alone (the device install carries no OpenCV), so that
+training, the server and the torch-free runtime draw the same control maps from one implementation.
 
 Each preprocessor maps an RGB image (H, W, 3) uint8 to a control image (H, W, 3) float32. Edge-like
 maps are in [0, 1]; the inpainting condition follows the public SD1.5 inpainting ControlNet convention
@@ -9,9 +10,10 @@ so the trainer can make them deterministic per step.
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
+from refine_control import imageops
+from refine_control.canny import canny as canny_edges
 from refine_control.errors import ConfigError
 from refine_control.registry import Registry
 
@@ -40,14 +42,15 @@ def _gray3(edges: np.ndarray) -> np.ndarray:
 
 
 def canny(image: np.ndarray, rng: np.random.Generator, low: int = 100, high: int = 200) -> np.ndarray:
-    """OpenCV Canny on the RGB image (the ControlNet canny convention: thresholds 100/200)."""
-    return _gray3(cv2.Canny(image, low, high))
+    """Canny on the RGB image (the ControlNet canny convention: `cv2.Canny(image, 100, 200)`, which
+    refine_control.canny reproduces pixel for pixel without OpenCV)."""
+    return _gray3(canny_edges(image, low, high))
 
 
 def lineart(image: np.ndarray, rng: np.random.Generator, sigma: float = 6.0, strength: float = 8.0) -> np.ndarray:
     """Dark strokes brighter than a blurred copy of the image: a model-free line-art map."""
     x = image.astype(np.float32)
-    blurred = cv2.GaussianBlur(x, (0, 0), sigma)
+    blurred = imageops.gaussian_blur(x, sigma)
     intensity = np.min(blurred - x, axis=2).clip(0, 255)
     strong = intensity[intensity > 8]
     scale = max(16.0, float(np.median(strong))) if strong.size else 16.0
@@ -58,9 +61,9 @@ def shuffle(image: np.ndarray, rng: np.random.Generator, cells: int = 8) -> np.n
     """Content shuffle: warp the image by a random smooth flow field (colours and textures, no layout)."""
     h, w = image.shape[:2]
     coarse = rng.uniform(0, 1, size=(2, cells, cells)).astype(np.float32)
-    flow_x = cv2.resize(coarse[0], (w, h), interpolation=cv2.INTER_CUBIC) * (w - 1)
-    flow_y = cv2.resize(coarse[1], (w, h), interpolation=cv2.INTER_CUBIC) * (h - 1)
-    warped = cv2.remap(image, flow_x.clip(0, w - 1), flow_y.clip(0, h - 1), cv2.INTER_LINEAR)
+    flow_x = imageops.resize_cubic(coarse[0], w, h) * (w - 1)
+    flow_y = imageops.resize_cubic(coarse[1], w, h) * (h - 1)
+    warped = imageops.remap_linear(image, flow_x.clip(0, w - 1), flow_y.clip(0, h - 1))
     return warped.astype(np.float32) / 255.0
 
 
@@ -78,7 +81,7 @@ def random_mask(h: int, w: int, rng: np.random.Generator, min_area: float = 0.1,
         else:
             points = np.stack([rng.integers(0, w, 4), rng.integers(0, h, 4)], axis=1).astype(np.int32)
             thickness = int(rng.integers(max(1, min(h, w) // 16), max(2, min(h, w) // 6)))
-            cv2.polylines(mask, [points], isClosed=False, color=1, thickness=thickness)
+            imageops.draw_polyline(mask, points, thickness)
     return mask
 
 
@@ -90,7 +93,7 @@ def inpaint(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return control
 
 
-PREPROCESSORS.register("canny", Preprocessor("canny", "OpenCV Canny edges (default)", canny))
+PREPROCESSORS.register("canny", Preprocessor("canny", "Canny edges, as OpenCV's (default)", canny))
 PREPROCESSORS.register("lineart", Preprocessor("lineart", "model-free line art (blur difference)", lineart))
 PREPROCESSORS.register("shuffle", Preprocessor("shuffle", "content shuffle by a random flow field", shuffle))
 PREPROCESSORS.register(
@@ -129,6 +132,8 @@ def _aux_preprocessor(name: str) -> Preprocessor:
         if detector is None:
             detector = detector_cls.from_pretrained("lllyasviel/Annotators")  # local cache only (HF_HUB_OFFLINE)
         out = detector(image, output_type="np")
+        import cv2  # controlnet-aux depends on OpenCV itself
+
         return cv2.resize(np.asarray(out), image.shape[1::-1]).astype(np.float32) / 255.0
 
     return Preprocessor(name, f"controlnet-aux {AUX_DETECTORS[detector_name]}", run)

@@ -1,7 +1,7 @@
 """What the server needs from a model: the `Engine` protocol, and `OnnxEngine`, the one that runs exported models.
 
 The app only talks to an `Engine`, so routing and limit tests can use a stand-in, while every real generation goes
-through `OnnxEngine` → `refine_control.serve.runtime.OnnxControlNetPipeline` (ONNX Runtime, numpy, tokenizers;
+through `OnnxEngine` → `refine_control.serve.runtime.OnnxControlNetPipeline` (ONNX Runtime and numpy;
 no torch). Engines are called from worker threads; `generate` must be safe to call from several at once.
 """
 
@@ -71,7 +71,7 @@ class Engine(Protocol):
 
 
 def run_preprocessor(image: np.ndarray, name: str, seed: int = 0) -> np.ndarray:
-    """A built-in (numpy + OpenCV) preprocessor; `aux:*` ones are refused because controlnet-aux imports torch."""
+    """A built-in (numpy) preprocessor; `aux:*` ones are refused because controlnet-aux imports torch."""
     if name.startswith("aux:"):
         raise ConfigError(f"preprocessor {name!r} is not available in the server (it needs torch)")
     return get_preprocessor(name)(image, np.random.default_rng(seed))

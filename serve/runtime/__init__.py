@@ -1,4 +1,4 @@
-"""The torch-free runtime: run a `refine-export` model dir with ONNX Runtime, numpy, tokenizers and pillow.
+"""The torch-free runtime: run a `refine-export` model dir with ONNX Runtime, numpy and pillow.
 
 `OnnxControlNetPipeline` is the entry point (the server builds on it); `ModelDir` verifies a model dir against
 its manifest; `schedulers` holds the numpy DDIM / Euler / Euler-ancestral / LCM schedulers.

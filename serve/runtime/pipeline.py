@@ -1,10 +1,11 @@
-"""`OnnxControlNetPipeline`: text + control image → image with ONNX Runtime, numpy and tokenizers only (no torch).
+"""`OnnxControlNetPipeline`: text + control image → image with ONNX Runtime and numpy only (no torch).
 
 It reproduces diffusers' `StableDiffusionControlNetPipeline` (classifier-free guidance as a batch of 2, the
 ControlNet applied to both halves, the same scheduler arithmetic), so an exported student draws the same image
 as the PyTorch one for the same prompt, control image and initial noise; `refine-export` checks exactly that.
 """
 
+import json
 import logging
 import math
 import os
@@ -15,6 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from refine_control.errors import ConfigError, RefineError
+from refine_control.serve.runtime.clip_tokenizer import ClipTokenizer
 from refine_control.serve.runtime.cpu import int8_cpu_warning
 from refine_control.serve.runtime.geometry import Geometry
 from refine_control.serve.runtime.layout import (
@@ -57,19 +59,34 @@ def create_session(graph: VerifiedGraph, num_threads: int | None = None) -> Any:
 
 
 class PromptEncoder:
-    """CLIP tokenisation with the `tokenizers` library: pad / truncate to the text encoder's length."""
+    """CLIP tokenisation, padded / truncated to the text encoder's length: the pure-Python `ClipTokenizer` for the
+    layout CLIP's tokenizer.json has (the device install carries no `tokenizers`), else the `tokenizers` library."""
 
     def __init__(self, tokenizer_json: bytes, max_length: int, pad_id: int) -> None:
-        from tokenizers import Tokenizer
-
         self.max_length = max_length
-        self.tokenizer = Tokenizer.from_str(tokenizer_json.decode("utf-8"))
-        self.tokenizer.enable_truncation(max_length)
-        self.tokenizer.enable_padding(length=max_length, pad_id=pad_id)
+        try:
+            spec = json.loads(tokenizer_json.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ModelDirError(f"tokenizer/tokenizer.json is not JSON: {err}") from err
+        if isinstance(spec, dict) and ClipTokenizer.supports(spec):
+            clip = ClipTokenizer(spec, max_length, pad_id)
+            self._encode: Callable[[list[str]], list[list[int]]] = lambda prompts: [clip.encode(p) for p in prompts]
+            return
+        try:
+            from tokenizers import Tokenizer
+        except ImportError as err:
+            raise ModelDirError(
+                "tokenizer/tokenizer.json is not CLIP's tokenizer layout, and the `tokenizers` library is not installed",
+                hint="pip install tokenizers",
+            ) from err
+        tokenizer = Tokenizer.from_str(tokenizer_json.decode("utf-8"))
+        tokenizer.enable_truncation(max_length)
+        tokenizer.enable_padding(length=max_length, pad_id=pad_id)
+        self._encode = lambda prompts: [e.ids for e in tokenizer.encode_batch(prompts)]
 
     def __call__(self, prompts: list[str]) -> np.ndarray:
         """(B, max_length) int64 token ids."""
-        return np.asarray([e.ids for e in self.tokenizer.encode_batch(prompts)], dtype=np.int64)
+        return np.asarray(self._encode(prompts), dtype=np.int64)
 
 
 def _control_array(control_image: Any, width: int, height: int) -> np.ndarray:

@@ -1,8 +1,10 @@
-"""The device install: a fresh virtual environment with only `pip install refine-control[serve]` has no torch, yet
-serves an exported model; a training command there says which extra to install (exit 2). It installs the runtime's
+"""The device install: a fresh virtual environment with only `pip install refine-control[serve]` has no torch,
+OpenCV or `tokenizers`, yet serves an exported model and draws control maps (the numpy preprocessors, the same code as in
+training); a training command there says which extra to install (exit 2). It installs the runtime's
 wheels from the package index into a new venv (about a minute and a half), part of the default test run."""
 
 import base64
+import io
 import shutil
 import subprocess
 import venv
@@ -10,7 +12,10 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from PIL import Image
 from serve_helpers import png_bytes, start_server
+
+from refine_control.preprocess import get_preprocessor
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,6 +31,9 @@ def test_serve_extra_alone_serves_without_torch(tiny_model_dir, tmp_path):
     subprocess.run(install, check=True, capture_output=True, text=True)
     no_torch = subprocess.run([python, "-c", "import torch"], capture_output=True, text=True)
     assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
+    for module in ("cv2", "tokenizers"):  # the preprocessors and CLIP's tokenizer are numpy / pure Python there
+        absent = subprocess.run([python, "-c", f"import {module}"], capture_output=True, text=True)
+        assert absent.returncode != 0 and f"No module named '{module}'" in absent.stderr
 
     distill = subprocess.run(
         [str(env_dir / "bin" / "refine-distill"), "--teacher", "builtin", "-o", str(tmp_path / "run")],
@@ -41,6 +49,16 @@ def test_serve_extra_alone_serves_without_torch(tiny_model_dir, tmp_path):
         body = {"prompt": "a red square", "control_image": base64.b64encode(control).decode(), "seed": 1, "steps": 2}
         response = httpx.post(f"{server.url}/v1/generate", json=body, timeout=60)
         assert response.status_code == 200 and response.content.startswith(b"\x89PNG")
+        photo = np.random.default_rng(3).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+        photo[6:18, 8:24] = (230, 40, 40)
+        for name, tolerance in (("canny", 0), ("lineart", 1)):  # the server's maps are the training environment's
+            body = {"image": base64.b64encode(png_bytes(photo)).decode(), "preprocessor": name}
+            response = httpx.post(f"{server.url}/v1/preprocess", json=body, timeout=60)
+            assert response.status_code == 200, response.text
+            served = np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB"))
+            expected = (np.clip(get_preprocessor(name)(photo), 0, 1) * 255).round().astype(np.uint8)
+            assert served.shape == expected.shape and np.abs(served.astype(int) - expected).max() <= tolerance, name
+            assert served.any(), name
     finally:
         assert server.stop() == 0
     site = next((env_dir / "lib").glob("python3*/site-packages"))
