@@ -42,8 +42,8 @@ def time_graphs(call: Any, job: dict[str, Any]) -> dict[str, Any]:
     """`call(graph, feeds)` runs one graph once; time every graph the job asks for."""
     import numpy as np
 
-    from refine_control.serve.runtime.geometry import Geometry
-    from refine_control.serve.runtime.timing import measure
+    from refine_control.runtime.geometry import Geometry
+    from refine_control.runtime.timing import measure
 
     geometry, rng = Geometry.from_facts(job["geometry"]), np.random.default_rng(0)
     guidance, sizes = job["guidance_scale"], job["sizes"]
@@ -86,7 +86,7 @@ def pytorch_case(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def ort_case(job: dict[str, Any]) -> dict[str, Any]:
-    from refine_control.serve.runtime.session import ort_session
+    from refine_control.runtime.session import ort_session
 
     sessions = {graph: ort_session(path, threads=job["threads"]) for graph, path in job["files"].items()}
     return time_graphs(lambda graph, inputs: sessions[graph].run(None, inputs), job)

@@ -23,13 +23,7 @@ import torch
 from refine_control.builtin.shapes import BACKGROUND, RESOLUTION, make_sample, render, sample_specs
 from refine_control.errors import ConfigError
 from refine_control.evaluation import metrics as M
-from refine_control.evaluation.generate import (
-    Sampling,
-    generate,
-    initial_noise,
-    load_pipeline,
-    recommended_sampling,
-)
+from refine_control.evaluation.generate import Sampling, generate, initial_noise, recommended_sampling
 from refine_control.evaluation.oracle import (
     SHAPE_TASKS,
     FeatureNet,
@@ -43,6 +37,7 @@ from refine_control.evaluation.oracle import (
     train_shapes_oracle,
 )
 from refine_control.evaluation.targets import Target, resolve_target
+from refine_control.models.pipeline_dir import load_pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +142,7 @@ def shapes_benchmark(cfg: EvalConfig, target: Target) -> Benchmark:
 
 
 def folder_benchmark(cfg: EvalConfig, target: Target, folder: str, resolution: int, held_out: bool) -> Benchmark:
-    from refine_control.data import load_image, read_image_folder
+    from refine_control.data.folders import load_image, read_image_folder
     from refine_control.preprocess import get_preprocessor
 
     captioned = [r for r in read_image_folder(folder) if r.text is not None]
