@@ -68,7 +68,7 @@ def fashion_folders(data_dir: Path) -> dict[str, Path]:
     """The Fashion-MNIST folders of the experiment, written once: the labelled sets are the first N images of one
     shuffled training order (nested), the unlabelled set the 1,000 after the largest (disjoint from every labelled
     set), the test set from the official test split."""
-    from refine_control.fashion_mnist import write_fashion_folder
+    from refine_control.data.fashion_mnist import write_fashion_folder
 
     folders = {f"labelled{n}": (n, 0, True, "train") for n in SEMI_SUPERVISED_SIZES}
     folders["unlabelled"] = (FASHION_UNLABELLED, max(SEMI_SUPERVISED_SIZES), False, "train")

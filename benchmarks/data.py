@@ -59,9 +59,9 @@ def write_shards(out: Path, images: int, source_size: int, shards: int, seed: in
 
 def loader_rate(data: Path, run: Path, workers: int, batch: int, resolution: int, micro_batches: int) -> dict:
     """Samples/s of the training loader with `workers` data workers: start-up (first micro-batch) and steady rate."""
-    from refine_control.config import DistillConfig
-    from refine_control.loader import micro_batches as feed
-    from refine_control.training_data import open_training_data
+    from refine_control.data.loader import micro_batches as feed
+    from refine_control.data.training_data import open_training_data
+    from refine_control.training.config import DistillConfig
 
     cfg = DistillConfig(run, teacher="builtin", labelled=str(data), batch_size=batch, validate="lazy")
     batches = open_training_data(cfg, run).batches(resolution, 1, 10**9, 0)

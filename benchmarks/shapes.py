@@ -59,9 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         # (group, name) of the result file, parsed before the run so that a malformed name is refused early
         target = split_results_name(args.results_name) if args.results_name is not None else None
         from refine_control.results import git_state, machine_info, write_result
-        from refine_control.serve.runtime import OnnxControlNetPipeline
-        from refine_control.serve.runtime.session import fixed_dims_for, ort_session
-        from refine_control.serve.runtime.timing import measure
+        from refine_control.runtime import OnnxControlNetPipeline
+        from refine_control.runtime.session import fixed_dims_for, ort_session
+        from refine_control.runtime.timing import measure
 
         commit = git_state()
         started = time.perf_counter()

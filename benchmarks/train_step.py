@@ -56,13 +56,19 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         import torch
 
-        from refine_control.consistency import DDIMSolver, consistency_output, huber, predicted_noise, predicted_x0
-        from refine_control.distiller import DistillationModule, probe_channels
         from refine_control.losses import TriLevelLoss
         from refine_control.models.denoiser import ControlledDenoiser, with_guidance_input
         from refine_control.models.presets import STUDENT_PRESETS, build_student
         from refine_control.models.teacher import load_teacher
         from refine_control.results import split_results_name, write_result
+        from refine_control.training.consistency import (
+            DDIMSolver,
+            consistency_output,
+            huber,
+            predicted_noise,
+            predicted_x0,
+        )
+        from refine_control.training.distiller import DistillationModule, probe_channels
 
         target = split_results_name(args.results_name) if args.results_name else None
         started = time.perf_counter()
@@ -104,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                 xs, cs = formatted(fmt)
                 with torch.no_grad():
                     t_out = t_den.forward_features(xs, t, text, cs, taps)
-                from refine_control.distiller import DenoiserInputs
+                from refine_control.training.distiller import DenoiserInputs
 
                 out = module(DenoiserInputs(x, t, text, control, target_eps, weight), t_out)
                 out.total.backward()

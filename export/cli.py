@@ -17,7 +17,7 @@ from typing import Any
 from refine_control.cli_utils import offline_env, run_cli, setup_logging
 from refine_control.errors import ConfigError
 from refine_control.export.spec import DEFAULT_OPSET, EXPORTERS, INT8_CALIBRATIONS, INT8_OP_TYPES
-from refine_control.serve.runtime.cpu import REDUCE_RANGE_CHOICES
+from refine_control.runtime.cpu import REDUCE_RANGE_CHOICES
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class ExportConfig:
     guidance_scale: float | None = None  # None: likewise
     int8_op_types: tuple[str, ...] | None = None  # None: choose the nodes per node (measured here)
     int8_calibration: str = "percentile"
-    int8_reduce_range: str = "auto"  # auto: from this CPU (serve/runtime/cpu.py)
+    int8_reduce_range: str = "auto"  # auto: from this CPU (refine_control/runtime/cpu.py)
     int8_anyway: bool = False
     exporter: str = "dynamo"
     opset: int = DEFAULT_OPSET

@@ -22,9 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from refine_control.atomic import atomic_dir, write_json
-from refine_control.config import read_run_config
 from refine_control.errors import ConfigError, ExportError, ParityError
-from refine_control.evaluation.generate import read_recommendation
 from refine_control.export.manifest import build_manifest, source_run, write_manifest
 from refine_control.export.mobile import REQUIRED_OPERATORS, mobile_usability, write_required_operators
 from refine_control.export.onnx_export import (
@@ -44,11 +42,13 @@ from refine_control.export.parity import (
 from refine_control.export.quantize import Int8Options, convert_fp16, count_ops, quantize_int8
 from refine_control.export.samples import Sample, load_samples, run_data_dir
 from refine_control.faults import fault_point
-from refine_control.serve.runtime.cpu import cpu_info, decide_reduce_range
-from refine_control.serve.runtime.layout import MANIFEST, PARITY, SCHEDULER, TOKENIZER, graph_file
-from refine_control.serve.runtime.pipeline import PromptEncoder
-from refine_control.serve.runtime.sampling import recommendation_or_default
-from refine_control.serve.runtime.session import default_threads
+from refine_control.models.pipeline_dir import read_recommendation
+from refine_control.runtime.cpu import cpu_info, decide_reduce_range
+from refine_control.runtime.layout import MANIFEST, PARITY, SCHEDULER, TOKENIZER, graph_file
+from refine_control.runtime.pipeline import PromptEncoder
+from refine_control.runtime.sampling import recommendation_or_default
+from refine_control.runtime.session import default_threads
+from refine_control.training.config import read_run_config
 
 if TYPE_CHECKING:
     from refine_control.export.cli import ExportConfig
@@ -107,7 +107,7 @@ def _write_tokenizer_and_scheduler(student: Student, tmp: Path, prompts: list[st
     if not (tmp / TOKENIZER).is_file():
         raise ExportError("the student's tokenizer did not save a tokenizer.json (a fast tokenizer is needed)")
     write_json(tmp / SCHEDULER, json.loads(pipe.scheduler.to_json_string()))
-    # The runtime tokenises without transformers (serve/runtime/clip_tokenizer.py); it must give the ids they give.
+    # The runtime tokenises without transformers (refine_control/runtime/clip_tokenizer.py); it must give the ids they give.
     encoder = PromptEncoder(
         (tmp / TOKENIZER).read_bytes(), pipe.tokenizer.model_max_length, pipe.tokenizer.pad_token_id
     )

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from refine_control.serve.runtime.session import ort_session
+from refine_control.runtime.session import ort_session
 
 Feeds = dict[str, np.ndarray]
 COPY_SUFFIX = "__int8_local"

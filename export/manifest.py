@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from refine_control.atomic import write_json
-from refine_control.serve.runtime.layout import FORMAT, FORMAT_VERSION, GRAPHS, MANIFEST, MODEL_FORMATS, PRECISIONS
-from refine_control.serve.runtime.layout import graph_file as layout_graph_file
-from refine_control.serve.runtime.model_dir import sha256_file
-from refine_control.serve.runtime.session import ort_session
+from refine_control.runtime.layout import FORMAT, FORMAT_VERSION, GRAPHS, MANIFEST, MODEL_FORMATS, PRECISIONS
+from refine_control.runtime.layout import graph_file as layout_graph_file
+from refine_control.runtime.model_dir import sha256_file
+from refine_control.runtime.session import ort_session
 
 VERSIONED = ("refine-control", "torch", "diffusers", "transformers", "onnx", "onnxscript", "onnxruntime")
 

@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from refine_control.serve.runtime.session import ort_session
+from refine_control.runtime.session import ort_session
 
 REQUIRED_OPERATORS = "required_operators.config"
 _VERDICT = re.compile(r"Model should perform well with (.+?) (as is|if modified to have fixed input shapes): (\w+)")

@@ -23,8 +23,8 @@ from torch import nn
 from refine_control.errors import ExportError
 from refine_control.export.spec import SPECS, GraphSpec
 from refine_control.models.denoiser import ControlledDenoiser
-from refine_control.serve.runtime.geometry import Geometry
-from refine_control.serve.runtime.layout import graph_file
+from refine_control.runtime.geometry import Geometry
+from refine_control.runtime.layout import graph_file
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class Student:
 
 def load_student(run: Path, config: dict[str, Any]) -> Student:
     """Load RUN/student with diffusers (local files only) and refuse features the fused graph does not carry."""
-    from refine_control.evaluation.generate import load_pipeline
+    from refine_control.models.pipeline_dir import load_pipeline
 
     pipeline = load_pipeline(run / "student")
     unet_cfg, cn_cfg = pipeline.unet.config, pipeline.controlnet.config

@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 
 from refine_control.errors import ExportError
-from refine_control.serve.runtime.session import ort_session
+from refine_control.runtime.session import ort_session
 
 logger = logging.getLogger(__name__)
 

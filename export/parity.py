@@ -32,11 +32,11 @@ from refine_control.evaluation.metrics import edge_prf, edges, psnr, ssim
 from refine_control.export.onnx_export import Student
 from refine_control.export.samples import Sample
 from refine_control.export.spec import SPECS
-from refine_control.serve.runtime import OnnxControlNetPipeline
-from refine_control.serve.runtime.layout import GRAPHS, graph_file
-from refine_control.serve.runtime.schedulers import SCHEDULERS
-from refine_control.serve.runtime.session import ort_session
-from refine_control.serve.runtime.timing import measure
+from refine_control.runtime import OnnxControlNetPipeline
+from refine_control.runtime.layout import GRAPHS, graph_file
+from refine_control.runtime.schedulers import SCHEDULERS
+from refine_control.runtime.session import ort_session
+from refine_control.runtime.timing import measure
 
 logger = logging.getLogger(__name__)
 

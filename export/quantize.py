@@ -16,7 +16,7 @@ trajectory. What gets quantised is chosen per node and measured on this CPU:
 
 When no set is both faster (≥ `min_speedup`) and accurate, no INT8 file is written unless `anyway` is set (then
 the fastest accurate set, else the smallest; the report says it is not a speed format). `reduce_range` is the
-caller's decision (serve/runtime/cpu.py: from the CPU the export runs on) and is recorded in the report.
+caller's decision (refine_control/runtime/cpu.py: from the CPU the export runs on) and is recorded in the report.
 Dynamic INT8 is not offered: ONNX Runtime's ConvInteger kernels are slower than its FP32 convolutions on x86.
 
 FP16: onnxruntime's own converter (onnxconverter-common's output does not load in ORT here), keeping FP32
@@ -40,8 +40,8 @@ import numpy as np
 from refine_control.errors import ExportError
 from refine_control.export.int8_sensitivity import node_costs, protected_nodes
 from refine_control.export.spec import INT8_CALIBRATIONS, INT8_OP_TYPES
-from refine_control.serve.runtime.session import ort_session
-from refine_control.serve.runtime.timing import measure
+from refine_control.runtime.session import ort_session
+from refine_control.runtime.timing import measure
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from refine_control.data import load_image, read_image_folder
+from refine_control.data.folders import load_image, read_image_folder
 from refine_control.errors import ConfigError
 from refine_control.preprocess import get_preprocessor
 

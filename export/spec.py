@@ -1,13 +1,13 @@
 """What each exported graph looks like: output names, dynamic axes and the parity bound (optimum's `OnnxConfig`
-idea, small). Input names and example inputs come from the model's `Geometry` (serve/runtime/geometry.py), which
+idea, small). Input names and example inputs come from the model's `Geometry` (refine_control/runtime/geometry.py), which
 the runtime reads back from the manifest, so the exporter and the loader cannot drift apart.
 """
 
 from dataclasses import dataclass
 from typing import Any
 
-from refine_control.serve.runtime.geometry import Geometry
-from refine_control.serve.runtime.layout import (
+from refine_control.runtime.geometry import Geometry
+from refine_control.runtime.layout import (
     DENOISER_OUTPUTS,
     GUIDANCE_INPUT,
     TEXT_ENCODER_OUTPUTS,

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from refine_control.cli_utils import offline_env, run_cli, setup_logging
-from refine_control.config import OBJECTIVE_DEFAULTS, DistillConfig, with_run_settings
 from refine_control.models.presets import INIT_METHODS, STUDENT_PRESETS
 from refine_control.preprocess import PREPROCESSORS
+from refine_control.training.config import OBJECTIVE_DEFAULTS, DistillConfig, with_run_settings
 
 logger = logging.getLogger(__name__)
 D = DistillConfig.__dataclass_fields__
@@ -352,7 +352,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def body() -> int:
         cfg = config_from_args(args)
         from refine_control.models.teacher import pickle_weights_allowed
-        from refine_control.trainer import train
+        from refine_control.training.trainer import train
 
         with pickle_weights_allowed(cfg.allow_pickle_weights):
             run = train(cfg)

@@ -9,7 +9,7 @@ from refine_control.errors import RefineError
 
 logger = logging.getLogger("refine_control")
 
-# What `pip install refine-control` leaves out: the device install runs exported models only (serve/runtime); the
+# What `pip install refine-control` leaves out: the device install runs exported models only (refine_control/runtime); the
 # `[train]` extra brings what distilling, evaluating and exporting need.
 TRAIN_MODULES = frozenset(
     {

@@ -81,7 +81,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, float]:
     from refine_control.cli import main as distill
     from refine_control.evaluation.cli import main as evaluate
     from refine_control.export.cli import main as export
-    from refine_control.run_dir import is_finished
+    from refine_control.training.run_dir import is_finished
 
     run, model = cfg.output_dir, cfg.output_dir / "model"
     distill_argv = ["--teacher", "builtin", "-o", str(run), "--overwrite", "--seed", str(cfg.seed), "-q"]

@@ -1,7 +1,7 @@
 """What the server needs from a model: the `Engine` protocol, and `OnnxEngine`, the one that runs exported models.
 
 The app only talks to an `Engine`, so routing and limit tests can use a stand-in, while every real generation goes
-through `OnnxEngine` → `refine_control.serve.runtime.OnnxControlNetPipeline` (ONNX Runtime and numpy;
+through `OnnxEngine` → `refine_control.runtime.OnnxControlNetPipeline` (ONNX Runtime and numpy;
 no torch). Engines are called from worker threads; `generate` must be safe to call from several at once.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 
 from refine_control.errors import ConfigError
 from refine_control.preprocess import get_preprocessor
-from refine_control.serve.runtime.pipeline import CancelToken
+from refine_control.runtime.pipeline import CancelToken
 
 if TYPE_CHECKING:
     from refine_control.serve.settings import ServeSettings
@@ -89,7 +89,7 @@ class OnnxEngine:
         scheduler: str | None = None,
         threads: int | None = None,
     ) -> None:
-        from refine_control.serve.runtime import OnnxControlNetPipeline
+        from refine_control.runtime import OnnxControlNetPipeline
 
         self.pipeline = OnnxControlNetPipeline(
             model_dir, precision, scheduler=scheduler, model_format=model_format, num_threads=threads

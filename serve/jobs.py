@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 
 from refine_control.errors import ConfigError
+from refine_control.runtime.pipeline import CancelledError
 from refine_control.serve.engine import Engine, GenerationParams
 from refine_control.serve.images import encode_png
-from refine_control.serve.runtime.pipeline import CancelledError
 from refine_control.serve.schemas import ApiError, JobProgress, JobStatus
 from refine_control.serve.settings import ServeSettings
 

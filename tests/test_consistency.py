@@ -5,14 +5,14 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, LCMScheduler, StableDiffusionControlNetPipeline
 
-from refine_control.consistency import (
+from refine_control.models.denoiser import guidance_embedding
+from refine_control.training.consistency import (
     DDIMSolver,
     boundary_scalings,
     huber,
     predicted_noise,
     predicted_x0,
 )
-from refine_control.models.denoiser import guidance_embedding
 
 
 @pytest.mark.parametrize("dim", [32, 33])
@@ -90,8 +90,8 @@ def test_the_guidance_input_starts_as_a_no_op_and_the_pipeline_samples_without_c
 def test_a_consistency_step_is_finite_and_trains_the_student_only(tiny_pipeline_dir):
     import copy
 
-    from refine_control.consistency import ConsistencyDistillation, consistency_batch
     from refine_control.models.denoiser import ControlledDenoiser, with_guidance_input
+    from refine_control.training.consistency import ConsistencyDistillation, consistency_batch
 
     pipe = StableDiffusionControlNetPipeline.from_pretrained(tiny_pipeline_dir)
     teacher = ControlledDenoiser(pipe.unet, pipe.controlnet).requires_grad_(False)

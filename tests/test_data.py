@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from tiny_models import write_image_folder
 
-from refine_control.data import epoch_index, load_image, read_image_folder
+from refine_control.data.folders import epoch_index, load_image, read_image_folder
 from refine_control.errors import ConfigError
 from refine_control.preprocess import PREPROCESSORS, get_preprocessor
 

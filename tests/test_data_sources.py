@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 from tiny_models import write_image_folder, write_parquet_shards, write_tar_shards
 
-from refine_control.bad_data import BadDataPolicy
-from refine_control.config import DistillConfig
-from refine_control.data_sources import open_source
+from refine_control.data.bad_data import BadDataPolicy
+from refine_control.data.loader import micro_batches
+from refine_control.data.sources import open_source
+from refine_control.data.training_data import open_training_data
 from refine_control.errors import ConfigError, RefineError
-from refine_control.loader import micro_batches
-from refine_control.training_data import open_training_data
+from refine_control.training.config import DistillConfig
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from refine_control.cli import build_parser, main
-from refine_control.config import DistillConfig
+from refine_control.training.config import DistillConfig
 
 
 def distill_args(teacher, data, run, *extra):
@@ -49,7 +49,7 @@ def test_parser_options_match_the_config_dataclass():
 
 
 def test_cosine_schedule_warms_up_then_decays_to_zero_in_each_stage():
-    from refine_control.trainer import _learning_rate
+    from refine_control.training.trainer import _learning_rate
 
     cfg = DistillConfig(Path("unused"), learning_rate=1.0, warmup_steps=2, lr_schedule="cosine", stage2_lr_scale=0.5)
     # Stage 1 (4 steps): warm-up 1/2, then cos decay over the stage: 0.5·(1 + cos(π·k/4)).

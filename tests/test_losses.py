@@ -26,7 +26,7 @@ def test_task_and_output_terms_weigh_each_sample():
 def test_min_snr_weights_match_the_formula():
     from diffusers import DDPMScheduler
 
-    from refine_control.distiller import Conditioner
+    from refine_control.training.distiller import Conditioner
 
     scheduler = DDPMScheduler(num_train_timesteps=1000)
     conditioner = Conditioner.__new__(Conditioner)  # only the weighting is under test

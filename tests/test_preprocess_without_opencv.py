@@ -15,7 +15,7 @@ import sys
 sys.modules["cv2"] = None  # `import cv2` raises ImportError from here on
 import numpy as np
 from refine_control.preprocess import PREPROCESSORS, get_preprocessor
-import refine_control.serve.engine, refine_control.serve.schemas, refine_control.serve.runtime
+import refine_control.serve.engine, refine_control.serve.schemas, refine_control.runtime
 image = np.random.default_rng(0).integers(0, 256, (48, 40, 3), dtype=np.uint8)
 for name in PREPROCESSORS.names():
     out = get_preprocessor(name)(image, np.random.default_rng(1))

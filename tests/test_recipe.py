@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import load_file
 
 from refine_control.cli import main
-from refine_control.config import DistillConfig
 from refine_control.errors import ConfigError
 from refine_control.faults import FAULT_ENV
+from refine_control.training.config import DistillConfig
 
 
 def recipe_args(teacher, data, run, *extra):

@@ -104,7 +104,7 @@ def teacher_pipeline(source: str, denoiser_device: str = "cpu", components_devic
     """The teacher's pipeline: loaded from its dir, or SD1.5-sized with seeded random weights (UNet + ControlNet on
     `denoiser_device`, text encoder and VAE on `components_device`: "meta" where only their configs are read)."""
     if source != "sd15":
-        from refine_control.evaluation.generate import load_pipeline
+        from refine_control.models.pipeline_dir import load_pipeline
 
         return load_pipeline(source)
     import torch
@@ -143,8 +143,8 @@ def _pipeline(unet: Any, controlnet: Any, text_encoder: Any, vae: Any, tokenizer
 def build(spec: ModelSpec, teacher: Any, resolution: int | None, device: str = "cpu") -> Any:
     """The model as the exporter's `Student`. `teacher` is the teacher's pipeline (a preset takes its configs,
     text encoder, VAE, tokenizer and scheduler); a preset's random denoiser is built on `device`."""
-    from refine_control.config import read_run_config
     from refine_control.export.onnx_export import Student, load_student
+    from refine_control.training.config import read_run_config
 
     config = {"resolved": {"resolution": resolution}}
     if spec.kind == "teacher":

@@ -98,11 +98,11 @@ def _check_numbers(args: argparse.Namespace) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
-    from refine_control.config import DistillConfig, read_run_config
     from refine_control.errors import ConfigError
     from refine_control.export.spec import INT8_OP_TYPES
     from refine_control.models.presets import STUDENT_PRESETS
     from refine_control.results import split_results_name
+    from refine_control.training.config import DistillConfig, read_run_config
 
     quick = QUICK if args.quick else {"warmup": 2, "repeats": 10, "steps": 20, "exporter": "dynamo"}
     for key, value in quick.items():

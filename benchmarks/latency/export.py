@@ -36,7 +36,7 @@ def export_model(student: Any, graphs: list[str], int8_batch: int | None, out: P
     """Write `graphs` (and the INT8 denoiser when `int8_batch` is given: the batch it samples at); returns per file
     {"path", "mb"} or {"skipped": reason}. A failure skips that model's ORT cases, not the benchmark."""
     from refine_control.errors import RefineError
-    from refine_control.serve.runtime.layout import graph_file
+    from refine_control.runtime.layout import graph_file
 
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -68,7 +68,7 @@ def speed_only(candidate: Path) -> dict[str, Any]:
 def quantize(student: Any, fp32: dict[str, Any], batch: int, out: Path, cfg: BenchConfig) -> dict[str, Any]:
     """Static QDQ INT8 of the FP32 denoiser with the project's quantiser."""
     from refine_control.export.quantize import Int8Options, quantize_int8
-    from refine_control.serve.runtime.layout import graph_file
+    from refine_control.runtime.layout import graph_file
 
     if fp32["mb"] * 1e6 >= PROTOBUF_LIMIT:
         return {"skipped": "FP32 graph over 2 GiB: quantize_int8 writes single-file protobufs (no external data)"}

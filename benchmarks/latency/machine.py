@@ -6,7 +6,7 @@ import resource
 from pathlib import Path
 from typing import Any
 
-from refine_control.serve.runtime.timing import measure
+from refine_control.runtime.timing import measure
 
 INSTRUCTION_SETS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_int8")
 
@@ -50,7 +50,7 @@ def _single_op(op: str, inputs: list[tuple[str, int]], output: int, n: int, thre
     """An ORT session of one n×n `op` node."""
     from onnx import helper
 
-    from refine_control.serve.runtime.session import ort_session
+    from refine_control.runtime.session import ort_session
 
     graph = helper.make_graph(
         [helper.make_node(op, [name for name, _ in inputs], ["Y"])],

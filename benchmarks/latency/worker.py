@@ -52,7 +52,7 @@ def measurements(call: Any, job: dict[str, Any]) -> list[Measurement]:
     ("denoiser", size, batch), ("text_encoder", batch), ("vae_decode", size), all strings."""
     import numpy as np
 
-    from refine_control.serve.runtime.geometry import Geometry
+    from refine_control.runtime.geometry import Geometry
 
     geometry, rng = Geometry.from_facts(job["geometry"]), np.random.default_rng(0)
     guidance, sizes = job["guidance_scale"], job["sizes"]
@@ -95,7 +95,7 @@ def pytorch_case(job: dict[str, Any]) -> list[Measurement]:
 
 
 def ort_case(job: dict[str, Any]) -> list[Measurement]:
-    from refine_control.serve.runtime.session import ort_session
+    from refine_control.runtime.session import ort_session
 
     sessions = {graph: ort_session(path, threads=job["threads"]) for graph, path in job["files"].items()}
     return measurements(lambda graph, inputs: sessions[graph].run(None, inputs), job)

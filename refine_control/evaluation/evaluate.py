@@ -154,7 +154,7 @@ def shapes_benchmark(cfg: EvalConfig, target: Target) -> Benchmark:
 
 
 def folder_benchmark(cfg: EvalConfig, target: Target, folder: str, resolution: int, held_out: bool) -> Benchmark:
-    from refine_control.data import load_image, read_image_folder
+    from refine_control.data.folders import load_image, read_image_folder
     from refine_control.preprocess import get_preprocessor
 
     captioned = [r for r in read_image_folder(folder) if r.text is not None]

@@ -1,17 +1,14 @@
 """Sampling for evaluation: every model gets the same prompts, controls and initial noise."""
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import diffusers
 import numpy as np
 import torch
-from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+from diffusers import StableDiffusionControlNetPipeline
 
-from refine_control.errors import ConfigError
-from refine_control.serve.runtime.sampling import SAMPLING_FILE, SamplingRecommendation
+from refine_control.models.pipeline_dir import read_recommendation
 
 logger = logging.getLogger(__name__)
 
@@ -25,49 +22,10 @@ class Sampling:
     batch_size: int = 32
 
 
-def read_recommendation(pipeline_dir: str | Path) -> SamplingRecommendation | None:
-    """The sampling recommendation a pipeline dir holds (`sampling.json`), or None for a dir without one."""
-    path = Path(pipeline_dir) / SAMPLING_FILE
-    if not path.is_file():
-        return None
-    try:
-        return SamplingRecommendation.from_json(json.loads(path.read_text("utf-8")))
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"{path} is not a valid sampling file ({err})") from err
-
-
 def recommended_sampling(pipeline_dir: str | Path) -> Sampling | None:
     """The steps and guidance scale a pipeline dir recommends (`sampling.json`), or None."""
     own = read_recommendation(pipeline_dir)
     return None if own is None else Sampling(own.steps, own.guidance_scale)
-
-
-def load_pipeline(path: str | Path, controlnet: str | Path | None = None) -> StableDiffusionControlNetPipeline:
-    """A `StableDiffusionControlNetPipeline` in fp32 from a local directory (optionally with another ControlNet)."""
-    # A student's model_index.json names this module as its ControlNet's library; diffusers looks the class up in
-    # the already-imported module and never imports a module a repository names.
-    import refine_control.models.student  # noqa: F401
-
-    path = Path(path)
-    if not (path / "model_index.json").is_file():
-        raise ConfigError(f"{path} is not a diffusers pipeline directory (no model_index.json)")
-    extra = {}
-    if not logger.isEnabledFor(logging.INFO):
-        diffusers.utils.logging.disable_progress_bar()  # no per-component loading bars in quiet mode
-    try:
-        if controlnet is not None:
-            extra["controlnet"] = ControlNetModel.from_pretrained(
-                controlnet, dtype=torch.float32, local_files_only=True
-            )
-        pipeline = StableDiffusionControlNetPipeline.from_pretrained(
-            path, dtype=torch.float32, local_files_only=True, safety_checker=None, requires_safety_checker=False,
-            **extra,
-        )  # fmt: skip
-    except Exception as err:  # diffusers, transformers and safetensors raise many types for a broken dir
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"could not load a ControlNet pipeline from {path}: {first}") from err
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
 
 
 def initial_noise(pipeline: StableDiffusionControlNetPipeline, n: int, resolution: int, seed: int) -> torch.Tensor:

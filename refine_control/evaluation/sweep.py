@@ -82,8 +82,8 @@ def cost(run: Path) -> dict[str, Any]:
     """Parameters and MACs per denoiser step (batch 1) of the run's student and of its teacher."""
     import torch
 
-    from refine_control.evaluation.generate import load_pipeline
     from refine_control.models.cost import denoiser_macs
+    from refine_control.models.pipeline_dir import load_pipeline
     from refine_control.models.presets import count_params
     from refine_control.models.teacher import load_teacher
 

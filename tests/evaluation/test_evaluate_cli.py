@@ -214,7 +214,7 @@ def test_asymmetric_student_loads_in_a_fresh_process(tiny_pipeline_dir, tiny_dat
     argv = ["--recipe", "guided", "--teacher", str(tiny_pipeline_dir), "--labelled", str(labelled)]
     argv += ["--student", "controlnet-half"]
     assert distill([*argv, "-o", str(run), "--max-steps", "1", "--batch-size", "2", "-q"]) == 0
-    code = "import sys; from refine_control.evaluation.generate import load_pipeline; load_pipeline(sys.argv[1])"
+    code = "import sys; from refine_control.models.pipeline_dir import load_pipeline; load_pipeline(sys.argv[1])"
     result = subprocess.run([sys.executable, "-c", code, str(run / "student")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
 

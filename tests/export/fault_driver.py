@@ -20,7 +20,7 @@ from refine_control.faults import FAULT_ENV
 
 def loaded(path: Path) -> dict:
     """{"manifest": ...} if the runtime loads `path` and every listed file verifies, else {"error": ...}."""
-    from refine_control.serve.runtime import ModelDir, ModelDirError
+    from refine_control.runtime import ModelDir, ModelDirError
 
     try:
         model = ModelDir(path)

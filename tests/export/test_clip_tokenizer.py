@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from refine_control.serve.runtime.clip_tokenizer import ClipTokenizer
-from refine_control.serve.runtime.model_dir import ModelDirError
-from refine_control.serve.runtime.pipeline import PromptEncoder
+from refine_control.runtime.clip_tokenizer import ClipTokenizer
+from refine_control.runtime.model_dir import ModelDirError
+from refine_control.runtime.pipeline import PromptEncoder
 
 tokenizers = pytest.importorskip("tokenizers")
 

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from refine_control.config import read_run_config
 from refine_control.export.onnx_export import (
     TextEncoderGraph,
     VaeDecoderGraph,
@@ -16,6 +15,7 @@ from refine_control.export.onnx_export import (
     load_student,
 )
 from refine_control.export.spec import SPECS
+from refine_control.training.config import read_run_config
 
 
 def _session(path: Path):

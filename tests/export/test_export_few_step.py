@@ -6,12 +6,13 @@ student's recommended steps."""
 import json
 
 import numpy as np
+import pytest
 import torch
 
-from refine_control.config import read_run_config
 from refine_control.export.onnx_export import load_student
-from refine_control.serve.runtime import OnnxControlNetPipeline
-from refine_control.serve.runtime.session import ort_session
+from refine_control.runtime import OnnxControlNetPipeline
+from refine_control.runtime.session import ort_session
+from refine_control.training.config import read_run_config
 
 
 def test_manifest_records_guidance_input_and_recommended_steps(few_step_model):
@@ -78,10 +79,10 @@ def test_runtime_samples_in_one_batch1_pass_per_step(few_step_model):
 
 
 def test_every_runtime_consumer_defaults_to_the_recommendation_and_keeps_to_its_range(few_step_model, tmp_path):
-    """OnnxControlNetPipeline and `python -m refine_control.serve.runtime` sample as the manifest recommends; a
+    """OnnxControlNetPipeline and `python -m refine_control.runtime` sample as the manifest recommends; a
     scale outside the trained range is refused with the range named."""
     from refine_control.errors import ConfigError
-    from refine_control.serve.runtime.__main__ import main as runtime_main
+    from refine_control.runtime.__main__ import main as runtime_main
 
     _, model = few_step_model
     pipe = OnnxControlNetPipeline(model, num_threads=1)
@@ -91,12 +92,8 @@ def test_every_runtime_consumer_defaults_to_the_recommendation_and_keeps_to_its_
     steps: list[int] = []
     pipe("a red circle", control, callback=lambda done, total: steps.append(total))
     assert steps == [2, 2]
-    try:
+    with pytest.raises(ConfigError, match="between 2 and 5"):
         pipe("a red circle", control, guidance_scale=7.5)
-    except ConfigError as err:
-        assert "between 2 and 5" in str(err)
-    else:
-        raise AssertionError("a guidance scale outside the trained range was accepted")
     from PIL import Image
 
     Image.fromarray(control).save(tmp_path / "control.png")

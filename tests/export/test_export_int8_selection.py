@@ -7,7 +7,7 @@ import pytest
 
 from refine_control.export.int8_sensitivity import protected_nodes
 from refine_control.export.quantize import Int8Options, quantize_int8
-from refine_control.serve.runtime.cpu import CpuInfo, decide_reduce_range, int8_cpu_warning
+from refine_control.runtime.cpu import CpuInfo, decide_reduce_range, int8_cpu_warning
 
 CHANNELS, SIDE = 8, 16
 CONVS = ["conv1", "conv2", "conv3", "conv4", "conv5"]
@@ -56,7 +56,7 @@ def conv_chain(path: Path, outlier: float) -> None:
 
 
 def run(path: Path, feeds: list[dict]) -> list[np.ndarray]:
-    from refine_control.serve.runtime.session import ort_session
+    from refine_control.runtime.session import ort_session
 
     session = ort_session(path, threads=1)
     return [session.run(None, f)[0] for f in feeds]

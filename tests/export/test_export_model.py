@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from refine_control.serve.runtime.layout import DENOISER_INPUTS, graph_file
+from refine_control.runtime.layout import DENOISER_INPUTS, graph_file
 
 EXPECTED_FILES = [
     "manifest.json",
@@ -178,8 +178,8 @@ def test_denoiser_axes_are_dynamic_and_match_pytorch(model: Path, exported: dict
     import onnxruntime as ort
     import torch
 
-    from refine_control.config import read_run_config
     from refine_control.export.onnx_export import load_student
+    from refine_control.training.config import read_run_config
 
     run = Path(exported["run"])
     denoiser = load_student(run, read_run_config(run)).denoiser()
@@ -213,11 +213,11 @@ def test_tokenizer_needs_only_the_tokenizers_library(model: Path, exported: dict
 @pytest.mark.parametrize("scheduler", ["euler", "euler_ancestral", "lcm"])
 def test_runtime_reproduces_diffusers_with_other_schedulers(model: Path, exported: dict, scheduler: str):
     """Same prompt, control, seed and noise (stochastic schedulers included) → the same image as PyTorch."""
-    from refine_control.config import read_run_config
     from refine_control.export.onnx_export import load_student
     from refine_control.export.parity import SamplingSettings, generate, torch_images
     from refine_control.export.samples import Sample
-    from refine_control.serve.runtime import OnnxControlNetPipeline
+    from refine_control.runtime import OnnxControlNetPipeline
+    from refine_control.training.config import read_run_config
 
     run = Path(exported["run"])
     student = load_student(run, read_run_config(run))

@@ -13,16 +13,16 @@ import numpy as np
 import pytest
 
 from refine_control.errors import ConfigError
-from refine_control.serve.runtime import CancelledError, ModelDir, ModelDirError, OnnxControlNetPipeline
-from refine_control.serve.runtime.__main__ import main as runtime_main
-from refine_control.serve.runtime.onnx_proto import ProtoError, read_model_facts
+from refine_control.runtime import CancelledError, ModelDir, ModelDirError, OnnxControlNetPipeline
+from refine_control.runtime.__main__ import main as runtime_main
+from refine_control.runtime.onnx_proto import ProtoError, read_model_facts
 
 TORCH_FREE_SCRIPT = """
 import json, sys
 for name in ("torch", "diffusers", "transformers", "onnx", "accelerate"):
     sys.modules[name] = None  # any import of these now raises ImportError
 import numpy as np
-from refine_control.serve.runtime import OnnxControlNetPipeline
+from refine_control.runtime import OnnxControlNetPipeline
 
 control = np.zeros((16, 16, 3), np.float32)
 control[4:12, 4] = control[4, 4:12] = 1.0
@@ -157,7 +157,7 @@ def test_int8_model_warns_on_a_cpu_that_needs_reduce_range(model_copy: Path, mon
     setting. (This machine's CPU is replaced by a description of one without VNNI.)"""
     import logging
 
-    from refine_control.serve.runtime import cpu
+    from refine_control.runtime import cpu
 
     manifest = json.loads((model_copy / "manifest.json").read_text())
     record = manifest["graphs"]["denoiser"]["int8"]["onnx"]["quantization"]

@@ -14,7 +14,7 @@ from diffusers import (
 )
 
 from refine_control.errors import ConfigError
-from refine_control.serve.runtime.schedulers import SCHEDULERS, make_scheduler, scheduler_key
+from refine_control.runtime.schedulers import SCHEDULERS, make_scheduler, scheduler_key
 
 CASES = [
     (DDIMScheduler, "ddim"),

@@ -5,8 +5,8 @@ import time
 
 import numpy as np
 
+from refine_control.runtime.pipeline import CancelledError
 from refine_control.serve.engine import GenerationParams, run_preprocessor
-from refine_control.serve.runtime.pipeline import CancelledError
 
 
 class FakeEngine:

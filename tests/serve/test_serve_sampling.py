@@ -4,8 +4,8 @@ import logging
 
 import pytest
 
-from refine_control.serve.runtime.model_dir import ModelDir
-from refine_control.serve.runtime.sampling import GUIDED_DEFAULT, SamplingRecommendation, recommendation_or_default
+from refine_control.runtime.model_dir import ModelDir
+from refine_control.runtime.sampling import GUIDED_DEFAULT, SamplingRecommendation, recommendation_or_default
 
 
 def test_recommendation_round_trips_and_rejects_nonsense():
@@ -19,7 +19,7 @@ def test_recommendation_round_trips_and_rejects_nonsense():
         {"steps": 4, "guidance_scale": 9, "guidance_range": [2, 5]},
         [],
     ):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=r"steps|guidance|JSON object|malformed"):
             SamplingRecommendation.from_json(bad)
 
 

@@ -18,8 +18,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
-from refine_control.config import DistillConfig
 from refine_control.errors import ConfigError
+from refine_control.training.config import DistillConfig
 
 logger = logging.getLogger(__name__)
 

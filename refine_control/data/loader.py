@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from refine_control.batches import Batches, MicroBatch, StreamBatches
+from refine_control.data.batches import Batches, MicroBatch, StreamBatches
 from refine_control.errors import RefineError
 
 # Workers start fresh, not forked: a fork after OpenCV, OpenMP or Arrow started their thread pools can deadlock.

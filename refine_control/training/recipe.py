@@ -28,9 +28,9 @@ from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
 
 from refine_control.atomic import atomic_dir, write_json
-from refine_control.config import DistillConfig, with_run_settings
 from refine_control.errors import ConfigError
-from refine_control.run_dir import is_finished, prepare_run_dir
+from refine_control.training.config import DistillConfig, with_run_settings
+from refine_control.training.run_dir import is_finished, prepare_run_dir
 
 logger = logging.getLogger(__name__)
 
@@ -92,11 +92,11 @@ def tiny_decoder_config(cfg: DistillConfig) -> DistillConfig:
 
 def tiny_decoder_decision(cfg: DistillConfig, few_step_run: Path) -> dict[str, Any]:
     """Whether the tiny-decoder stage pays, from MACs of the few-step image with the teacher's and a tiny decoder."""
-    from refine_control.evaluation.generate import read_recommendation
     from refine_control.models.cost import decoder_macs, denoiser_macs, text_encoder_macs
+    from refine_control.models.pipeline_dir import read_recommendation
     from refine_control.models.teacher import load_teacher
-    from refine_control.run_dir import load_run_student
-    from refine_control.tiny_decoder import build_tiny_vae
+    from refine_control.training.run_dir import load_run_student
+    from refine_control.training.tiny_decoder import build_tiny_vae
 
     teacher = load_teacher(cfg.teacher, cfg.controlnet, torch.float32, torch.device("cpu"))
     student = load_run_student(few_step_run, torch.device("cpu"))
@@ -132,7 +132,7 @@ def run_recipe(cfg: DistillConfig) -> Path:
     if state.is_main_process:
         prepare_run_dir(cfg, state.num_processes)
     state.wait_for_everyone()
-    from refine_control.trainer import train
+    from refine_control.training.trainer import train
 
     seconds: dict[str, float] = {}  # spent on each stage by this invocation (0 for one finished before)
     compact = compact_config(cfg)

@@ -9,7 +9,7 @@ from typing import Any
 from refine_control.errors import ConfigError
 from refine_control.models.presets import INIT_METHODS, STUDENT_PRESETS
 from refine_control.preprocess import get_preprocessor
-from refine_control.serve.runtime.sampling import GUIDED_DEFAULT, SamplingRecommendation
+from refine_control.runtime.sampling import GUIDED_DEFAULT, SamplingRecommendation
 
 # Options that may differ between a run and its `--resume` without changing what is computed.
 RESUME_FREE_FIELDS = (
@@ -36,7 +36,7 @@ OBJECTIVE_DEFAULTS = {"distill": (1600, 2e-3), "few_step": (600, 2e-4), "tiny_de
 @dataclass(frozen=True)
 class DistillConfig:
     output_dir: Path
-    # fast: compact student → few-step student → tiny decoder when it pays (refine_control/recipe.py);
+    # fast: compact student → few-step student → tiny decoder when it pays (refine_control/training/recipe.py);
     # guided: stop after the compact student (sampled with guidance pairs).
     recipe: str = "fast"
     teacher: str = "builtin"
@@ -294,7 +294,7 @@ def with_run_settings(cfg: DistillConfig) -> DistillConfig:
             inherited["labelled"] = saved["labelled"]
     except KeyError as err:
         raise ConfigError(f"`--from {run}`: its config.json lacks {err}") from err
-    if (run / "stages").is_dir():  # a fast-recipe run (refine_control/recipe.py)
+    if (run / "stages").is_dir():  # a fast-recipe run (refine_control/training/recipe.py)
         raise ConfigError(
             f"`--from {run}`: that run holds the whole fast recipe (its student is the last stage's)",
             hint=f"start from its compact stage: --from {run}/stages/compact",

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from refine_control.batches import LABELLED, UNLABELLED, Batches, MapBatches, StreamBatches
-from refine_control.config import DistillConfig
-from refine_control.data import BadImageError, decode_image, training_data_paths
-from refine_control.data_sources import FOLDER, MapPool, Source, StreamPool, open_source, split_labelled
+from refine_control.data.batches import LABELLED, UNLABELLED, Batches, MapBatches, StreamBatches
+from refine_control.data.folders import BadImageError, decode_image, training_data_paths
+from refine_control.data.sources import FOLDER, MapPool, Source, StreamPool, open_source, split_labelled
 from refine_control.errors import ConfigError
+from refine_control.training.config import DistillConfig
 
 UPFRONT_MAX_ROWS = 10_000  # `--validate auto` decodes every image up front up to this many rows
 

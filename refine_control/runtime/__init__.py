@@ -5,9 +5,9 @@ its manifest; `schedulers` holds the numpy DDIM / Euler / Euler-ancestral / LCM 
 Nothing here imports torch, diffusers or the `onnx` package.
 """
 
-from refine_control.serve.runtime.model_dir import ModelDir, ModelDirError
-from refine_control.serve.runtime.pipeline import CancelledError, CancelToken, OnnxControlNetPipeline
-from refine_control.serve.runtime.schedulers import SCHEDULERS, make_scheduler
+from refine_control.runtime.model_dir import ModelDir, ModelDirError
+from refine_control.runtime.pipeline import CancelledError, CancelToken, OnnxControlNetPipeline
+from refine_control.runtime.schedulers import SCHEDULERS, make_scheduler
 
 __all__ = [
     "SCHEDULERS",

@@ -1,7 +1,7 @@
 """Fashion-MNIST as a captioned image folder: the worked example of distilling and evaluating on real data.
 
-    python -m refine_control.fashion_mnist --output-dir data/fashion-train --split train --num-images 2000
-    python -m refine_control.fashion_mnist --output-dir data/fashion-test --split test --num-images 256
+    python -m refine_control.data.fashion_mnist --output-dir data/fashion-train --split train --num-images 2000
+    python -m refine_control.data.fashion_mnist --output-dir data/fashion-test --split test --num-images 256
 
 Reads the idx files of the Debian package `dataset-fashion-mnist` (never downloads); `read_fashion_mnist` is also
 the reader of the `fashion-mnist` dataset of `refine_control.weaklabel`. Each image becomes an RGB
@@ -92,7 +92,7 @@ def write_fashion_folder(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m refine_control.fashion_mnist", description=__doc__.split("\n\n")[0]
+        prog="python -m refine_control.data.fashion_mnist", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--output-dir", type=Path, required=True, help="image folder to write (replaced)")
     parser.add_argument("--split", choices=("train", "test"), default="train", help="Default: %(default)s")

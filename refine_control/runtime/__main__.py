@@ -1,4 +1,4 @@
-"""`python -m refine_control.serve.runtime MODEL --prompt TEXT --control IMAGE --output OUT.png`
+"""`python -m refine_control.runtime MODEL --prompt TEXT --control IMAGE --output OUT.png`
 
 Generate one image from an exported model dir without torch (a smoke test of an export on the target device).
 Errors (missing, corrupted or unsafe model files, bad arguments) are one line on stderr with exit code 2.
@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m refine_control.serve.runtime", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m refine_control.runtime", description=__doc__)
     parser.add_argument("model_dir", type=Path, help="a refine-export model dir")
     parser.add_argument("--prompt", default="", help="the text prompt")
     parser.add_argument("--negative-prompt", default="", help="the negative prompt")
@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         from refine_control.atomic import write_bytes
         from refine_control.errors import ConfigError
-        from refine_control.serve.runtime.pipeline import OnnxControlNetPipeline
+        from refine_control.runtime.pipeline import OnnxControlNetPipeline
 
         pipe = OnnxControlNetPipeline(
             args.model_dir,

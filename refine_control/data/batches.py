@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from refine_control.config import DistillConfig
-from refine_control.data import BadImageError, decode_image, derive_seed, epoch_index
-from refine_control.data_sources import MapPool, RawSample, StreamPool
+from refine_control.data.folders import BadImageError, decode_image, derive_seed, epoch_index
+from refine_control.data.sources import MapPool, RawSample, StreamPool
 from refine_control.errors import ConfigError, RefineError
 from refine_control.preprocess import get_preprocessor
+from refine_control.training.config import DistillConfig
 
 LABELLED, UNLABELLED, REPLAY = 0, 1, 2  # data streams, each with its own seeded order
 MAX_LOOKAHEAD = 64  # consecutive undecodable rows after which a stream is declared broken

@@ -23,20 +23,20 @@ from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, pa
 from diffusers.training_utils import EMAModel
 
 from refine_control.atomic import write_json
-from refine_control.bad_data import BadDataPolicy
-from refine_control.batches import MicroBatch
-from refine_control.checkpoint import gather_state, list_checkpoints, restore_checkpoint, save_checkpoint
-from refine_control.config import DistillConfig
-from refine_control.consistency import consistency_batch
-from refine_control.data import derive_seed
-from refine_control.distiller import Conditioner, run_teacher
+from refine_control.data.bad_data import BadDataPolicy
+from refine_control.data.batches import MicroBatch
+from refine_control.data.folders import derive_seed
+from refine_control.data.loader import micro_batches
 from refine_control.errors import ConfigError, RefineError
 from refine_control.faults import fault_point
-from refine_control.loader import micro_batches
 from refine_control.models.presets import STUDENT_PRESETS
 from refine_control.progress import progress_bar
-from refine_control.run_dir import last_terms, prepare_run_dir, save_student, truncate_metrics, unsharded
-from refine_control.training_setup import Setup, build_setup, fits_latent_cache
+from refine_control.training.checkpoint import gather_state, list_checkpoints, restore_checkpoint, save_checkpoint
+from refine_control.training.config import DistillConfig
+from refine_control.training.consistency import consistency_batch
+from refine_control.training.distiller import Conditioner, run_teacher
+from refine_control.training.run_dir import last_terms, prepare_run_dir, save_student, truncate_metrics, unsharded
+from refine_control.training.setup import Setup, build_setup, fits_latent_cache
 
 logger = logging.getLogger(__name__)
 # The hint when FSDP cannot be used.
@@ -130,16 +130,16 @@ def _run_log(run: Path, enabled: bool) -> Iterator[None]:
 def train(cfg: DistillConfig) -> Path:
     """Distil the teacher into the preset student; return the run dir (its `student/` is the result).
 
-    The fast recipe runs as stages of one run (refine_control/recipe.py), each stage through this function."""
+    The fast recipe runs as stages of one run (refine_control/training/recipe.py), each stage through this function."""
     if cfg.recipe == "fast" and cfg.from_run is None:
-        from refine_control.recipe import run_recipe
+        from refine_control.training.recipe import run_recipe
 
         return run_recipe(cfg)
     run = cfg.output_dir
     fsdp = parse_flag_from_env("ACCELERATE_USE_FSDP")
     if fsdp and os.environ.get("FSDP_VERSION", "1") != "2":
         # FSDP1 flattens parameters into per-process buffers; checkpoints and the EMA are written for FSDP2's
-        # per-parameter shards (DTensor), which `refine_control.checkpoint` gathers and cuts back.
+        # per-parameter shards (DTensor), which `refine_control.training.checkpoint` gathers and cuts back.
         raise ConfigError("FSDP version 1 is not supported", hint=f"launch with `--fsdp_version 2`, {_DDP}")
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision,
@@ -156,7 +156,7 @@ def train(cfg: DistillConfig) -> Path:
     with _run_log(run, main):
         if cfg.tiny_decoder:
             if main:  # minutes on one process; the others wait
-                from refine_control.tiny_decoder import train_tiny_decoder
+                from refine_control.training.tiny_decoder import train_tiny_decoder
 
                 train_tiny_decoder(cfg, accelerator.device)
             accelerator.wait_for_everyone()

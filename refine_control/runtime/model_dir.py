@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from refine_control.errors import ConfigError
-from refine_control.serve.runtime.layout import FORMAT, FORMAT_VERSION, MANIFEST, PRECISIONS, graph_file
-from refine_control.serve.runtime.onnx_proto import ProtoError, read_model_facts
+from refine_control.runtime.layout import FORMAT, FORMAT_VERSION, MANIFEST, PRECISIONS, graph_file
+from refine_control.runtime.onnx_proto import ProtoError, read_model_facts
 
 # Standard ONNX, ONNX-ML and ONNX Runtime's built-in contrib ops; anything else would be a custom op.
 ALLOWED_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.ms.internal.nhwc"}

@@ -157,7 +157,7 @@ def _folder_dataset(root: Path, check: bool | None, upfront_max_rows: int) -> An
     `check` None: decode every image now when the folder has at most `upfront_max_rows` of them."""
     from datasets import Dataset, Features, Image, Value
 
-    from refine_control.data import check_records, read_image_folder
+    from refine_control.data.folders import check_records, read_image_folder
 
     records = read_image_folder(root, check=False)
     if check or (check is None and len(records) <= upfront_max_rows):
@@ -222,7 +222,7 @@ def open_source(
 
 
 def _image_suffixes() -> set[str]:
-    from refine_control.data import IMAGE_SUFFIXES
+    from refine_control.data.folders import IMAGE_SUFFIXES
 
     return IMAGE_SUFFIXES
 

@@ -14,12 +14,12 @@ import torch
 from diffusers import StableDiffusionControlNetPipeline
 
 from refine_control.atomic import atomic_dir, write_json, write_text
-from refine_control.checkpoint import list_checkpoints, whole
-from refine_control.config import DistillConfig
 from refine_control.errors import ConfigError
 from refine_control.models.denoiser import ControlledDenoiser
 from refine_control.models.teacher import Teacher
-from refine_control.serve.runtime.sampling import SAMPLING_FILE, SamplingRecommendation
+from refine_control.runtime.sampling import SAMPLING_FILE, SamplingRecommendation
+from refine_control.training.checkpoint import list_checkpoints, whole
+from refine_control.training.config import DistillConfig
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def unsharded(student: ControlledDenoiser) -> ControlledDenoiser:
 
 def load_run_student(run: Path, device: torch.device) -> ControlledDenoiser:
     """A finished run's student (UNet + ControlNet), in fp32 on `device`."""
-    from refine_control.evaluation.generate import load_pipeline
+    from refine_control.models.pipeline_dir import load_pipeline
 
     pipeline = load_pipeline(run / "student")
     return ControlledDenoiser(pipeline.unet, pipeline.controlnet).to(device)

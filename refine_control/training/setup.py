@@ -9,18 +9,18 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
-from refine_control.batches import Batches
-from refine_control.config import DistillConfig
-from refine_control.consistency import ConsistencyDistillation, DDIMSolver
-from refine_control.distiller import DistillationModule, probe_channels
+from refine_control.data.batches import Batches
+from refine_control.data.training_data import TrainingData, open_training_data
 from refine_control.errors import ConfigError
 from refine_control.losses import TriLevelLoss
 from refine_control.models.denoiser import ControlledDenoiser, with_guidance_input
 from refine_control.models.initialise import initialise_student
 from refine_control.models.presets import STUDENT_PRESETS, build_student, count_params
 from refine_control.models.teacher import Teacher, load_teacher
-from refine_control.run_dir import load_run_student
-from refine_control.training_data import TrainingData, open_training_data
+from refine_control.training.config import DistillConfig
+from refine_control.training.consistency import ConsistencyDistillation, DDIMSolver
+from refine_control.training.distiller import DistillationModule, probe_channels
+from refine_control.training.run_dir import load_run_student
 
 logger = logging.getLogger(__name__)
 

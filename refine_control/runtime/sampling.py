@@ -3,7 +3,7 @@ trained for.
 
 Training writes it beside the student (`student/sampling.json`), the export copies it into `manifest.json`
 (`pipeline.recommended_sampling`), and it is the default of every consumer: `refine-eval`, the export's calibration
-and parity runs, `OnnxControlNetPipeline`, `python -m refine_control.serve.runtime`, `refine-serve`, its page and
+and parity runs, `OnnxControlNetPipeline`, `python -m refine_control.runtime`, `refine-serve`, its page and
 the browser runtime. A request may override the steps and the scale, the scale only within `guidance_range`.
 """
 

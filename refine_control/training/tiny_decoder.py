@@ -20,15 +20,15 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, AutoencoderTiny
 
 from refine_control.atomic import write_json
-from refine_control.config import DistillConfig
-from refine_control.data import load_image, load_training_data
-from refine_control.evaluation.generate import read_recommendation
+from refine_control.data.folders import load_image, load_training_data
 from refine_control.losses.terms import high_pass
+from refine_control.models.pipeline_dir import read_recommendation
 from refine_control.models.presets import count_params
 from refine_control.models.teacher import load_teacher
 from refine_control.progress import progress_bar
-from refine_control.run_dir import load_run_student, save_student
-from refine_control.serve.runtime.sampling import GUIDED_DEFAULT
+from refine_control.runtime.sampling import GUIDED_DEFAULT
+from refine_control.training.config import DistillConfig
+from refine_control.training.run_dir import load_run_student, save_student
 
 logger = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from refine_control.errors import ConfigError, RefineError
-from refine_control.serve.runtime.clip_tokenizer import ClipTokenizer
-from refine_control.serve.runtime.cpu import int8_cpu_warning
-from refine_control.serve.runtime.geometry import Geometry
-from refine_control.serve.runtime.layout import (
+from refine_control.runtime.clip_tokenizer import ClipTokenizer
+from refine_control.runtime.cpu import int8_cpu_warning
+from refine_control.runtime.geometry import Geometry
+from refine_control.runtime.layout import (
     GRAPHS,
     MODEL_FORMATS,
     SCHEDULER,
@@ -28,10 +28,10 @@ from refine_control.serve.runtime.layout import (
     VAE_DECODER_INPUTS,
     graph_file,
 )
-from refine_control.serve.runtime.model_dir import ModelDir, ModelDirError, VerifiedGraph
-from refine_control.serve.runtime.sampling import recommendation_or_default
-from refine_control.serve.runtime.schedulers import SCHEDULERS, NumpyScheduler, make_scheduler, scheduler_key
-from refine_control.serve.runtime.session import default_threads, ort_session
+from refine_control.runtime.model_dir import ModelDir, ModelDirError, VerifiedGraph
+from refine_control.runtime.sampling import recommendation_or_default
+from refine_control.runtime.schedulers import SCHEDULERS, NumpyScheduler, make_scheduler, scheduler_key
+from refine_control.runtime.session import default_threads, ort_session
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from refine_control.serve.runtime.layout import (
+from refine_control.runtime.layout import (
     DENOISER_INPUTS,
     GUIDANCE_INPUT,
     TEXT_ENCODER_INPUTS,
