@@ -27,13 +27,7 @@ from refine_control.builtin.shapes import BACKGROUND, RESOLUTION, make_sample, r
 from refine_control.errors import ConfigError
 from refine_control.evaluation import metrics as M
 from refine_control.evaluation.bootstrap import LEVEL, RESAMPLES, ratio_interval
-from refine_control.evaluation.generate import (
-    Sampling,
-    generate,
-    initial_noise,
-    load_pipeline,
-    recommended_sampling,
-)
+from refine_control.evaluation.generate import Sampling, generate, initial_noise, recommended_sampling
 from refine_control.evaluation.oracle import (
     SHAPE_TASKS,
     FeatureNet,
@@ -47,6 +41,7 @@ from refine_control.evaluation.oracle import (
     train_shapes_oracle,
 )
 from refine_control.evaluation.targets import Target, resolve_target
+from refine_control.models.pipeline_dir import load_pipeline
 
 logger = logging.getLogger(__name__)
 

@@ -149,13 +149,13 @@ def run_recipe(cfg: DistillConfig) -> Path:
     final = few
     if decision["added"]:
         final = tiny_decoder_config(cfg)
-        _run_stage("tiny-decoder", final, train)
+        seconds["tiny-decoder"] = _run_stage("tiny-decoder", final, train)
     if state.is_main_process:
         names = ["compact", "few-step", *(["tiny-decoder"] if decision["added"] else [])]
         write_json(
             run / RECIPE_FILE, {"recipe": cfg.recipe, "stages": names, "final": names[-1], "tiny_decoder": decision}
         )
-        _finish(cfg, compact.output_dir, final.output_dir, names)
+        _finish(cfg, compact.output_dir, final.output_dir, names, seconds)
     state.wait_for_everyone()
     return run
 
