@@ -128,13 +128,19 @@ def compare(eval_report: dict[str, Any], latency: dict[str, Any] | None) -> dict
         sampling["teacher_guidance_scale"],
     )
     out["student"]["steps"], out["student"]["guidance_scale"] = sampling["steps"], sampling["guidance_scale"]
+    out["student"]["intervals"] = {
+        k: v for k, v in student.get("intervals", {}).items() if k.removesuffix("_kept") in QUALITY_KEYS
+    }
     if latency is not None:
         for model in ("teacher", "student"):
             found = [r for r in latency["per_image"] if r["model"] == model and r["runtime"] == "ort-fp32"]
             if found:
                 out[model]["macs_per_image"] = found[0]["gmacs_image"] * 1e9
                 out[model]["ort_fp32_s_per_image"] = found[0]["image_s"]
+                out[model]["ort_fp32_iqr_s"] = found[0].get("image_iqr_s")
                 out[model]["guidance"] = found[0]["guidance"]
+        floor = latency.get("noise_floor")
+        out["student"]["noise_floor"] = None if floor is None else floor["factor"]  # A-vs-A: same model twice
     return out
 
 
@@ -154,7 +160,12 @@ def side_by_side(comparison: dict[str, dict[str, Any]], samples: int) -> list[st
         rows.append(("GMAC per image", f"{t / 1e9:.2f}", f"{s / 1e9:.2f}", f"{t / s:.1f}× fewer"))
     if "ort_fp32_s_per_image" in student and "ort_fp32_s_per_image" in teacher:
         t, s = teacher["ort_fp32_s_per_image"], student["ort_fp32_s_per_image"]
-        rows.append(("ORT FP32 s per image", f"{t:.3f}", f"{s:.3f}", f"{t / s:.1f}× faster"))
+        floor = student.get("noise_floor")
+        # "faster" only beyond the run's A-vs-A noise floor (the same model timed as two cases).
+        claim = f"{t / s:.1f}× faster" if floor is None or max(t / s, s / t) > floor else f"≈ ({t / s:.2f}, noise)"
+        rows.append(("ORT FP32 s per image", f"{t:.3f}", f"{s:.3f}", claim))
+        if floor is not None:
+            rows.append(("timing noise floor", "", "", f"±{100 * (floor - 1):.0f}% (A vs A)"))
     labels = {
         "edge_f1_strict": "edge F1 (strict)",
         "edge_f1": "edge F1 (1 px)",
@@ -162,16 +173,20 @@ def side_by_side(comparison: dict[str, dict[str, Any]], samples: int) -> list[st
         "colour_acc": "colour accuracy",
         "shape_acc": "shape accuracy",
     }
+    intervals = student.get("intervals", {})
     for key, label in labels.items():
         if key in student and teacher.get(key):
-            kept = student[key] / teacher[key]
-            rows.append((label, f"{teacher[key]:.3f}", f"{student[key]:.3f}", f"{100 * kept:.0f}% kept"))
+            kept = f"{100 * student[key] / teacher[key]:.0f}% kept"
+            if f"{key}_kept" in intervals:  # paired bootstrap 95% interval over the evaluation images
+                low, high = intervals[f"{key}_kept"]
+                kept += f" [{100 * low:.0f}–{100 * high:.0f}%]"
+            rows.append((label, f"{teacher[key]:.3f}", f"{student[key]:.3f}", kept))
     if "teacher_psnr_db" in student:
         rows.append(("PSNR vs teacher (dB)", "-", f"{student['teacher_psnr_db']:.1f}", "same noise"))
     head = ("", "teacher", "student", "")
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [head, *rows]]
-    note = f"{samples} held-out test shapes, the same prompts, controls and initial noise for both"
+    note = f"{samples} held-out test shapes, the same prompts, controls and initial noise for both; [95% interval]"
     return [*lines, note + (", timed in ONNX Runtime FP32 on this machine" if "macs_per_image" in student else "")]
 
 
