@@ -66,9 +66,9 @@ def _check(parser: argparse.ArgumentParser, args: list[str]) -> list[str]:
             problems.append(f"unknown flag {flag}")
             continue
         value = inline or (args[i + 1] if i + 1 < len(args) else None)
-        if action.choices is not None and value is not None and action.nargs in (None, "?"):
-            if value not in action.choices and not value.startswith(("-", "$", "<")):
-                problems.append(f"{flag} {value}: not one of {sorted(action.choices)}")
+        shown = value is not None and not value.startswith(("-", "$", "<"))
+        if action.choices is not None and action.nargs in (None, "?") and shown and value not in action.choices:
+            problems.append(f"{flag} {value}: not one of {sorted(action.choices)}")
     return problems
 
 
