@@ -90,7 +90,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, float]:
             distill_argv += [f"--{flag.replace('_', '-')}", str(getattr(cfg, flag))]
     # The student samples as it recommends (its sampling.json); the teacher 20 steps with guidance pairs.
     eval_argv = [str(run), "--num-samples", str(cfg.eval_samples), "--seed", str(cfg.seed), "-q"]
-    eval_argv += ["--teacher-steps", str(cfg.teacher_steps)]
+    eval_argv += ["--teacher-steps", str(cfg.teacher_steps), "--grid", str(run / "eval" / "samples.png")]
     latency_argv = ["--scale", "builtin", "--presets", "none", "--run", f"student={run}", "--runtimes", "ort-fp32"]
     latency_argv += ["--steps", str(cfg.teacher_steps), "--repeats", "5", "--warmup", "1"]
     latency_argv += ["--json", str(run / "latency.json")]
@@ -213,7 +213,7 @@ def _summary(cfg: DemoConfig, seconds: dict[str, float]) -> str:
     lines += ["  " + line for line in side_by_side(comparison, eval_report["num_samples"])]
     lines.append("")
     lines.append(f"student:      {run / 'student'}  (diffusers format; its stages in {run / 'stages'})")
-    lines.append(f"evaluation:   {run / 'eval' / 'metrics.json'}")
+    lines.append(f"evaluation:   {run / 'eval' / 'metrics.json'}  (samples: {run / 'eval' / 'samples.png'})")
     lines.append(f"exported:     {model}  (parity report {model / 'parity.json'})")
     if step_ms:
         lines.append("              denoiser step, ms: " + ", ".join(f"{k} {v:.2f}" for k, v in step_ms.items()))

@@ -63,7 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="write the report here (default for a run: RUN/eval/metrics.json)",
     )
-    parser.add_argument("--grid", type=Path, default=None, metavar="PNG", help="save the first 16 samples per model")
+    parser.add_argument(
+        "--grid",
+        type=Path,
+        default=None,
+        metavar="PNG",
+        help="save a PNG of the first 16 samples: controls, teacher, model",
+    )
     parser.add_argument("-v", "--verbose", action="count", default=0)
     parser.add_argument("-q", "--quiet", action="count", default=0)
     return parser
@@ -88,7 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_report(json_path, result.report)
             logger.info("report written to %s", json_path)
         if args.grid is not None:
-            write_grid(args.grid, result.images)
+            rows = {"control": result.controls} if result.controls is not None else {}
+            teacher_first = sorted(result.images, key=lambda label: label != "teacher")
+            write_grid(args.grid, {**rows, **{label: result.images[label] for label in teacher_first}})
             logger.info("samples written to %s", args.grid)
         return 0
 

@@ -287,6 +287,7 @@ def _benchmark(cfg: EvalConfig, target: Target, resolution: int) -> Benchmark:
 class EvalResult:
     report: dict[str, Any]  # JSON-ready: settings, `columns` (metrics per model) and `metrics` (the model's)
     images: dict[str, np.ndarray]  # generated images (N, H, W, 3) uint8 per model
+    controls: np.ndarray | None = None  # the control images (N, H, W, 3) uint8 they were generated from
 
 
 def evaluate(cfg: EvalConfig, teacher_images: np.ndarray | None = None) -> EvalResult:
@@ -353,4 +354,5 @@ def evaluate(cfg: EvalConfig, teacher_images: np.ndarray | None = None) -> EvalR
         },
         "note": "domain FID/KID use the judge net's 64-d features, not Inception: not comparable to published FIDs",
     }
-    return EvalResult(report, generated)
+    controls = (np.clip(bench.controls, 0, 1) * 255).round().astype(np.uint8)
+    return EvalResult(report, generated, controls)

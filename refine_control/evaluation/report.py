@@ -100,7 +100,7 @@ def write_report(path: str | Path, report: dict[str, Any]) -> None:
 
 
 def write_grid(path: str | Path, images: dict[str, np.ndarray], count: int = 16) -> None:
-    """A PNG with one row per model (first `count` samples each), models in the report's order."""
+    """A PNG with one row per entry of `images` (first `count` samples each), in its order."""
     rows = [np.concatenate(list(batch[:count]), axis=1) for batch in images.values()]
     buffer = io.BytesIO()
     Image.fromarray(np.concatenate(rows, axis=0)).save(buffer, format="PNG")

@@ -103,7 +103,7 @@ def test_shapes_benchmark_on_a_pipeline_dir(tiny64_dir, tmp_path, capsys):
         assert isinstance(model[name], float), name
     from PIL import Image
 
-    assert np.asarray(Image.open(tmp_path / "grid.png")).shape == (64, 16 * 64, 3)
+    assert np.asarray(Image.open(tmp_path / "grid.png")).shape == (2 * 64, 16 * 64, 3)  # controls, then the model
 
 
 def test_same_seed_gives_the_same_report(tiny64_dir, tmp_path):
