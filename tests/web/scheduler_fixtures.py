@@ -19,18 +19,52 @@ from refine_control.serve.runtime.schedulers import make_scheduler
 SD = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
 CASES: list[tuple[str, dict[str, Any], int]] = [
     ("ddim-sd-leading", {"_class_name": "DDIMScheduler", **SD, "steps_offset": 1, "set_alpha_to_one": False}, 7),
-    ("ddim-linear-trailing-v", {"_class_name": "DDIMScheduler", "timestep_spacing": "trailing",
-                                "prediction_type": "v_prediction", "rescale_betas_zero_snr": True}, 4),
-    ("ddim-cosine-sample-clip", {"_class_name": "DDIMScheduler", "beta_schedule": "squaredcos_cap_v2",
-                                 "prediction_type": "sample", "clip_sample": True, "timestep_spacing": "linspace"}, 3),
+    (
+        "ddim-linear-trailing-v",
+        {
+            "_class_name": "DDIMScheduler",
+            "timestep_spacing": "trailing",
+            "prediction_type": "v_prediction",
+            "rescale_betas_zero_snr": True,
+        },
+        4,
+    ),
+    (
+        "ddim-cosine-sample-clip",
+        {
+            "_class_name": "DDIMScheduler",
+            "beta_schedule": "squaredcos_cap_v2",
+            "prediction_type": "sample",
+            "clip_sample": True,
+            "timestep_spacing": "linspace",
+        },
+        3,
+    ),
     ("lcm-sd", {"_class_name": "LCMScheduler", **SD, "original_inference_steps": 50}, 4),
     ("lcm-sd-1", {"_class_name": "LCMScheduler", **SD}, 1),
     ("lcm-linear-v", {"_class_name": "LCMScheduler", "prediction_type": "v_prediction"}, 6),
     ("euler-sd", {"_class_name": "EulerDiscreteScheduler", **SD}, 5),
-    ("euler-trailing-min", {"_class_name": "EulerDiscreteScheduler", **SD, "timestep_spacing": "trailing",
-                            "final_sigmas_type": "sigma_min"}, 3),
-    ("euler-leading-v", {"_class_name": "EulerDiscreteScheduler", **SD, "timestep_spacing": "leading",
-                         "steps_offset": 1, "prediction_type": "v_prediction"}, 4),
+    (
+        "euler-trailing-min",
+        {
+            "_class_name": "EulerDiscreteScheduler",
+            **SD,
+            "timestep_spacing": "trailing",
+            "final_sigmas_type": "sigma_min",
+        },
+        3,
+    ),
+    (
+        "euler-leading-v",
+        {
+            "_class_name": "EulerDiscreteScheduler",
+            **SD,
+            "timestep_spacing": "leading",
+            "steps_offset": 1,
+            "prediction_type": "v_prediction",
+        },
+        4,
+    ),
     ("euler-ancestral-sd", {"_class_name": "EulerAncestralDiscreteScheduler", **SD}, 4),
 ]
 

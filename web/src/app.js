@@ -57,12 +57,21 @@ function configureRuntime() {
   return { isolated, threads: ort.env.wasm.numThreads, simd: simdSupported() };
 }
 
+/** Register sw.js and wait until it has cached the folder: "activated", "redundant" (its install failed, e.g. a
+ * missing file), "unsupported" (not a secure context) or "failed: ...". */
 async function registerServiceWorker() {
   if (!("serviceWorker" in navigator)) return "unsupported (not a secure context?)";
   try {
-    await navigator.serviceWorker.register("./sw.js", { scope: "./" });
-    const timeout = new Promise((resolve) => setTimeout(() => resolve("timeout"), 60000));
-    return (await Promise.race([navigator.serviceWorker.ready.then(() => "ready"), timeout]));
+    const registration = await navigator.serviceWorker.register("./sw.js", { scope: "./" });
+    const worker = registration.installing ?? registration.waiting;
+    if (!worker) return registration.active ? "activated" : "no worker";
+    return await new Promise((resolve) => {
+      const check = () => {
+        if (worker.state === "activated" || worker.state === "redundant") resolve(worker.state);
+      };
+      worker.addEventListener("statechange", check);
+      check();
+    });
   } catch (err) {
     return `failed: ${err.message}`;
   }
@@ -158,9 +167,11 @@ async function selftest(manifest, runtime) {
     const control = new Float32Array(await binary("control.f32"));
     const initial = new Float32Array(await binary("latents.f32"));
     const noises = new Float32Array(await binary("noise.f32"));
-    const reference = new Uint8Array(await binary("reference.rgb"));
     const loadStart = performance.now();
     const pipe = await loadPipeline(manifest, runtime);
+    const referenceName = sample.references[pipe.precision];
+    if (!referenceName) throw new ModelError(`the self-test has no ${pipe.precision} reference image`);
+    const reference = new Uint8Array(await binary(referenceName));
     report.load_ms = performance.now() - loadStart;
     const run = () => {
       let drawn = 0;
