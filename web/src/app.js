@@ -194,7 +194,8 @@ async function selftest(manifest, runtime) {
     const image = await run();
     report.first_image_ms = performance.now() - start;
     const times = [];
-    for (let i = 0; i < (Number(params.get("runs")) || 2); i++) {
+    const runs = params.has("runs") ? Math.max(0, Math.floor(Number(params.get("runs")) || 0)) : 2;
+    for (let i = 0; i < runs; i++) {
       start = performance.now();
       await run();
       times.push(performance.now() - start);
