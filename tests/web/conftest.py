@@ -49,3 +49,32 @@ def web_copy(web_export: dict, tmp_path: Path) -> Path:
     """A private copy of the web folder, for tests that damage it."""
     assert web_export["code"] == 0, web_export["stdout"]
     return Path(shutil.copytree(web_export["web"], tmp_path / "web"))
+
+
+@pytest.fixture(scope="session")
+def web_few_step(tiny_run_dir, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The tiny run's few-step (LCM, guidance-embedded, 2-step) student exported with `--web`: the sampling path
+    with one batch-1 pass per step and fresh noise between steps."""
+    if not node_modules_present():
+        pytest.skip(NODE_MODULES_HINT)
+    import torch
+
+    from refine_control.cli import main as distill
+    from refine_control.export.cli import main as export
+
+    base = tmp_path_factory.mktemp("web-few-step")
+    few, model, web = base / "fs", base / "model", base / "site"
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        common = ["--batch-size", "2", "--max-steps", "3", "-q"]
+        assert (
+            distill(["--from", str(tiny_run_dir), "--few-step", "-o", str(few), "--sampling-steps", "2", *common]) == 0
+        )
+        args = ["--exporter", "torchscript", "--parity-samples", "1", "--threads", "1", "--web", str(web), "-q"]
+        with contextlib.redirect_stdout(io.StringIO()):
+            code = export([str(few), "-o", str(model), *args])
+    finally:
+        torch.set_num_threads(previous)
+    assert code == 0
+    return {"model": model, "web": web}

@@ -105,3 +105,19 @@ def test_altered_graph_is_named_and_refused(web_copy: Path, tmp_path: Path) -> N
             assert not any(path.startswith("/upload") for _, path in server.requests)
     finally:
         browser.close()
+
+
+def test_few_step_student_with_embedded_guidance_and_fresh_noise(web_few_step: dict, tmp_path: Path) -> None:
+    sample = json.loads((web_few_step["web"] / "selftest" / "sample.json").read_text())
+    assert sample["scheduler"] == "lcm" and sample["steps"] == 2 and sample["noise_draws"] == 1
+    manifest = json.loads((web_few_step["web"] / "model" / "manifest.json").read_text())
+    assert manifest["pipeline"]["guidance_embedding_dim"] is not None
+    browser = Browser(CHROMIUM, tmp_path / "profile")
+    try:
+        page = Page(browser)
+        with StaticServer(web_few_step["web"]) as server:
+            report = run_selftest(page, f"{server.url}/index.html?selftest=1&runs=1")
+        assert_matches_reference(report, "fp32")
+        assert report["guidance_embedded"] is True
+    finally:
+        browser.close()

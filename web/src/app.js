@@ -215,6 +215,8 @@ async function selftest(manifest, runtime) {
     for (let i = 0; i < image.length; i++) if (i % 4 !== 3) maxDiff = Math.max(maxDiff, Math.abs(image[i] - rgbaRef[i]));
     report.max_abs_diff = maxDiff;
     report.precision = pipe.precision;
+    report.guidance_embedded = pipe.guidanceEmbedded;
+    report.scheduler = sample.scheduler;
     report.files = pipe.files;
     report.steps = sample.steps;
     report.size = [sample.width, sample.height];
