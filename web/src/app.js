@@ -1,7 +1,8 @@
 // The page: loads the verified model into ONNX Runtime Web once, then draws, uploads and generates on this device.
 // Nothing is sent anywhere (CSP connect-src 'self'; only this folder's static files are fetched). With
 // `?selftest=1` it generates the reference sample shipped in selftest/ and reports PSNR, time and backend, also as
-// JSON in <pre id="selftest">. Other query parameters: precision=int8, backend=webgpu, threads=N.
+// JSON in <pre id="selftest">. Other query parameters: precision=int8, backend=webgpu, threads=N, runs=N (timed
+// self-test runs), opt=disabled|basic|extended|all (ORT graph optimisation level).
 import * as ort from "onnxruntime-web";
 import { canny, edgesToControl } from "./canny.js";
 import { ModelError, WebPipeline, gaussian, precisions, psnr } from "./pipeline.js";
@@ -143,9 +144,13 @@ async function loadPipeline(manifest, runtime) {
   const precision = params.get("precision") || "fp32";
   const backend = params.get("backend") === "webgpu" ? "webgpu" : "wasm";
   const executionProviders = backend === "webgpu" ? ["webgpu", "wasm"] : ["wasm"];
+  const levels = ["disabled", "basic", "extended", "all"];
+  const graphOptimizationLevel = levels.includes(params.get("opt")) ? params.get("opt") : "all";
+  runtime.graph_optimization = graphOptimizationLevel;
   const pipe = await WebPipeline.load(ort, manifest, (name) => fetchBytes(`model/${name}`), {
     precision,
     executionProviders,
+    graphOptimizationLevel,
     onFile: (name) => status(`Checked ${name}.`),
   });
   runtime.backend = backend;
@@ -173,6 +178,7 @@ async function selftest(manifest, runtime) {
     if (!referenceName) throw new ModelError(`the self-test has no ${pipe.precision} reference image`);
     const reference = new Uint8Array(await binary(referenceName));
     report.load_ms = performance.now() - loadStart;
+    report.load_phases_ms = pipe.loadTimings;
     const run = () => {
       let drawn = 0;
       return pipe.generate({
@@ -234,7 +240,9 @@ async function selftest(manifest, runtime) {
 }
 
 async function interactive(manifest, runtime) {
-  registerServiceWorker();
+  status("Keeping a copy for offline use…");
+  const worker = await registerServiceWorker();
+  if (worker !== "activated") note(`No offline copy (service worker: ${worker}).`);
   const pipe = await loadPipeline(manifest, runtime);
   const size = pipe.resolution;
   const sketch = $("sketch");

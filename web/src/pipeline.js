@@ -69,7 +69,8 @@ export class WebPipeline {
   /**
    * ort: the onnxruntime-web module; manifest: the parsed manifest.json; fetchBytes(name) → ArrayBuffer | null.
    * options: precision ("fp32" | "int8"), executionProviders (["wasm"] or ["webgpu", "wasm"]), scheduler (a key
-   * of SCHEDULERS, default the model's own), onFile(name) called as each file is verified.
+   * of SCHEDULERS, default the model's own), graphOptimizationLevel ("disabled" | "basic" | "extended" | "all"),
+   * onFile(name) called as each file is verified.
    */
   static async load(ort, manifest, fetchBytes, options = {}) {
     const p = new WebPipeline();
@@ -77,7 +78,8 @@ export class WebPipeline {
     return p;
   }
 
-  async init(ort, manifest, fetchBytes, { precision = "fp32", executionProviders = ["wasm"], scheduler = null, onFile } = {}) {
+  async init(ort, manifest, fetchBytes, { precision = "fp32", executionProviders = ["wasm"], scheduler = null,
+    graphOptimizationLevel = "all", onFile } = {}) {
     if (manifest?.format !== "refine-control-onnx" || manifest.complete !== true || !manifest.files) {
       throw new ModelError("manifest.json is not a complete refine-export manifest");
     }
@@ -100,6 +102,13 @@ export class WebPipeline {
     this.defaultSteps = recommended.steps ?? 20;
     this.defaultGuidanceScale = recommended.guidance_scale ?? 7.5;
     const text = (bytes) => new TextDecoder().decode(bytes);
+    this.loadTimings = {}; // ms per phase: fetching + hashing each file, building the tokenizer, each session
+    const timed = async (key, work) => {
+      const start = performance.now();
+      const result = await work();
+      this.loadTimings[key] = performance.now() - start;
+      return result;
+    };
     const check = async (name) => {
       const bytes = await verifiedFile(manifest, name, fetchBytes);
       onFile?.(name);
@@ -108,23 +117,19 @@ export class WebPipeline {
     this.schedulerConfig = JSON.parse(text(await check("scheduler.json")));
     this.schedulerName = scheduler;
     makeScheduler(this.schedulerConfig, scheduler); // fail now on an unsupported config
-    this.promptEncoder = new PromptEncoder(
-      JSON.parse(text(await check("tokenizer/tokenizer.json"))),
-      facts.text_max_length,
-      facts.pad_token_id,
-    );
+    const tokenizerJson = await timed("tokenizer/tokenizer.json", () => check("tokenizer/tokenizer.json"));
+    this.promptEncoder = await timed("tokenizer", async () =>
+      new PromptEncoder(JSON.parse(text(tokenizerJson)), facts.text_max_length, facts.pad_token_id));
     this.files = {};
     this.sessions = {};
     for (const graph of GRAPHS) {
       const own = graphFile(graph, precision);
       const name = own in manifest.files ? own : graphFile(graph);
-      const bytes = await check(name);
+      const bytes = await timed(name, () => check(name));
       this.files[graph] = name;
       try {
-        this.sessions[graph] = await ort.InferenceSession.create(new Uint8Array(bytes), {
-          executionProviders,
-          graphOptimizationLevel: "all",
-        });
+        this.sessions[graph] = await timed(`session ${graph}`, () =>
+          ort.InferenceSession.create(new Uint8Array(bytes), { executionProviders, graphOptimizationLevel }));
       } catch (err) {
         throw new ModelError(`ONNX Runtime Web cannot load ${name}: ${String(err?.message ?? err).slice(0, 300)}`);
       }
