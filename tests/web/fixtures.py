@@ -2,7 +2,7 @@
 
     python tests/web/fixtures.py DIR     # schedulers.json, canny.json, tokenizer/tokenizer.json, tokenizer_ids.json
 
-`node --test web/test/` reads them from $REFINE_WEB_FIXTURES (else web/test/fixtures/, which holds the small
+`node --test web/test/*.test.mjs` reads them from $REFINE_WEB_FIXTURES (else web/test/fixtures/, which holds the small
 ones: schedulers and Canny; the tokenizer test needs the 49,408-token CLIP tokenizer.json written here).
 """
 

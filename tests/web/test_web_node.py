@@ -1,4 +1,4 @@
-"""`node --test web/test/`: the JS schedulers, tokenizer, Canny and SHA-256 against fixtures written just now by the
+"""`node --test web/test/*.test.mjs`: the JS schedulers, tokenizer, Canny and SHA-256 against fixtures written just now by the
 Python runtime's own code (tests/web/fixtures.py). Needs node and web/node_modules (`npm ci --prefix web`)."""
 
 import os
@@ -22,7 +22,7 @@ def test_node_unit_tests_against_python_fixtures(tmp_path: Path) -> None:
 
     fixtures = write_all(tmp_path / "fixtures")
     result = subprocess.run(
-        [NODE, "--test", "test/"],
+        [NODE, "--test", *sorted(str(p.relative_to(WEB)) for p in (WEB / "test").glob("*.test.mjs"))],
         cwd=WEB,
         env={**os.environ, "REFINE_WEB_FIXTURES": str(fixtures)},
         capture_output=True,

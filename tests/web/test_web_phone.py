@@ -94,6 +94,8 @@ def test_phone_draw_generate_upload(web_export: dict, tmp_path: Path) -> None:
             (tmp_path / "photo.png").write_bytes(buffer.getvalue())
             page.set_files("#photo", [str(tmp_path / "photo.png")])
             page.wait_for(f"{STATUS}.startsWith('Photo loaded')", timeout=30, context=STATUS)
+            edges = lit_pixels(page, "sketch")
+            assert 0 < edges < 256 * 256 // 2  # the sketch canvas shows the photo's edges, not the photo
             generate(page, server)
             screenshot(page, tmp_path / "phone-photo.png")
 

@@ -98,7 +98,23 @@ function showImage(canvas, rgba, width, height) {
   canvas.getContext("2d").putImageData(new ImageData(rgba, width, height), 0, 0);
 }
 
-function setupSketch(canvas) {
+/** Show a (3, H, W) control image in [0, 1] on the sketch canvas (scaled up without smoothing). */
+function showControl(canvas, control, size) {
+  const plane = size * size;
+  const rgba = new Uint8ClampedArray(plane * 4);
+  for (let i = 0; i < plane; i++) {
+    for (let c = 0; c < 3; c++) rgba[4 * i + c] = Math.round(control[c * plane + i] * 255);
+    rgba[4 * i + 3] = 255;
+  }
+  const small = document.createElement("canvas");
+  small.width = small.height = size;
+  small.getContext("2d").putImageData(new ImageData(rgba, size, size), 0, 0);
+  const g = canvas.getContext("2d");
+  g.imageSmoothingEnabled = false;
+  g.drawImage(small, 0, 0, canvas.width, canvas.height);
+}
+
+function setupSketch(canvas, onDraw) {
   const g = canvas.getContext("2d");
   const clear = () => {
     g.fillStyle = "#000";
@@ -113,6 +129,7 @@ function setupSketch(canvas) {
   canvas.addEventListener("pointerdown", (e) => {
     canvas.setPointerCapture(e.pointerId);
     last = point(e);
+    onDraw();
   });
   canvas.addEventListener("pointermove", (e) => {
     if (!last) return;
@@ -246,20 +263,21 @@ async function interactive(manifest, runtime) {
   const pipe = await loadPipeline(manifest, runtime);
   const size = pipe.resolution;
   const sketch = $("sketch");
-  const clear = setupSketch(sketch);
-  let fromPhoto = false;
+  const clear = setupSketch(sketch, () => (photoControl = null));
+  let photoControl = null; // the control image made from an uploaded photo, until the user draws again
   $("clear").addEventListener("click", () => {
     clear();
-    fromPhoto = false;
+    photoControl = null;
   });
   $("photo").addEventListener("change", async () => {
     const file = $("photo").files[0];
     if (!file) return;
     try {
       const bitmap = await loadImageFile(file);
-      sketch.getContext("2d").drawImage(bitmap, 0, 0, sketch.width, sketch.height);
-      fromPhoto = pipe.facts.preprocessor === "canny";
-      status(fromPhoto ? "Photo loaded: its Canny edges are the control image." : "Image loaded as the control image.");
+      const edges = pipe.facts.preprocessor === "canny";
+      photoControl = controlFromCanvas(bitmap, size, size, edges);
+      showControl(sketch, photoControl, size);
+      status(edges ? "Photo loaded: its Canny edges are the control image." : "Image loaded as the control image.");
     } catch (err) {
       status(err.message);
     }
@@ -272,7 +290,7 @@ async function interactive(manifest, runtime) {
     try {
       const seed = Math.max(0, Math.floor(Number($("seed").value) || 0));
       const rng = gaussian(seed);
-      const control = controlFromCanvas(sketch, size, size, fromPhoto);
+      const control = photoControl ?? controlFromCanvas(sketch, size, size, false);
       const latentSize = pipe.latentShape(size, size).reduce((a, b) => a * b, 1);
       const start = performance.now();
       const image = await pipe.generate({
