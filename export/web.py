@@ -252,3 +252,35 @@ def write_web_folder(
     total = sum(len(d) for d in contents.values())
     logger.info("web folder written: %s (%d files, %.1f MB)", out_dir, len(contents), total / 1e6)
     return {"path": str(out_dir), "files": len(contents), "bytes": total, "selftest": sample}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m refine_control.export.web MODEL [-o DIR]`: the web folder of an existing model dir."""
+    import argparse
+    import sys
+
+    from refine_control.cli_utils import offline_env, run_cli, setup_logging
+
+    parser = argparse.ArgumentParser(
+        prog="python -m refine_control.export.web",
+        description="Write the static browser folder of an exported model dir (as refine-export --web does).",
+    )
+    parser.add_argument("model", type=Path, help="a refine-export model dir")
+    parser.add_argument("--output-dir", "-o", type=Path, default=None, help="default: the model dir's name + '-web'")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing web folder")
+    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads for the reference image")
+    args = parser.parse_args(argv)
+    setup_logging(0)
+    offline_env()
+
+    def body() -> int:
+        out = args.output_dir or args.model.with_name(args.model.name + "-web")
+        summary = write_web_folder(args.model, out, overwrite=args.overwrite, threads=args.threads)
+        sys.stdout.write(f"web folder: {out} ({summary['files']} files, {summary['bytes'] / 1e6:.1f} MB)\n")
+        return 0
+
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

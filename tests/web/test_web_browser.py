@@ -107,6 +107,7 @@ def test_altered_graph_is_named_and_refused(web_copy: Path, tmp_path: Path) -> N
         browser.close()
 
 
+@pytest.mark.slow  # distils the few-step student first (about 1.5 min here); .ci/run runs it with --run-slow
 def test_few_step_student_with_embedded_guidance_and_fresh_noise(web_few_step: dict, tmp_path: Path) -> None:
     sample = json.loads((web_few_step["web"] / "selftest" / "sample.json").read_text())
     assert sample["scheduler"] == "lcm" and sample["steps"] == 2 and sample["noise_draws"] == 1

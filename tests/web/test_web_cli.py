@@ -42,3 +42,10 @@ def test_web_dir_defaults_beside_the_model_dir(tmp_path: Path) -> None:
     assert ExportConfig.from_args(args).web == tmp_path / "m-web"
     args = build_parser().parse_args([str(tmp_path / "run"), "-o", str(tmp_path / "m")])
     assert ExportConfig.from_args(args).web is None
+
+
+def test_module_command_refuses_a_missing_model_dir(tmp_path: Path, capsys) -> None:
+    code = web_module.main([str(tmp_path / "nope"), "-o", str(tmp_path / "site")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and "Traceback" not in err
+    assert not (tmp_path / "site").exists()
