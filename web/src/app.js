@@ -52,10 +52,12 @@ function configureRuntime() {
   const isolated = globalThis.crossOriginIsolated === true;
   const wanted = Number(params.get("threads")) || Math.min(navigator.hardwareConcurrency || 1, 4);
   ort.env.wasm.numThreads = isolated ? wanted : 1;
+  // ORT in its own worker, so building sessions and running steps never freezes the page (drawing, progress)
+  ort.env.wasm.proxy = params.get("proxy") !== "0";
   if (!isolated) {
     note("Single-thread mode: the page is not cross-origin isolated (serve it with the COOP/COEP headers, see README).");
   }
-  return { isolated, threads: ort.env.wasm.numThreads, simd: simdSupported() };
+  return { isolated, threads: ort.env.wasm.numThreads, simd: simdSupported(), proxy: ort.env.wasm.proxy };
 }
 
 /** Register sw.js and wait until it has cached the folder: "activated", "redundant" (its install failed, e.g. a

@@ -206,7 +206,9 @@ export class WebPipeline {
     const guided = guidanceScale > 1 && !this.guidanceEmbedded;
     const prompts = guided ? [negativePrompt, prompt] : [prompt];
     const batch = prompts.length;
+    // Inputs are rebuilt for every run from these arrays: with ORT's proxy worker a run takes its inputs' buffers.
     const text = await this.encodePrompts(prompts);
+    const textData = text.data.slice();
     const shape = this.latentShape(height, width);
     const size = shape.reduce((a, b) => a * b, 1);
     if (initialNoise.length !== size) throw new ModelError("the initial latents have the wrong size");
@@ -214,7 +216,7 @@ export class WebPipeline {
     let latents = initialNoise.map((v) => f(v * sigma));
     const controlBatch = new Float32Array(batch * control.length);
     for (let b = 0; b < batch; b++) controlBatch.set(control, b * control.length);
-    const controlTensor = this.tensor(controlBatch, [batch, 3, height, width]);
+
     const total = scheduler.timesteps.length;
     for (let i = 0; i < total; i++) {
       const repeated = new Float32Array(batch * size);
@@ -222,8 +224,8 @@ export class WebPipeline {
       const feeds = {
         sample: this.tensor(scheduler.scaleModelInput(repeated, i), [batch, ...shape.slice(1)]),
         timestep: this.tensor(new Float32Array(batch).fill(scheduler.timesteps[i]), [batch]),
-        encoder_hidden_states: text,
-        controlnet_cond: controlTensor,
+        encoder_hidden_states: this.tensor(textData.slice(), text.dims),
+        controlnet_cond: this.tensor(controlBatch.slice(), [batch, 3, height, width]),
         conditioning_scale: this.tensor(Float32Array.of(controlnetScale), []),
       };
       if (this.guidanceEmbedded) feeds.guidance_scale = this.tensor(new Float32Array(batch).fill(guidanceScale), [batch]);
