@@ -24,6 +24,7 @@ import base64
 import hashlib
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +194,14 @@ Query parameters: precision=int8, backend=webgpu, threads=N, runs=N (self-test t
 """
 
 
+def _readable_by_all(root: Path) -> None:
+    """A static server may run as another user: the umask's permissions, not the temp dir's private ones."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [root, *root.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
 def write_web_folder(
     model_dir: Path,
     out_dir: Path,
@@ -249,6 +258,7 @@ def write_web_folder(
             path = tmp / name
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
+        _readable_by_all(tmp)
     total = sum(len(d) for d in contents.values())
     logger.info("web folder written: %s (%d files, %.1f MB)", out_dir, len(contents), total / 1e6)
     return {"path": str(out_dir), "files": len(contents), "bytes": total, "selftest": sample}

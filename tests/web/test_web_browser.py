@@ -5,6 +5,8 @@ refused. Needs Debian's `chromium` and web/node_modules (`npm ci --prefix web`);
 """
 
 import json
+import os
+import stat
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -58,6 +60,10 @@ def assert_matches_reference(report: dict, precision: str) -> None:
 def test_selftest_matches_python_offline_and_sends_nothing(web_export: dict, tmp_path: Path) -> None:
     assert web_export["code"] == 0, web_export["stdout"]
     assert f"web folder: {web_export['web']}" in web_export["stdout"]
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (web_export["web"], web_export["web"] / "model", web_export["web"] / "index.html"):
+        assert stat.S_IMODE(path.stat().st_mode) == (0o777 if path.is_dir() else 0o666) & ~umask, path
     browser = Browser(CHROMIUM, tmp_path / "profile")
     try:
         page = Page(browser)
