@@ -19,7 +19,7 @@ from tiny_models import write_image_folder
 from refine_control.cli import main
 
 COMMON = (
-    "--student", "compact-small", "--batch-size", "2", "--stage2-steps", "0", "--log-every", "1", "-q",
+    "--recipe", "guided", "--student", "compact-small", "--batch-size", "2", "--stage2-steps", "0", "--log-every", "1", "-q",
     "--max-steps", "4", "--checkpoint-every", "2", "--no-normalize-features", "--learning-rate", "1e-3",
     "--ema-decay", "0.9",
 )  # fmt: skip
