@@ -286,6 +286,7 @@ async function interactive(manifest, runtime) {
   });
   $("steps").value = pipe.defaultSteps;
   $("guidance").value = pipe.defaultGuidanceScale;
+  if (pipe.guidanceRange) [$("guidance").min, $("guidance").max] = pipe.guidanceRange;
   $("generate").disabled = false;
   $("generate").addEventListener("click", async () => {
     $("generate").disabled = true;

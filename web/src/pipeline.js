@@ -98,9 +98,12 @@ export class WebPipeline {
     this.guidanceEmbedded = facts.guidance_embedding_dim != null;
     this.resolution = facts.resolution;
     this.sizeMultiple = facts.size_multiple ?? facts.vae_scale_factor * facts.downsampling;
-    const recommended = facts.recommended_sampling ?? {};
-    this.defaultSteps = recommended.steps ?? 20;
-    this.defaultGuidanceScale = recommended.guidance_scale ?? 7.5;
+    // The model's recommendation (manifest pipeline.recommended_sampling); serve/runtime/sampling.py's
+    // GUIDED_DEFAULT (20 steps at 3) for a dir exported before recommendations were written.
+    const recommended = facts.recommended_sampling ?? { steps: 20, guidance_scale: 3, guidance_range: null };
+    this.defaultSteps = recommended.steps;
+    this.defaultGuidanceScale = recommended.guidance_scale;
+    this.guidanceRange = recommended.guidance_range ?? null;
     const text = (bytes) => new TextDecoder().decode(bytes);
     this.loadTimings = {}; // ms per phase: fetching + hashing each file, building the tokenizer, each session
     const timed = async (key, work) => {
@@ -141,6 +144,15 @@ export class WebPipeline {
         throw new ModelError(`${name} is not this model's ${graph} graph: its inputs are ${names.join(", ")}`);
       }
     }
+  }
+
+  /** Why `scale` cannot be used with this model (outside the range it was trained on), or null; as the Python
+   * SamplingRecommendation.guidance_error. */
+  guidanceError(scale) {
+    if (!this.guidanceRange) return null;
+    const [low, high] = this.guidanceRange;
+    if (low <= scale && scale <= high) return null;
+    return `guidance_scale must be between ${low} and ${high} for this model (the range it was trained on)`;
   }
 
   async run(graph, feeds) {
@@ -200,6 +212,9 @@ export class WebPipeline {
     }
     steps = steps ?? this.defaultSteps;
     guidanceScale = guidanceScale ?? this.defaultGuidanceScale;
+    if (!Number.isFinite(guidanceScale)) throw new ModelError(`guidance_scale must be a finite number, got ${guidanceScale}`);
+    const error = this.guidanceError(guidanceScale);
+    if (error) throw new ModelError(`${error}, got ${guidanceScale}`);
     if (control.length !== 3 * width * height) throw new ModelError("the control image has the wrong size");
     const scheduler = makeScheduler(this.schedulerConfig, this.schedulerName);
     scheduler.setTimesteps(steps);
