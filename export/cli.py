@@ -22,6 +22,7 @@ from refine_control.runtime.cpu import REDUCE_RANGE_CHOICES
 logger = logging.getLogger(__name__)
 
 _NOT_CONFIG = ("verbose", "quiet")
+_WEB_BESIDE = "<beside the model dir>"
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class ExportConfig:
     threads: int | None = None
     overwrite: bool = False
     allow_degraded: bool = False
+    web: Path | None = None  # the static browser folder to write (export/web.py), or None
 
     def __post_init__(self) -> None:
         checks = [
@@ -86,6 +88,8 @@ class ExportConfig:
                 raise ConfigError(f"`{flag}` must be {allowed}, got {value}")
         if self.run.resolve() == self.output_dir.resolve():
             raise ConfigError("`--output-dir` must not be the run dir itself")
+        if self.web is not None and self.web.resolve() in (self.run.resolve(), self.output_dir.resolve()):
+            raise ConfigError("`--web` must name a folder other than the run dir and the model dir")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "ExportConfig":
@@ -94,11 +98,13 @@ class ExportConfig:
         values["int8_op_types"] = (
             None if op_types in (None, "auto") else tuple(t.strip() for t in op_types.split(",") if t.strip())
         )
+        if values.get("web") == Path(_WEB_BESIDE):  # `--web` without a path (argparse applies `type` to const)
+            values["web"] = values["output_dir"].with_name(values["output_dir"].name + "-web")
         return cls(**values)
 
     def to_json(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        for key in ("run", "output_dir", "data"):
+        for key in ("run", "output_dir", "data", "web"):
             out[key] = None if out[key] is None else str(out[key])
         out["int8_op_types"] = None if self.int8_op_types is None else list(self.int8_op_types)
         return out
@@ -158,6 +164,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="write an INT8 file even when no node set is both faster and accurate (the fastest accurate set, else "
         "the smallest)",
     )
+    parser.add_argument(
+        "--web",
+        nargs="?",
+        type=Path,
+        const=_WEB_BESIDE,
+        default=None,
+        metavar="DIR",
+        help="also write a static folder that runs the model in a browser, with no server (default DIR: the model "
+        "dir's name + '-web'); needs `npm ci --prefix web`",
+    )
     parser.add_argument("--exporter", choices=EXPORTERS, default="dynamo", help="torch.onnx exporter (default dynamo)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset. Default: %(default)s")
     parser.add_argument("--data", type=Path, default=None, help="captioned image folder (default: the run's own)")
@@ -178,12 +194,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> int:
         cfg = ExportConfig.from_args(args)  # validate before the heavy imports
+        if cfg.web is not None:  # fail before the export when the browser folder cannot be written
+            from refine_control.export.web import check_web_source, check_web_target
+
+            check_web_source()
+            check_web_target(cfg.web, cfg.overwrite)
         from refine_control.export.exporter import export_model
         from refine_control.export.parity import format_summary
 
         result = export_model(cfg, verbose=args.verbose)
         sys.stdout.write(format_summary(result.parity) + "\n")
         sys.stdout.write(f"model dir: {result.output_dir}\n")
+        if cfg.web is not None:
+            from refine_control.export.web import write_web_folder
+
+            write_web_folder(result.output_dir, cfg.web, overwrite=cfg.overwrite, threads=cfg.threads)
+            sys.stdout.write(
+                f"web folder: {cfg.web} (serve it with the COOP/COEP headers of its README.txt, open index.html; "
+                "index.html?selftest=1 checks it against the Python runtime)\n"
+            )
         return 0
 
     return run_cli(body)
