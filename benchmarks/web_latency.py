@@ -53,7 +53,7 @@ def browser_times(web: Path, precision: str, threads: int, runs: int) -> dict[st
 
 
 def native_times(web: Path, precision: str, threads: int, runs: int) -> list[float]:
-    from refine_control.serve.runtime.pipeline import OnnxControlNetPipeline
+    from refine_control.runtime.pipeline import OnnxControlNetPipeline
 
     sample = json.loads((web / "selftest" / "sample.json").read_text())
     size = (sample["height"], sample["width"])

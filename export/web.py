@@ -32,7 +32,7 @@ import numpy as np
 
 from refine_control.atomic import atomic_dir
 from refine_control.errors import ConfigError
-from refine_control.serve.runtime.layout import MANIFEST, SCHEDULER, TOKENIZER, graph_file
+from refine_control.runtime.layout import MANIFEST, SCHEDULER, TOKENIZER, graph_file
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def _png(image: np.ndarray) -> bytes:
 
 def selftest_sample(model_dir: Path, threads: int | None = None) -> tuple[dict[str, Any], dict[str, bytes]]:
     """The reference sample: sample.json facts and its files, the references made by the Python runtime."""
-    from refine_control.serve.runtime.pipeline import OnnxControlNetPipeline
+    from refine_control.runtime.pipeline import OnnxControlNetPipeline
 
     pipe = OnnxControlNetPipeline(model_dir, "fp32", num_threads=threads)
     size = pipe.resolution
@@ -159,7 +159,7 @@ def selftest_sample(model_dir: Path, threads: int | None = None) -> tuple[dict[s
         "scheduler": pipe.scheduler_name,
         "noise_draws": draws,
         "references": references,
-        "reference_runtime": "refine_control.serve.runtime.OnnxControlNetPipeline (ONNX Runtime, CPU)",
+        "reference_runtime": "refine_control.runtime.OnnxControlNetPipeline (ONNX Runtime, CPU)",
         "files": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
     }
     return sample, files
@@ -215,7 +215,7 @@ def write_web_folder(
     `ConfigError` when web/node_modules is missing (hint: `npm ci --prefix web`), when `out_dir` exists without
     `overwrite`, or when a graph keeps its weights in external data (not supported in the browser folder yet).
     """
-    from refine_control.serve.runtime.model_dir import ModelDir
+    from refine_control.runtime.model_dir import ModelDir
 
     sources = check_web_source(source)
     check_web_target(out_dir, overwrite)

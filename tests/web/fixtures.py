@@ -61,7 +61,7 @@ def write_canny(path: Path) -> Path:
 def write_tokenizer(directory: Path) -> Path:
     """The real CLIP tokenizer as the exporter writes it, and PromptEncoder's ids for awkward prompts."""
     from refine_control.builtin.tokenizer import build_clip_tokenizer
-    from refine_control.serve.runtime.pipeline import PromptEncoder
+    from refine_control.runtime.pipeline import PromptEncoder
 
     tokenizer = build_clip_tokenizer()
     tokenizer.save_pretrained(directory / "tokenizer")

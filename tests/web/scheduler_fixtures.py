@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from refine_control.serve.runtime.schedulers import make_scheduler
+from refine_control.runtime.schedulers import make_scheduler
 
 SD = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
 CASES: list[tuple[str, dict[str, Any], int]] = [

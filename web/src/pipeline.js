@@ -1,4 +1,4 @@
-// The sampling loop of serve/runtime/pipeline.py's OnnxControlNetPipeline, in the browser with ONNX Runtime Web:
+// The sampling loop of refine_control/runtime/pipeline.py's OnnxControlNetPipeline, in the browser with ONNX Runtime Web:
 // the same graphs, inputs, scheduler arithmetic, classifier-free guidance (a batch of 2) or embedded guidance (one
 // batch-1 pass reading the scale), VAE decode and post-processing, all driven by the manifest's pipeline facts.
 // Every file is checked against the manifest's sha256 and size before it is used.
@@ -98,7 +98,7 @@ export class WebPipeline {
     this.guidanceEmbedded = facts.guidance_embedding_dim != null;
     this.resolution = facts.resolution;
     this.sizeMultiple = facts.size_multiple ?? facts.vae_scale_factor * facts.downsampling;
-    // The model's recommendation (manifest pipeline.recommended_sampling); serve/runtime/sampling.py's
+    // The model's recommendation (manifest pipeline.recommended_sampling); refine_control/runtime/sampling.py's
     // GUIDED_DEFAULT (20 steps at 3) for a dir exported before recommendations were written.
     const recommended = facts.recommended_sampling ?? { steps: 20, guidance_scale: 3, guidance_range: null };
     this.defaultSteps = recommended.steps;

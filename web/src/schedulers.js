@@ -1,4 +1,4 @@
-// Noise schedulers, step for step equal to the numpy ones in serve/runtime/schedulers.py (which equal diffusers').
+// Noise schedulers, step for step equal to the numpy ones in refine_control/runtime/schedulers.py (which equal diffusers').
 //
 // numpy computes in float32 where an array (or a float32 scalar) is involved and in float64 for Python floats;
 // `f` (Math.fround) marks every place numpy rounds to float32, so the results agree to about one float32 ulp
