@@ -18,7 +18,13 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[train,serve,dev]"
 	touch $@
 
-setup: $(BIN)/.installed
+# The browser runtime's npm packages (ONNX Runtime Web, the tokenizer), from web/package-lock.json only; without npm
+# the browser-folder tests skip and say so.
+web/node_modules/.package-lock.json: web/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then npm ci --prefix web --no-audit --no-fund --loglevel=error; \
+	else echo "npm not found: the browser runtime's tests will be skipped (apt-get install nodejs npm)"; fi
+
+setup: $(BIN)/.installed web/node_modules/.package-lock.json
 
 demo: setup
 	$(BIN)/python -m refine_control.demo
