@@ -71,6 +71,17 @@ def _stage(title: str, run: Callable[[list[str]], int], argv: list[str]) -> floa
     return time.perf_counter() - start
 
 
+def _web_ready() -> bool:
+    from refine_control.errors import ConfigError
+    from refine_control.export.web import check_web_source
+
+    try:
+        check_web_source()
+    except ConfigError:
+        return False
+    return True
+
+
 def _latency(argv: list[str]) -> int:
     """The latency benchmark is a script of the repository, run in its own process (it starts workers)."""
     return subprocess.call([sys.executable, str(LATENCY_SCRIPT), *argv])
@@ -204,7 +215,7 @@ def _summary(cfg: DemoConfig, seconds: dict[str, float]) -> str:
         metrics={**comparison, "seconds": seconds, "denoiser_step_ms": step_ms},
         config={**asdict(cfg), "output_dir": str(cfg.output_dir)},
         seed=cfg.seed,
-        command="make demo",
+        command="python -m refine_control.demo --reuse" if cfg.reuse else "make demo",
         wall_s=sum(seconds.values()),
         root=run / "results",
     )
@@ -217,6 +228,16 @@ def _summary(cfg: DemoConfig, seconds: dict[str, float]) -> str:
     lines.append(f"exported:     {model}  (parity report {model / 'parity.json'})")
     if step_ms:
         lines.append("              denoiser step, ms: " + ", ".join(f"{k} {v:.2f}" for k, v in step_ms.items()))
+    web = run / "web"
+    if web.is_dir():
+        lines.append(
+            f"browser:      {web}  (the model runs in the page, nothing is sent; on a phone: serve it over https"
+        )
+        lines.append(
+            "              with the COOP/COEP headers of its README.txt and open index.html; ?selftest=1 checks it)"
+        )
+    else:
+        lines.append("browser:      not written (run `npm ci --prefix web`, then refine-export ... --web)")
     # refine-serve picks the fastest precision that passed parity by itself.
     lines.append(f"serve it:     refine-serve {model}   (then open http://127.0.0.1:8000/)")
     return "\n".join(lines)

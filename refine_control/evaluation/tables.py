@@ -374,8 +374,13 @@ def demo_table(root: Path) -> Table:
     config = demo["config"]
     lines = side_by_side({"teacher": m["teacher"], "student": m["student"]}, config["eval_samples"])
     stages = ", ".join(f"{name} {seconds / 60:.1f} min" for name, seconds in m["seconds"].items())
+    reused = (
+        " (the distillation ran in an earlier invocation of the same defaults; its minutes are the ones it recorded)"
+        if config.get("reuse")
+        else ""
+    )
     caption = (
-        f"`make demo` after setup: {sum(m['seconds'].values()) / 60:.1f} min ({stages}); machine: "
+        f"`make demo` after setup: {sum(m['seconds'].values()) / 60:.1f} min ({stages}){reused}; machine: "
         f"{demo['machine'].get('cpu', 'unknown')}, {demo['machine'].get('logical_cpus')} logical CPUs, load average "
         f"{demo['machine'].get('load_average_1min', '?')} at the start (above 1: other work shared the cores). "
         + provenance([demo])
