@@ -114,7 +114,7 @@ def _fake_fashion_mnist(root, n_train=12, n_test=6):
 
 
 def test_fashion_mnist_becomes_a_captioned_image_folder(tmp_path, monkeypatch):
-    from refine_control import fashion_mnist
+    from refine_control.data import fashion_mnist
 
     _fake_fashion_mnist(tmp_path / "idx")
     monkeypatch.setenv("REFINE_FASHION_MNIST_DIR", str(tmp_path / "idx"))
@@ -131,7 +131,7 @@ def test_fashion_mnist_becomes_a_captioned_image_folder(tmp_path, monkeypatch):
 
 
 def test_fashion_mnist_folders_from_one_seed_and_disjoint_ranges_share_no_image(tmp_path, monkeypatch):
-    from refine_control import fashion_mnist
+    from refine_control.data import fashion_mnist
 
     _fake_fashion_mnist(tmp_path / "idx")
     monkeypatch.setenv("REFINE_FASHION_MNIST_DIR", str(tmp_path / "idx"))

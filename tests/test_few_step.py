@@ -31,6 +31,7 @@ def test_few_step_student_samples_without_guidance_pairs(tiny_run_dir, tmp_path)
         "steps": 2,
         "guidance_scale": 3.0,
         "scheduler": "LCMScheduler",
+        "guidance_range": [2.0, 5.0],
     }
     pipe = StableDiffusionControlNetPipeline.from_pretrained(out / "student")
     assert isinstance(pipe.scheduler, LCMScheduler) and pipe.unet.config.time_cond_proj_dim == 256

@@ -123,7 +123,9 @@ def _run_cli(model: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> tupl
     from PIL import Image
 
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "control.png")
-    code = runtime_main([str(model), "--control", str(tmp_path / "control.png"), "-o", str(tmp_path / "o.png")])
+    # FP32 named: "auto" may pick an INT8 denoiser (when the export measured it faster), not the file damaged here.
+    argv = [str(model), "--control", str(tmp_path / "control.png"), "-o", str(tmp_path / "o.png")]
+    code = runtime_main([*argv, "--precision", "fp32"])
     return code, [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
 
 
