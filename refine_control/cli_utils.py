@@ -55,25 +55,24 @@ def offline_env() -> None:
     os.environ.setdefault("DISABLE_TELEMETRY", "1")
 
 
-def check_output(path: str | os.PathLike[str] | None) -> None:
-    """Fail before any work when a command could not write `path` (a file or dir it writes at the end).
+def check_output(*paths: str | os.PathLike[str] | None) -> None:
+    """Fail before any work when a command could not write one of `paths` (the files or dirs it writes; None:
+    not asked for).
 
-    Checks by doing: a probe dir is made and removed at once where the command's first write will go (inside
-    `path` if it is a dir, else in its nearest existing parent), since permission bits say nothing to root and
-    nothing about read-only mounts, /proc or /sys. A full disk shows only when the data is written; the atomic
-    writers (refine_control/atomic.py) report it then, leaving nothing half-written."""
-    if path is None:
-        return
-    target = Path(path).absolute()
-    anchor = target
-    while not os.path.lexists(anchor) and anchor != anchor.parent:
-        anchor = anchor.parent
-    if anchor == target and not anchor.is_dir():
-        anchor = anchor.parent  # an existing file is replaced by a rename in its dir
-    try:
-        os.rmdir(tempfile.mkdtemp(dir=anchor, prefix=".refine-probe-"))
-    except OSError as err:
-        raise write_error(path, err) from None
+    Checks by doing: a probe dir is made and removed at once where the first write will go (in the nearest existing
+    parent: outputs are created there, or written beside an existing one and renamed over it), since permission
+    bits say nothing to root and nothing about read-only mounts, /proc or /sys. A full disk shows only when the data
+    is written; the atomic writers (refine_control/atomic.py) report it then, leaving nothing half-written."""
+    for path in paths:
+        if path is None:
+            continue
+        anchor = Path(path).absolute().parent
+        while not os.path.lexists(anchor) and anchor != anchor.parent:
+            anchor = anchor.parent
+        try:
+            os.rmdir(tempfile.mkdtemp(dir=anchor, prefix=".refine-probe-"))
+        except OSError as err:
+            raise write_error(path, err) from None
 
 
 # Functions whose OSError means a write failed (pathlib/os/tempfile/shutil and this package's writers).
