@@ -59,18 +59,25 @@ def check_output(*paths: str | os.PathLike[str] | None) -> None:
     """Fail before any work when a command could not write one of `paths` (the files or dirs it writes; None:
     not asked for).
 
-    Checks by doing: a probe dir is made and removed at once where the first write will go (in the nearest existing
-    parent: outputs are created there, or written beside an existing one and renamed over it), since permission
-    bits say nothing to root and nothing about read-only mounts, /proc or /sys. A full disk shows only when the data
-    is written; the atomic writers (refine_control/atomic.py) report it then, leaving nothing half-written."""
+    Checks by doing what the command will do first, undone at once: make the outermost missing dir of the path
+    (or, for a path that exists, a temp dir beside it, as the atomic writers do), since permission bits say
+    nothing to root and nothing about read-only mounts, /proc or /sys. A full disk shows only when the data is
+    written; the atomic writers (refine_control/atomic.py) report it then, leaving nothing half-written."""
     for path in paths:
         if path is None:
             continue
-        anchor = Path(path).absolute().parent
-        while not os.path.lexists(anchor) and anchor != anchor.parent:
-            anchor = anchor.parent
+        target = Path(path).absolute()
         try:
-            os.rmdir(tempfile.mkdtemp(dir=anchor, prefix=".refine-probe-"))
+            if os.path.lexists(target):
+                os.rmdir(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.probe-"))
+                continue
+            first = target
+            while not os.path.lexists(first.parent) and first.parent != first.parent.parent:
+                first = first.parent
+            os.mkdir(first)
+            os.rmdir(first)
+        except FileExistsError:
+            continue  # made by someone else meanwhile: it can be made
         except OSError as err:
             raise write_error(path, err) from None
 

@@ -31,12 +31,12 @@ COMMON = (
 # before the norm (a ResNet's conv1 bias, its time-embedding projection) has an exact gradient of zero: the norm
 # subtracts the channel's own mean. What a run computes for it is rounding noise whose sign follows the summation
 # order, and AdamW divides by the gradient's own RMS, so noise of any size moves an element by up to ±lr_t per step
-# (|m̂/√v̂| ≤ 1.01 over the first steps): two runs may differ by 2 × Σ lr_t there. Measured after 2 steps: 2.2e-5
-# with AVX-512 and with AVX2 kernels (Intel), 2.1e-5 on AMD EPYC, i.e. one step's lr (2e-5). That bound holds for
-# every element of every weight. Elsewhere a gradient is far above its rounding, so the runs' steps agree to a
-# small fraction of lr (measured ≤ 1.9e-6, AVX-512 vs AVX2): held to half the first step's lr, all but 1 in 1000
-# elements (a gradient that cancels by chance behaves like the ones above). A sharding or reduce mistake moves
-# nearly every element by about lr or more.
+# (|m̂/√v̂| ≤ 1.01 over the first steps): two runs may differ by 2 × Σ lr_t there. After 2 steps: 2.2e-5 measured
+# here with AVX-512 and with AVX2 kernels, 2.1e-5 reported on an AMD EPYC, i.e. one step's lr (2e-5). That bound
+# holds for every element of every weight. Elsewhere a gradient is far above its rounding, so the runs' steps
+# agree to a small fraction of lr (measured ≤ 3.3e-6 between AVX-512, AVX2 and scalar kernels): held to half the
+# first step's lr, all but 1 in 1000 elements (a gradient that cancels by chance behaves like the ones above). A
+# sharding or reduce mistake moves nearly every element by about lr or more.
 GRADIENT_FREE = re.compile(r"resnets\.\d+\.(conv1\.bias|time_emb_proj\.)")
 ROUNDING_ATOL = LEARNING_RATE / WARMUP / 2
 
