@@ -33,8 +33,8 @@ class ExportConfig:
     ort: bool = False
     calibration_samples: int = 8
     parity_samples: int = 4
-    steps: int | None = None  # None: the student's recommendation (a few-step student's sampling.json), else 10
-    guidance_scale: float | None = None  # None: likewise, else 7.5
+    steps: int | None = None  # None: the student's recommendation (student/sampling.json)
+    guidance_scale: float | None = None  # None: likewise
     int8_op_types: tuple[str, ...] | None = None  # None: choose the nodes per node (measured here)
     int8_calibration: str = "percentile"
     int8_reduce_range: str = "auto"  # auto: from this CPU (serve/runtime/cpu.py)
@@ -123,14 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps",
         type=int,
         default=None,
-        help="denoising steps of calibration and parity runs (default: the student's recommendation, e.g. 4 for a "
-        "few-step student; else 10)",
+        help="denoising steps of calibration and parity runs. Default: the student's recommendation "
+        "(student/sampling.json: e.g. 4 for a few-step student, 20 for a guided one)",
     )
     parser.add_argument(
         "--guidance-scale",
         type=float,
         default=None,
-        help="guidance scale of calibration and parity runs (default: the student's recommendation, else 7.5)",
+        help="guidance scale of calibration and parity runs. Default: the student's recommendation",
     )
     parser.add_argument(
         "--int8-op-types",

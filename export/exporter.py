@@ -25,7 +25,7 @@ from refine_control.atomic import atomic_dir, write_json
 from refine_control.cli_utils import check_output
 from refine_control.config import read_run_config
 from refine_control.errors import ConfigError, ExportError, ParityError
-from refine_control.evaluation.generate import recommended_sampling
+from refine_control.evaluation.generate import read_recommendation
 from refine_control.export.manifest import build_manifest, source_run, write_manifest
 from refine_control.export.mobile import REQUIRED_OPERATORS, mobile_usability, write_required_operators
 from refine_control.export.onnx_export import (
@@ -48,6 +48,7 @@ from refine_control.faults import fault_point
 from refine_control.serve.runtime.cpu import cpu_info, decide_reduce_range
 from refine_control.serve.runtime.layout import MANIFEST, PARITY, SCHEDULER, TOKENIZER, graph_file
 from refine_control.serve.runtime.pipeline import PromptEncoder
+from refine_control.serve.runtime.sampling import recommendation_or_default
 from refine_control.serve.runtime.session import default_threads
 
 if TYPE_CHECKING:
@@ -91,9 +92,10 @@ def _pipeline_facts(student: Student, preprocessor: str) -> dict[str, Any]:
         "preprocessor": preprocessor,
         "scheduler": type(pipe.scheduler).__name__,
     }
-    recommended = recommended_sampling(student.run / "student")
-    if recommended is not None:  # a few-step student says how it samples
-        facts["recommended_sampling"] = {"steps": recommended.steps, "guidance_scale": recommended.guidance_scale}
+    own = read_recommendation(student.run / "student")
+    facts["recommended_sampling"] = recommendation_or_default(
+        None if own is None else own.to_json(), f"the student of {student.run}"
+    ).to_json()
     if not preprocessor.startswith("aux:"):
         from refine_control.preprocess import get_preprocessor
 
@@ -182,10 +184,10 @@ def _export(cfg: "ExportConfig", config: dict[str, Any], data_dir: Path, threads
     samples = load_samples(data_dir, preprocessor, student.geometry.resolution, n_cal + cfg.parity_samples)
     calibration, parity_samples = samples[:n_cal], samples[n_cal:]
     facts = _pipeline_facts(student, preprocessor)
-    recommended = facts.get("recommended_sampling", {})
+    recommended = facts["recommended_sampling"]  # calibration and parity sample as the model recommends
     settings = SamplingSettings(
-        cfg.steps or recommended.get("steps", 10),
-        recommended.get("guidance_scale", 7.5) if cfg.guidance_scale is None else cfg.guidance_scale,
+        cfg.steps or recommended["steps"],
+        recommended["guidance_scale"] if cfg.guidance_scale is None else cfg.guidance_scale,
     )
     source = source_run(cfg.run, config)
     export_info = {"config": cfg.to_json(), "exporter": cfg.exporter, "opset": cfg.opset}

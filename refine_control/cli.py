@@ -54,7 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="refine-distill",
         description="Distil a ControlNet teacher (UNet + ControlNet, diffusers format) into a small student with the "
-        "tri-level knowledge fusion loss (task, output, feature) and a semi-supervised second stage.",
+        "tri-level knowledge fusion loss (task, output, feature) and a semi-supervised second stage. The default "
+        "recipe (--recipe fast) goes on, in the same run, to a few-step student that samples without guidance "
+        "pairs (RUN/stages/few-step) and, where decoding dominates its image, a tiny VAE decoder; RUN/student is the "
+        "last stage's student.",
         epilog=f"student presets (measured cost and quality: README, 'Student presets'):\n{presets}\n\n"
         "Example: refine-distill --teacher builtin --output-dir runs/demo",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -75,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="student preset (see below). Default: %(default)s",
     )
     p("--output-dir", "-o", required=True, type=Path, help="run directory to create (student/, checkpoints/, logs)")
+    p(
+        "--recipe",
+        default=_default("recipe"),
+        choices=["fast", "guided"],
+        help="fast: the compact student, then its few-step student (latent consistency distillation, guidance as an "
+        "input), then a tiny decoder when it makes the image >= 2x cheaper in MACs, as stages of one run; guided: "
+        "stop after the compact student (20 steps with guidance pairs). Default: %(default)s",
+    )
     p(
         "--init",
         default=_default("init"),
@@ -251,10 +262,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="save an EMA of the student (diffusers' EMAModel: decay min(this, (1+t)/(10+t)) at step t), e.g. 0.999",
     )
     few = parser.add_argument_group(
-        "after distillation (--from RUN: the run's teacher, preset, preprocessor and resolution are reused)",
+        "few-step stage and tiny decoder (stages of the fast recipe, or alone with --from RUN, whose teacher, preset, "
+        "preprocessor and resolution are reused)",
         "--few-step: latent consistency distillation of the run's student with the guidance scale as an input, so "
         "that it samples in a few steps without the classifier-free guidance pair (UNet and ControlNet trained "
         "together). --tiny-decoder: a tiny VAE (TAESD-like) distilled from the teacher's, for the run's student.",
+    )
+    few.add_argument(
+        "--few-step-steps",
+        type=int,
+        default=None,
+        help=f"steps of the fast recipe's few-step stage. Default: {OBJECTIVE_DEFAULTS['few_step'][0]}",
+    )
+    few.add_argument(
+        "--tiny-decoder-stage",
+        default=_default("tiny_decoder_stage"),
+        choices=["auto", "always", "never"],
+        help="the fast recipe's tiny-decoder stage: auto adds it when it makes the few-step image >= 2x cheaper in "
+        "MACs (recorded in RUN/recipe.json). Default: %(default)s",
     )
     few.add_argument("--from", dest="from_run", metavar="RUN", default=None, help="a finished refine-distill run")
     few.add_argument("--few-step", action="store_true", help="train the few-step student (needs --from)")
@@ -287,9 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     few.add_argument(
         "--sampling-steps",
         type=int,
-        default=_default("sampling_steps"),
-        help="steps recommended to samplers (student/sampling.json, the export manifest, refine-serve). "
-        "Default: %(default)s",
+        default=None,
+        help="steps recommended to samplers (student/sampling.json, the export manifest, refine-eval, refine-serve). "
+        "Default: 4 for a few-step student, 20 for a guided one",
     )
     few.add_argument(
         "--sampling-guidance",

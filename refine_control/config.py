@@ -9,6 +9,7 @@ from typing import Any
 from refine_control.errors import ConfigError
 from refine_control.models.presets import INIT_METHODS, STUDENT_PRESETS
 from refine_control.preprocess import get_preprocessor
+from refine_control.serve.runtime.sampling import GUIDED_DEFAULT, SamplingRecommendation
 
 # Options that may differ between a run and its `--resume` without changing what is computed.
 RESUME_FREE_FIELDS = (
@@ -24,6 +25,10 @@ RESUME_FREE_FIELDS = (
 )
 
 
+RECIPES = ("fast", "guided")
+TINY_DECODER_STAGES = ("auto", "always", "never")
+FEW_STEP_SAMPLING_STEPS = 4  # a few-step student's recommended steps unless --sampling-steps says otherwise
+
 # (steps, learning rate) by objective: stage 1, the few-step stage, the tiny decoder.
 OBJECTIVE_DEFAULTS = {"distill": (1600, 2e-3), "few_step": (600, 2e-4), "tiny_decoder": (1500, 1e-3)}
 
@@ -31,6 +36,9 @@ OBJECTIVE_DEFAULTS = {"distill": (1600, 2e-3), "few_step": (600, 2e-4), "tiny_de
 @dataclass(frozen=True)
 class DistillConfig:
     output_dir: Path
+    # fast: compact student → few-step student → tiny decoder when it pays (refine_control/recipe.py);
+    # guided: stop after the compact student (sampled with guidance pairs).
+    recipe: str = "fast"
     teacher: str = "builtin"
     controlnet: str | None = None
     student: str = "compact-wide"
@@ -71,10 +79,12 @@ class DistillConfig:
     few_step: bool = False
     tiny_decoder: bool = False  # distil a tiny VAE (AutoencoderTiny) from the teacher's for the run's student
     tiny_decoder_width: int = 32
+    few_step_steps: int | None = None  # the fast recipe's few-step stage; None: its objective's default (600)
+    tiny_decoder_stage: str = "auto"  # the fast recipe's tiny decoder: auto (the MAC rule), always or never
     guidance_range: tuple[float, float] = (2.0, 5.0)  # guidance scales the student learns to take as input
     solver_steps: int = 50  # the teacher's DDIM grid; each target is one step on it
     target_decay: float = 0.95  # EMA decay of the target network
-    sampling_steps: int = 4  # recommended to samplers (student/sampling.json)
+    sampling_steps: int | None = None  # recommended to samplers (student/sampling.json); None: 4 few-step, else 20
     sampling_guidance: float = 3.0
     checkpoint_every: int = 250
     keep_checkpoints: int = 2
@@ -138,12 +148,34 @@ class DistillConfig:
                 self.guidance_range,
                 "1 <= MIN <= MAX",
             ),
+            (self.recipe in RECIPES, "--recipe", self.recipe, " or ".join(RECIPES)),
+            (self.few_step_steps is None or self.few_step_steps >= 1, "--few-step-steps", self.few_step_steps, ">= 1"),
+            (
+                self.tiny_decoder_stage in TINY_DECODER_STAGES,
+                "--tiny-decoder-stage",
+                self.tiny_decoder_stage,
+                ", ".join(TINY_DECODER_STAGES),
+            ),
             (1 <= self.solver_steps <= 1000, "--solver-steps", self.solver_steps, "in 1..1000"),
             (0 < self.target_decay < 1, "--target-decay", self.target_decay, "in (0, 1)"),
-            (1 <= self.sampling_steps <= 50, "--sampling-steps", self.sampling_steps, "in 1..50"),
+            (
+                self.sampling_steps is None or 1 <= self.sampling_steps <= 50,
+                "--sampling-steps",
+                self.sampling_steps,
+                "in 1..50",
+            ),
             (self.sampling_guidance >= 1, "--sampling-guidance", self.sampling_guidance, ">= 1"),
             (self.tiny_decoder_width >= 4, "--tiny-decoder-width", self.tiny_decoder_width, ">= 4"),
         ]
+        if self.few_step:
+            checks.append(
+                (
+                    low <= self.sampling_guidance <= high,
+                    "--sampling-guidance",
+                    self.sampling_guidance,
+                    "within --guidance-range",
+                )
+            )
         for ok, flag, value, allowed in checks:
             if not ok:
                 raise ConfigError(f"`{flag}` must be {allowed}, got {value}")
@@ -177,6 +209,20 @@ class DistillConfig:
     @property
     def objective(self) -> str:
         return "few_step" if self.few_step else "tiny_decoder" if self.tiny_decoder else "distill"
+
+    @property
+    def sampling(self) -> SamplingRecommendation:
+        """How the student this config trains is meant to be sampled (written to student/sampling.json)."""
+        if self.few_step:
+            return SamplingRecommendation(
+                self.sampling_steps or FEW_STEP_SAMPLING_STEPS,
+                self.sampling_guidance,
+                "LCMScheduler",
+                tuple(self.guidance_range),
+            )
+        return dataclasses.replace(
+            GUIDED_DEFAULT, steps=self.sampling_steps or GUIDED_DEFAULT.steps, guidance_scale=self.sampling_guidance
+        )
 
     @property
     def uses_teacher_signals(self) -> bool:
@@ -248,6 +294,11 @@ def with_run_settings(cfg: DistillConfig) -> DistillConfig:
             inherited["labelled"] = saved["labelled"]
     except KeyError as err:
         raise ConfigError(f"`--from {run}`: its config.json lacks {err}") from err
+    if (run / "stages").is_dir():  # a fast-recipe run (refine_control/recipe.py)
+        raise ConfigError(
+            f"`--from {run}`: that run holds the whole fast recipe (its student is the last stage's)",
+            hint=f"start from its compact stage: --from {run}/stages/compact",
+        )
     if cfg.few_step and saved.get("few_step"):
         raise ConfigError(f"`--from {run}`: that run is already a few-step student", hint="start from its --from run")
     if saved.get("tiny_decoder"):

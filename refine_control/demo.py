@@ -1,9 +1,11 @@
 """`make demo` / `python -m refine_control.demo`: the main job end to end on the built-in default.
 
-Distil the shipped shapes teacher into the default compact student (the `refine-distill` defaults), score student and
-teacher with `refine-eval` on held-out test shapes, export the student to ONNX + INT8 with its parity report, time
-teacher and student images in ONNX Runtime with `benchmarks/latency.py`, and print them side by side with the
-`refine-serve` command. Each stage is the public CLI, so the demo exercises exactly what a user runs.
+Distil the shipped shapes teacher with the default recipe (`refine-distill` defaults: the compact student, then its
+few-step student, then a tiny decoder where it pays), score the result with `refine-eval` at its own recommended
+sampling against the teacher's 20 guided steps, export it to ONNX (+ INT8 where INT8 is faster and accurate) with
+its parity report, time teacher and student images in ONNX Runtime with `benchmarks/latency.py`, and print them side
+by side with the `refine-serve` command. Each stage is the public CLI, so the demo exercises exactly what a user
+runs.
 """
 
 import argparse
@@ -30,9 +32,11 @@ class DemoConfig:
     output_dir: Path = Path("runs/demo")
     eval_samples: int = 256
     seed: int = 0
-    max_steps: int | None = None  # None: refine-distill's default
+    max_steps: int | None = None  # None: refine-distill's default (the compact stage)
     stage2_steps: int | None = None  # None: refine-distill's default
-    sampling_steps: int = 20  # refine-eval's and the latency benchmark's denoising steps per image
+    few_step_steps: int | None = None  # None: refine-distill's default
+    teacher_steps: int = 20  # the teacher samples 20 steps with guidance pairs (refine-eval's default)
+    reuse: bool = False  # keep a finished distillation in output_dir (its recorded seconds are reported)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,12 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
         "side with the command that serves the student.",
     )
     parser.add_argument("--output-dir", type=Path, default=d.output_dir, help="Default: %(default)s (replaced)")
-    parser.add_argument("--max-steps", type=int, default=None, help="stage-1 steps. Default: refine-distill's")
+    parser.add_argument("--max-steps", type=int, default=None, help="compact-stage steps. Default: refine-distill's")
     parser.add_argument("--stage2-steps", type=int, default=None, help="stage-2 steps. Default: refine-distill's")
+    parser.add_argument("--few-step-steps", type=int, default=None, help="few-step stage. Default: refine-distill's")
     parser.add_argument("--eval-samples", type=int, default=d.eval_samples, help="Default: %(default)s")
     parser.add_argument("--seed", type=int, default=d.seed, help="Default: %(default)s")
     parser.add_argument(
-        "--sampling-steps", type=int, default=d.sampling_steps, help="denoising steps per image. Default: %(default)s"
+        "--reuse",
+        action="store_true",
+        help="keep the finished distillation in --output-dir instead of distilling again (the seconds it took, "
+        "recorded in its metrics.json, are reported)",
     )
     return parser
 
@@ -73,22 +81,29 @@ def run_demo(cfg: DemoConfig) -> dict[str, float]:
     from refine_control.cli import main as distill
     from refine_control.evaluation.cli import main as evaluate
     from refine_control.export.cli import main as export
+    from refine_control.run_dir import is_finished
 
     run, model = cfg.output_dir, cfg.output_dir / "model"
     distill_argv = ["--teacher", "builtin", "-o", str(run), "--overwrite", "--seed", str(cfg.seed), "-q"]
-    for flag in ("max_steps", "stage2_steps"):
+    for flag in ("max_steps", "stage2_steps", "few_step_steps"):
         if getattr(cfg, flag) is not None:
             distill_argv += [f"--{flag.replace('_', '-')}", str(getattr(cfg, flag))]
+    # The student samples as it recommends (its sampling.json); the teacher 20 steps with guidance pairs.
     eval_argv = [str(run), "--num-samples", str(cfg.eval_samples), "--seed", str(cfg.seed), "-q"]
-    eval_argv += ["--steps", str(cfg.sampling_steps)]
+    eval_argv += ["--teacher-steps", str(cfg.teacher_steps)]
     latency_argv = ["--scale", "builtin", "--presets", "none", "--run", f"student={run}", "--runtimes", "ort-fp32"]
-    latency_argv += ["--steps", str(cfg.sampling_steps), "--repeats", "5", "--warmup", "1"]
+    latency_argv += ["--steps", str(cfg.teacher_steps), "--repeats", "5", "--warmup", "1"]
     latency_argv += ["--json", str(run / "latency.json")]
-    seconds = {
-        "distil": _stage("1/4 distil (refine-distill)", distill, distill_argv),
-        "evaluate": _stage("2/4 evaluate (refine-eval)", evaluate, eval_argv),
-        "export": _stage("3/4 export (refine-export)", export, [str(run), "-o", str(model), "--int8", "--overwrite"]),
-    }
+    if cfg.reuse and is_finished(run):
+        print(f"\n=== 1/4 distil: reusing the finished run in {run}")  # noqa: T201 - the demo's narration
+        recorded = json.loads((run / "metrics.json").read_text()).get("seconds", {})
+        seconds = {"distil": float(sum(recorded.values()))}
+    else:
+        seconds = {"distil": _stage("1/4 distil (refine-distill)", distill, distill_argv)}
+    seconds["evaluate"] = _stage("2/4 evaluate (refine-eval)", evaluate, eval_argv)
+    seconds["export"] = _stage(
+        "3/4 export (refine-export)", export, [str(run), "-o", str(model), "--int8", "--overwrite"]
+    )
     if LATENCY_SCRIPT.is_file():
         seconds["measure"] = _stage("4/4 measure (benchmarks/latency.py)", _latency, latency_argv)
     else:
@@ -96,29 +111,44 @@ def run_demo(cfg: DemoConfig) -> dict[str, float]:
     return seconds
 
 
-def compare(eval_report: dict[str, Any], latency: dict[str, Any] | None, steps: int) -> dict[str, dict[str, float]]:
-    """Teacher vs student from the same runs: quality from refine-eval, MACs and ORT FP32 seconds per image."""
+QUALITY_KEYS = ("edge_f1_strict", "edge_f1", "mask_iou", "colour_acc", "shape_acc")
+
+
+def compare(eval_report: dict[str, Any], latency: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """Teacher vs student from the same runs: quality from refine-eval, sampling, MACs and ORT FP32 seconds per
+    image from the latency benchmark (each model at its own steps: the teacher's guided 20, the student's own)."""
     student, teacher = eval_report["metrics"], eval_report["columns"]["teacher"]
-    keys = ("edge_f1", "mask_iou", "colour_acc", "shape_acc")
-    out = {
-        "teacher": {k: teacher[k] for k in keys if k in teacher},
-        "student": {k: student[k] for k in (*keys, "teacher_psnr_db") if k in student},
+    sampling = eval_report["sampling"]
+    out: dict[str, dict[str, Any]] = {
+        "teacher": {k: teacher[k] for k in QUALITY_KEYS if k in teacher},
+        "student": {k: student[k] for k in (*QUALITY_KEYS, "teacher_psnr_db") if k in student},
     }
+    out["teacher"]["steps"], out["teacher"]["guidance_scale"] = (
+        sampling["teacher_steps"],
+        sampling["teacher_guidance_scale"],
+    )
+    out["student"]["steps"], out["student"]["guidance_scale"] = sampling["steps"], sampling["guidance_scale"]
     if latency is not None:
-        size = str(latency["config"]["sizes"][0])
         for model in ("teacher", "student"):
-            m = latency["models"][model]["macs"][size]
-            out[model]["macs_per_image"] = m["text_encoder"] + steps * 2 * m["step"] + m["vae_decode"]
             found = [r for r in latency["per_image"] if r["model"] == model and r["runtime"] == "ort-fp32"]
             if found:
-                out[model]["ort_fp32_s_per_image"] = found[0]["image_cfg_s"]
+                out[model]["macs_per_image"] = found[0]["gmacs_image"] * 1e9
+                out[model]["ort_fp32_s_per_image"] = found[0]["image_s"]
+                out[model]["guidance"] = found[0]["guidance"]
     return out
 
 
-def side_by_side(comparison: dict[str, dict[str, float]], samples: int, steps: int) -> list[str]:
+def side_by_side(comparison: dict[str, dict[str, Any]], samples: int) -> list[str]:
     """The comparison as aligned text lines."""
     teacher, student = comparison["teacher"], comparison["student"]
+
+    def sampled(m: dict[str, Any]) -> str:
+        pair = m.get("guidance", "pair") == "pair"
+        return f"{m['steps']} steps" + (" ×2 (guidance pair)" if pair else " ×1 (scale as input)")
+
     rows: list[tuple[str, str, str, str]] = []
+    if "steps" in student:  # results recorded before the fast recipe did not record the sampling
+        rows.append(("sampling", sampled(teacher), sampled(student), ""))
     if "macs_per_image" in student:
         t, s = teacher["macs_per_image"], student["macs_per_image"]
         rows.append(("GMAC per image", f"{t / 1e9:.2f}", f"{s / 1e9:.2f}", f"{t / s:.1f}× fewer"))
@@ -126,7 +156,8 @@ def side_by_side(comparison: dict[str, dict[str, float]], samples: int, steps: i
         t, s = teacher["ort_fp32_s_per_image"], student["ort_fp32_s_per_image"]
         rows.append(("ORT FP32 s per image", f"{t:.3f}", f"{s:.3f}", f"{t / s:.1f}× faster"))
     labels = {
-        "edge_f1": "edge F1",
+        "edge_f1_strict": "edge F1 (strict)",
+        "edge_f1": "edge F1 (1 px)",
         "mask_iou": "mask IoU",
         "colour_acc": "colour accuracy",
         "shape_acc": "shape accuracy",
@@ -140,7 +171,7 @@ def side_by_side(comparison: dict[str, dict[str, float]], samples: int, steps: i
     head = ("", "teacher", "student", "")
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [head, *rows]]
-    note = f"{samples} held-out test shapes, {steps} steps with guidance (a batch of 2 per step)"
+    note = f"{samples} held-out test shapes, the same prompts, controls and initial noise for both"
     return [*lines, note + (", timed in ONNX Runtime FP32 on this machine" if "macs_per_image" in student else "")]
 
 
@@ -151,7 +182,7 @@ def _summary(cfg: DemoConfig, seconds: dict[str, float]) -> str:
     latency_path = run / "latency.json"
     latency = json.loads(latency_path.read_text()) if latency_path.is_file() else None
     parity = json.loads((model / "parity.json").read_text())
-    comparison = compare(eval_report, latency, cfg.sampling_steps)
+    comparison = compare(eval_report, latency)
     step_ms = parity.get("latency_ms_per_denoiser_step", {})
     write_result(
         ("demo", "make-demo"),
@@ -164,17 +195,15 @@ def _summary(cfg: DemoConfig, seconds: dict[str, float]) -> str:
     )
     lines = ["", "=== done in " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())]
     lines += ["", "teacher vs student (same prompts, controls and noise):"]
-    lines += ["  " + line for line in side_by_side(comparison, eval_report["num_samples"], cfg.sampling_steps)]
+    lines += ["  " + line for line in side_by_side(comparison, eval_report["num_samples"])]
     lines.append("")
-    lines.append(f"student:      {run / 'student'}  (diffusers format; training log {run / 'logs' / 'train.log'})")
+    lines.append(f"student:      {run / 'student'}  (diffusers format; its stages in {run / 'stages'})")
     lines.append(f"evaluation:   {run / 'eval' / 'metrics.json'}")
     lines.append(f"exported:     {model}  (parity report {model / 'parity.json'})")
     if step_ms:
         lines.append("              denoiser step, ms: " + ", ".join(f"{k} {v:.2f}" for k, v in step_ms.items()))
-    # Serve the faster of the two exported denoisers (INT8 is not faster for every student on every CPU).
-    int8_faster = step_ms.get("onnxruntime int8", float("inf")) < step_ms.get("onnxruntime fp32", float("inf"))
-    precision = "int8" if int8_faster else "fp32"
-    lines.append(f"serve it:     refine-serve {model} --precision {precision}   (then open http://127.0.0.1:8000/)")
+    # refine-serve picks the fastest precision that passed parity by itself.
+    lines.append(f"serve it:     refine-serve {model}   (then open http://127.0.0.1:8000/)")
     return "\n".join(lines)
 
 
@@ -182,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def body() -> int:
-        for name in ("max_steps", "eval_samples", "sampling_steps"):
+        for name in ("max_steps", "few_step_steps", "eval_samples"):
             value = getattr(args, name)
             if value is not None and value < 1:
                 raise ConfigError(f"`--{name.replace('_', '-')}` must be >= 1, got {value}")
@@ -198,7 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             max_steps=args.max_steps,
             stage2_steps=args.stage2_steps,
-            sampling_steps=args.sampling_steps,
+            few_step_steps=args.few_step_steps,
+            reuse=args.reuse,
         )
         print(_summary(cfg, run_demo(cfg)))  # noqa: T201 - the demo's result
         return 0

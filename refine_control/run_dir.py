@@ -1,6 +1,7 @@
 """The run directory: refuse to clobber finished runs, save the deployable student atomically and read it back,
 and keep `metrics.jsonl` in step with a resumed run."""
 
+import dataclasses
 import json
 import logging
 import math
@@ -18,14 +19,22 @@ from refine_control.config import DistillConfig
 from refine_control.errors import ConfigError, write_error
 from refine_control.models.denoiser import ControlledDenoiser
 from refine_control.models.teacher import Teacher
-
-SAMPLING_FILE = "sampling.json"  # in a student dir: how a few-step student is meant to be sampled
+from refine_control.serve.runtime.sampling import SAMPLING_FILE, SamplingRecommendation
 
 logger = logging.getLogger(__name__)
 
 
 def is_finished(run) -> bool:
     return (run / "student" / "model_index.json").is_file()
+
+
+def has_progress(run: Path) -> bool:
+    """Whether `run` holds work worth keeping: a checkpoint, or a stage of the fast recipe (RUN/stages/*) with a
+    checkpoint or a finished student."""
+    stages = sorted((run / "stages").glob("*")) if (run / "stages").is_dir() else []
+    return bool(list_checkpoints(run / "checkpoints")) or any(
+        is_finished(stage) or list_checkpoints(stage / "checkpoints") for stage in stages
+    )
 
 
 def prepare_run_dir(cfg: DistillConfig, world: int = 1) -> None:
@@ -43,7 +52,7 @@ def prepare_run_dir(cfg: DistillConfig, world: int = 1) -> None:
             f"--output-dir {run} is not empty and is not a refine-control run dir",
             hint="choose a new or empty directory",
         )
-    has_checkpoints = bool(list_checkpoints(run / "checkpoints"))
+    has_checkpoints = has_progress(run)
     if occupied and cfg.overwrite:
         shutil.rmtree(run)
     elif occupied and is_finished(run):
@@ -78,19 +87,21 @@ def save_student(
     path: Path,
     teacher: Teacher,
     student: ControlledDenoiser,
-    sampling: dict[str, Any] | None = None,
+    sampling: SamplingRecommendation,
     vae: Any = None,
 ) -> None:
     """Write the student as a full `StableDiffusionControlNetPipeline` dir (teacher's VAE, text encoder,
-    tokenizer and scheduler; the student's UNet and ControlNet), loadable with `from_pretrained`.
+    tokenizer and scheduler; the student's UNet and ControlNet), loadable with `from_pretrained`, and beside
+    `model_index.json` its sampling recommendation (`sampling.json`), which every consumer defaults to.
 
-    A few-step student (`sampling`: its recommended steps and guidance scale) gets diffusers' `LCMScheduler` on the
-    teacher's noise schedule, and `sampling.json` beside `model_index.json` says how to sample it."""
+    A few-step student (recommended scheduler `LCMScheduler`) gets diffusers' `LCMScheduler` on the teacher's noise
+    schedule; a guided one keeps the teacher's scheduler."""
     scheduler = teacher.scheduler
-    if sampling is not None and sampling.get("scheduler", "LCMScheduler") == "LCMScheduler":
+    if sampling.scheduler == "LCMScheduler":
         from diffusers import LCMScheduler
 
         scheduler = LCMScheduler.from_config(teacher.scheduler.config)
+    sampling = dataclasses.replace(sampling, scheduler=type(scheduler).__name__)
     pipeline = StableDiffusionControlNetPipeline(
         vae=vae if vae is not None else teacher.vae,
         text_encoder=teacher.text_encoder,
@@ -104,8 +115,7 @@ def save_student(
     )
     with atomic_dir(path) as tmp:
         pipeline.save_pretrained(tmp, safe_serialization=True)
-        if sampling is not None:
-            (tmp / SAMPLING_FILE).write_text(json.dumps({**sampling, "scheduler": type(scheduler).__name__}, indent=2))
+        (tmp / SAMPLING_FILE).write_text(json.dumps(sampling.to_json(), indent=2))
     logger.info("student saved to %s", path)
 
 

@@ -8,7 +8,6 @@ See madebyollin/taesd for the original and its caveat ("fudges fine details"): t
 teacher decoder's is recorded in the run's `metrics.json`.
 """
 
-import json
 import logging
 import math
 import time
@@ -23,11 +22,13 @@ from diffusers import AutoencoderKL, AutoencoderTiny
 from refine_control.atomic import write_json
 from refine_control.config import DistillConfig
 from refine_control.data import load_image, load_training_data
+from refine_control.evaluation.generate import read_recommendation
 from refine_control.losses.terms import high_pass
 from refine_control.models.presets import count_params
 from refine_control.models.teacher import load_teacher
 from refine_control.progress import progress_bar
-from refine_control.run_dir import SAMPLING_FILE, load_run_student, save_student
+from refine_control.run_dir import load_run_student, save_student
+from refine_control.serve.runtime.sampling import GUIDED_DEFAULT
 
 logger = logging.getLogger(__name__)
 
@@ -134,8 +135,7 @@ def train_tiny_decoder(cfg: DistillConfig, device: torch.device) -> None:
     write_json(run / "config.json", {**cfg.to_json(), "resolved": {"resolution": size, "images": len(images)}})
     tiny, metrics = distil_tiny_vae(teacher.vae, images[~held_out], images[held_out], settings, cfg.seed)
     student = load_run_student(source, device)
-    sampling_file = source / "student" / SAMPLING_FILE
-    sampling = json.loads(sampling_file.read_text()) if sampling_file.is_file() else None
+    sampling = read_recommendation(source / "student") or GUIDED_DEFAULT  # a run older than recommendations: guided
     save_student(run / "student", teacher, student, sampling, vae=tiny)
     write_json(
         run / "metrics.json",

@@ -31,6 +31,7 @@ from refine_control.consistency import consistency_batch
 from refine_control.data import derive_seed
 from refine_control.distiller import Conditioner, run_teacher
 from refine_control.errors import ConfigError, RefineError
+from refine_control.faults import fault_point
 from refine_control.loader import micro_batches
 from refine_control.models.presets import STUDENT_PRESETS
 from refine_control.progress import progress_bar
@@ -127,7 +128,13 @@ def _run_log(run: Path, enabled: bool) -> Iterator[None]:
 
 
 def train(cfg: DistillConfig) -> Path:
-    """Distil the teacher into the preset student; return the run dir (its `student/` is the result)."""
+    """Distil the teacher into the preset student; return the run dir (its `student/` is the result).
+
+    The fast recipe runs as stages of one run (refine_control/recipe.py), each stage through this function."""
+    if cfg.recipe == "fast" and cfg.from_run is None:
+        from refine_control.recipe import run_recipe
+
+        return run_recipe(cfg)
     run = cfg.output_dir
     fsdp = parse_flag_from_env("ACCELERATE_USE_FSDP")
     if fsdp and os.environ.get("FSDP_VERSION", "1") != "2":
@@ -263,6 +270,7 @@ def _distil(cfg: DistillConfig, accelerator: Accelerator) -> None:
                 if main:
                     extra = {"stage": stage, "config": cfg.to_json()}
                     save_checkpoint(run / "checkpoints", done, state, extra, cfg.keep_checkpoints)
+                    fault_point(f"checkpoint:{run.name}:{done}")  # crash tests (refine_control/faults.py)
 
     # 7. The deployable student: a full pipeline dir (the projectors are not part of it).
     accelerator.wait_for_everyone()
@@ -271,8 +279,7 @@ def _distil(cfg: DistillConfig, accelerator: Accelerator) -> None:
         ema.copy_to(ema_params)
     whole_student = unsharded(student)  # under FSDP every process takes part
     if main:
-        sampling = {"steps": cfg.sampling_steps, "guidance_scale": cfg.sampling_guidance} if cfg.few_step else None
-        save_student(run / "student", setup.teacher, whole_student, sampling)
+        save_student(run / "student", setup.teacher, whole_student, cfg.sampling)
         write_json(
             run / "metrics.json",
             {

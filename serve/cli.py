@@ -46,7 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="also accept this Host header name (repeatable; the loopback names always work)",
     )
-    parser.add_argument("--precision", choices=("fp32", "int8", "fp16"), help="denoiser precision (default fp32)")
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "int8", "fp16"),
+        help="denoiser precision. Default: auto, the fastest in the dir that passed parity (INT8 when it was "
+        "written and measured faster than FP32, else FP32)",
+    )
     parser.add_argument("--model-format", choices=("onnx", "ort"), help="graph format (default onnx)")
     parser.add_argument("--scheduler", help="override the model's scheduler (ddim, euler, euler_ancestral, lcm)")
     parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all CPUs)")

@@ -50,6 +50,7 @@ class Engine(Protocol):
     default_preprocessor: str
     default_steps: int  # the model's recommendation: what a request without `steps` gets
     default_guidance_scale: float
+    guidance_range: tuple[float, float] | None  # the scales a guidance-distilled student was trained on; None: any
 
     def model_card(self) -> dict[str, Any]:
         """Manifest summary for `GET /v1/models` (fields of `schemas.ModelCard`); no file paths."""
@@ -95,8 +96,10 @@ class OnnxEngine:
         )
         self.resolution = int(self.pipeline.resolution)
         self.size_multiple = int(self.pipeline.size_multiple)
-        self.default_steps = self.pipeline.default_steps
-        self.default_guidance_scale = self.pipeline.default_guidance_scale
+        self.precision = self.pipeline.precision  # what "auto" resolved to
+        self.default_steps = self.pipeline.sampling.steps
+        self.default_guidance_scale = self.pipeline.sampling.guidance_scale
+        self.guidance_range = self.pipeline.sampling.guidance_range
         preprocessor = self.pipeline.model.pipeline.get("preprocessor")
         self.default_preprocessor = preprocessor if isinstance(preprocessor, str) and preprocessor else "canny"
 
@@ -152,7 +155,7 @@ def load_engine(settings: "ServeSettings") -> OnnxEngine:
     logger.info(
         "loaded model %s (%s, %d px, sides in multiples of %d, %d steps by default)",
         Path(settings.model_dir).name,
-        settings.precision,
+        engine.precision,
         engine.resolution,
         engine.size_multiple,
         engine.default_steps,
@@ -165,7 +168,7 @@ def load_engine(settings: "ServeSettings") -> OnnxEngine:
 def warm_up(engine: Engine) -> None:
     """One 1-step generation at the model's size: proves the graphs run and fills ONNX Runtime's arenas."""
     side = engine.resolution
-    params = GenerationParams("", "", 1, 1.0, 1.0, 0, side, side)
+    params = GenerationParams("", "", 1, engine.default_guidance_scale, 1.0, 0, side, side)
     engine.generate(params, np.zeros((side, side, 3), np.uint8), lambda done, total: None, _NeverCancel())
 
 

@@ -169,6 +169,9 @@ class ModelCard(BaseModel):
     guidance_embedded: bool = Field(
         False, description="a few-step student that reads the guidance scale as an input (no CFG batch of 2)"
     )
+    guidance_range: list[float] | None = Field(
+        None, description="[min, max] guidance scales the model was trained on (others get 422); null: any"
+    )
     extra: dict[str, Any] = Field(default_factory=dict, description="other manifest facts (versions, parity)")
 
 

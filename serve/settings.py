@@ -41,7 +41,10 @@ class ServeSettings(BaseSettings):
 
     # The model and how it runs.
     model_dir: Path | None = Field(None, description="a `refine-export` model dir")
-    precision: str = Field("fp32", description="denoiser precision to load: fp32, int8 or fp16")
+    precision: str = Field(
+        "auto",
+        description="denoiser precision to load: auto (the fastest in the dir that passed parity), fp32, int8 or fp16",
+    )
     model_format: str = Field("onnx", description="onnx, or ort for ONNX Runtime's mobile format")
     scheduler: str | None = Field(None, description="override the model's scheduler (ddim, euler, ...)")
     threads: int | None = Field(None, ge=1, le=256, description="ONNX Runtime intra-op threads (default: all CPUs)")
@@ -111,8 +114,8 @@ class ServeSettings(BaseSettings):
     @field_validator("precision")
     @classmethod
     def _check_precision(cls, value: str) -> str:
-        if value not in ("fp32", "int8", "fp16"):
-            raise ValueError(f"precision must be fp32, int8 or fp16, got {value!r}")
+        if value not in ("auto", "fp32", "int8", "fp16"):
+            raise ValueError(f"precision must be auto, fp32, int8 or fp16, got {value!r}")
         return value
 
     @field_validator("model_format")

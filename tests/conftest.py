@@ -52,6 +52,8 @@ def tiny_run_dir(tiny_pipeline_dir, tiny_data, tmp_path_factory: pytest.TempPath
     run = tmp_path_factory.mktemp("runs") / "run"
     code = main(
         [
+            "--recipe",
+            "guided",
             "--teacher",
             str(tiny_pipeline_dir),
             "--labelled",

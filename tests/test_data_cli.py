@@ -23,8 +23,8 @@ def _datasets_cache(tmp_path, monkeypatch):
 
 def _args(teacher: Path, data: Path, run: Path, *extra: str) -> list[str]:
     return [
-        "--teacher", str(teacher), "--labelled", str(data), "--output-dir", str(run), "--student", "compact-small",
-        "--batch-size", "2", "--stage2-steps", "0", "--log-every", "1", "-q", *extra,
+        "--recipe", "guided", "--teacher", str(teacher), "--labelled", str(data), "--output-dir", str(run),
+        "--student", "compact-small", "--batch-size", "2", "--stage2-steps", "0", "--log-every", "1", "-q", *extra,
     ]  # fmt: skip
 
 

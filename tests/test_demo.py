@@ -19,12 +19,12 @@ def test_too_few_eval_samples_are_refused_before_the_distillation(tmp_path, caps
 
 @pytest.mark.slow
 def test_the_demo_succeeds_end_to_end_at_its_smallest(tmp_path, capsys):
-    """The successful path of `make demo` at its smallest size: 2 distillation steps, 64 evaluation samples (the
-    FID minimum), 2 sampling steps. Still about 10 minutes on 2 busy cores (measured: evaluate 313 s, since the
-    built-in teacher is sampled at its own 20 steps; export + INT8 parity 124 s; latency 163 s), so it is slow."""
+    """The successful path of `make demo` at its smallest size: 2 compact and 2 few-step distillation steps, 64
+    evaluation samples (the FID minimum). Minutes on 2 busy cores (the built-in teacher is sampled at its own 20
+    guided steps), so it is slow."""
     out = tmp_path / "demo"
     argv = ["--output-dir", str(out), "--max-steps", "2", "--stage2-steps", "0", "--eval-samples", "64"]
-    assert main([*argv, "--sampling-steps", "2"]) == 0
+    assert main([*argv, "--few-step-steps", "2"]) == 0
     text = capsys.readouterr().out
     assert "teacher vs student" in text and f"refine-serve {out / 'model'}" in text
     assert json.loads((out / "model" / "parity.json").read_text())["passed"] is True
@@ -35,3 +35,9 @@ def test_the_demo_succeeds_end_to_end_at_its_smallest(tmp_path, capsys):
         assert summary["student"][key] == evaluated["metrics"][key]
         assert summary["teacher"][key] == evaluated["columns"]["teacher"][key]
     assert (out / "student" / "model_index.json").is_file()
+    # The demo shows the default recipe's student: few-step, one pass per step, against the teacher's guided 20.
+    assert summary["student"]["steps"] == 4 and summary["student"]["guidance"] == "embedded"
+    assert summary["teacher"]["steps"] == 20 and summary["teacher"]["guidance"] == "pair"
+    # Rerunning with --reuse keeps the distillation and reports the seconds it took.
+    assert main([*argv, "--few-step-steps", "2", "--reuse"]) == 0
+    assert "reusing the finished run" in capsys.readouterr().out

@@ -18,6 +18,8 @@ from refine_control.config import DistillConfig
 def distill_args(teacher, data, run, *extra):
     labelled, unlabelled = data
     return [
+        "--recipe",
+        "guided",
         "--teacher",
         str(teacher),
         "--labelled",
@@ -301,6 +303,8 @@ def test_a_run_that_failed_before_its_first_checkpoint_can_simply_be_rerun(tiny_
     good = (labelled / "0001.png").read_bytes()
     (labelled / "0001.png").write_bytes(good[:40])
     args = [
+        "--recipe",
+        "guided",
         "--teacher",
         str(tiny_pipeline_dir),
         "--labelled",

@@ -55,6 +55,8 @@ def test_few_step_resumes_bit_for_bit(tiny_run_dir, tmp_path):
     (crashed / "metrics.json").unlink()
     shutil.rmtree(crashed / "checkpoints" / "step-000004", ignore_errors=True)
     assert main(few_step_args(tiny_run_dir, crashed, *extra, "--resume")) == 0
+    # It resumed from the step-2 checkpoint (a restart from step 0 would give the same weights too).
+    assert json.loads((crashed / "metrics.json").read_text())["steps"]["resumed_from"] == 2
     a = load_file(next((straight / "student" / "unet").glob("*.safetensors")))
     b = load_file(next((crashed / "student" / "unet").glob("*.safetensors")))
     assert all(torch.equal(a[k], b[k]) for k in a)

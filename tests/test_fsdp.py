@@ -21,9 +21,9 @@ from refine_control.cli import main
 
 LEARNING_RATE, WARMUP = 1e-3, 50
 COMMON = (
-    "--student", "compact-small", "--batch-size", "2", "--stage2-steps", "0", "--log-every", "1", "-q",
-    "--max-steps", "4", "--checkpoint-every", "2", "--no-normalize-features", "--learning-rate", str(LEARNING_RATE),
-    "--warmup-steps", str(WARMUP), "--ema-decay", "0.9",
+    "--recipe", "guided", "--student", "compact-small", "--batch-size", "2", "--stage2-steps", "0", "--log-every",
+    "1", "-q", "--max-steps", "4", "--checkpoint-every", "2", "--no-normalize-features", "--learning-rate",
+    str(LEARNING_RATE), "--warmup-steps", str(WARMUP), "--ema-decay", "0.9",
 )  # fmt: skip
 
 # How close two runs' weights can be when only the kernels differ (the CPU's vector width, the number of

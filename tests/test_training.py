@@ -16,8 +16,8 @@ TERMS = ("task", "output", "feature")
 
 def _args(teacher: Path, labelled: Path, run: Path, *extra: str) -> list[str]:
     return [
-        "--teacher", str(teacher), "--labelled", str(labelled), "--output-dir", str(run), "--student",
-        "compact-small", "--stage2-steps", "0", "--log-every", "1", "-q", *extra,
+        "--recipe", "guided", "--teacher", str(teacher), "--labelled", str(labelled), "--output-dir", str(run),
+        "--student", "compact-small", "--stage2-steps", "0", "--log-every", "1", "-q", *extra,
     ]  # fmt: skip
 
 

@@ -11,6 +11,7 @@ import torch
 from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 
 from refine_control.errors import ConfigError
+from refine_control.serve.runtime.sampling import SAMPLING_FILE, SamplingRecommendation
 
 logger = logging.getLogger(__name__)
 
@@ -24,18 +25,21 @@ class Sampling:
     batch_size: int = 32
 
 
-def recommended_sampling(pipeline_dir: str | Path) -> Sampling | None:
-    """The steps and guidance scale a pipeline dir recommends (`sampling.json`), or None."""
-    from refine_control.run_dir import SAMPLING_FILE
-
+def read_recommendation(pipeline_dir: str | Path) -> SamplingRecommendation | None:
+    """The sampling recommendation a pipeline dir holds (`sampling.json`), or None for a dir without one."""
     path = Path(pipeline_dir) / SAMPLING_FILE
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text("utf-8"))
-        return Sampling(int(data["steps"]), float(data["guidance_scale"]))
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        return SamplingRecommendation.from_json(json.loads(path.read_text("utf-8")))
+    except (OSError, ValueError) as err:
         raise ConfigError(f"{path} is not a valid sampling file ({err})") from err
+
+
+def recommended_sampling(pipeline_dir: str | Path) -> Sampling | None:
+    """The steps and guidance scale a pipeline dir recommends (`sampling.json`), or None."""
+    own = read_recommendation(pipeline_dir)
+    return None if own is None else Sampling(own.steps, own.guidance_scale)
 
 
 def load_pipeline(path: str | Path, controlnet: str | Path | None = None) -> StableDiffusionControlNetPipeline:

@@ -372,9 +372,7 @@ def demo_table(root: Path) -> Table:
     (demo,) = read_results("demo", root)
     m = demo["metrics"]
     config = demo["config"]
-    lines = side_by_side(
-        {"teacher": m["teacher"], "student": m["student"]}, config["eval_samples"], config["sampling_steps"]
-    )
+    lines = side_by_side({"teacher": m["teacher"], "student": m["student"]}, config["eval_samples"])
     stages = ", ".join(f"{name} {seconds / 60:.1f} min" for name, seconds in m["seconds"].items())
     caption = (
         f"`make demo` after setup: {sum(m['seconds'].values()) / 60:.1f} min ({stages}); machine: "

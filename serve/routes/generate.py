@@ -54,6 +54,13 @@ def resolve_params(req: GenerateRequest, engine: Engine, settings: ServeSettings
     if steps > settings.max_steps:
         raise ApiError(422, "invalid_request", f"steps: must be at most {settings.max_steps}")
     guidance = req.guidance_scale if req.guidance_scale is not None else engine.default_guidance_scale
+    if engine.guidance_range is not None and not engine.guidance_range[0] <= guidance <= engine.guidance_range[1]:
+        low, high = engine.guidance_range
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"guidance_scale: must be between {low:g} and {high:g} for this model (the range it was trained on)",
+        )
     seed = req.seed if req.seed is not None else secrets.randbelow(MAX_SEED + 1)
     return GenerationParams(
         prompt=req.prompt,

@@ -26,11 +26,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--preprocess", action="store_true", help="apply the model's preprocessor (e.g. Canny) to --control first"
     )
     parser.add_argument("--output", "-o", type=Path, required=True, help="PNG file to write")
-    parser.add_argument("--precision", default="fp32", help="fp32, int8 or fp16 (those exported)")
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        help="auto (the fastest that passed parity), fp32, int8 or fp16 (those exported). Default: %(default)s",
+    )
     parser.add_argument("--format", dest="model_format", default="onnx", choices=("onnx", "ort"))
     parser.add_argument("--scheduler", default=None, help="ddim, euler, euler_ancestral or lcm (default: the model's)")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--guidance-scale", type=float, default=7.5)
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps. Default: the model's recommendation")
+    parser.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=None,
+        help="guidance scale (within the model's trained range). Default: the model's recommendation",
+    )
     parser.add_argument("--controlnet-scale", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--width", type=int, default=None)

@@ -126,6 +126,16 @@ class ModelDir:
         """Precisions whose denoiser was exported in `model_format`."""
         return [p for p in PRECISIONS if self.has(graph_file("denoiser", p, model_format))]
 
+    def fastest_precision(self, model_format: str = "onnx") -> str:
+        """INT8 when its denoiser was written, passed parity and was measured faster than FP32 at export; else FP32.
+
+        `refine-export` writes an INT8 denoiser only when a node set is both faster and accurate (unless
+        `--int8-anyway`, which records `faster_than_fp32`); the manifest exists only when parity passed (or with
+        `--allow-degraded`, which records `parity_passed: false`)."""
+        passed = (self.manifest.get("export") or {}).get("parity_passed", True) is not False
+        faster = self.quantization().get("faster_than_fp32") is not False
+        return "int8" if "int8" in self.precisions(model_format) and passed and faster else "fp32"
+
     def _check_regular(self, name: str, path: Path) -> os.stat_result:
         try:
             st = os.lstat(path)

@@ -27,6 +27,7 @@ from refine_control.serve.runtime.layout import (
     graph_file,
 )
 from refine_control.serve.runtime.model_dir import ModelDir, ModelDirError, VerifiedGraph
+from refine_control.serve.runtime.sampling import recommendation_or_default
 from refine_control.serve.runtime.schedulers import SCHEDULERS, NumpyScheduler, make_scheduler, scheduler_key
 from refine_control.serve.runtime.session import default_threads, ort_session
 
@@ -114,7 +115,8 @@ class OnnxControlNetPipeline:
         model_dir: a `refine-export` output dir. Its manifest is read at once; every graph, the tokenizer and the
             scheduler config are checked against the manifest's sha256 before use (`ModelDirError`, exit code 2,
             names the file that is missing, truncated, corrupted, or points outside the dir).
-        precision: which denoiser to run: "fp32", "int8" or "fp16" (those exported; see `available_precisions`).
+        precision: which denoiser to run: "fp32", "int8" or "fp16" (those exported; see `available_precisions`), or
+            "auto" for the fastest that passed parity (`ModelDir.fastest_precision`).
             The text encoder and VAE decoder run in FP32 unless the dir holds graphs of that precision too.
         scheduler: None for the model's own scheduler (DDIM if it has no numpy version, with a warning), or one
             of "ddim", "euler", "euler_ancestral", "lcm", built from the model's noise schedule.
@@ -127,8 +129,9 @@ class OnnxControlNetPipeline:
         image = pipe(prompt, control_image, negative_prompt="", steps=None, guidance_scale=None,
                      controlnet_scale=1.0, seed=0, width=None, height=None, callback=None, cancel=None)
 
-        - steps / guidance_scale: None for the model's recommendation (`manifest.json` → `recommended_sampling`,
-          written for a few-step student), else 20 steps at scale 7.5.
+        - steps / guidance_scale: None for the model's recommendation (`manifest.json` → `recommended_sampling`:
+          e.g. 4 steps at scale 3 for a few-step student, 20 at 3 for a guided one). A scale outside the range a
+          guidance-distilled student was trained on (`recommended_sampling.guidance_range`) is refused.
 
         - control_image: (H, W, 3) or (H, W) numpy array or PIL image. uint8 is scaled to [0, 1]; float arrays are
           used as given (the preprocessor's output range, e.g. [0, 1] edges). It is resized to (height, width).
@@ -162,6 +165,8 @@ class OnnxControlNetPipeline:
         if model_format not in MODEL_FORMATS:
             raise ConfigError(f"`model_format` must be one of {', '.join(MODEL_FORMATS)}, got {model_format!r}")
         self.model = ModelDir(model_dir, manifest)
+        if precision == "auto":
+            precision = self.model.fastest_precision(model_format)
         available = self.model.precisions(model_format)
         if precision not in available:
             raise ModelDirError(
@@ -179,10 +184,11 @@ class OnnxControlNetPipeline:
             self.vae_scaling_factor = float(facts["vae_scaling_factor"])
             self.vae_shift_factor = float(facts.get("vae_shift_factor") or 0.0)
             pad_id = int(facts["pad_token_id"])
-            # A few-step student's recommendation (its sampling.json at export); 20 steps at 7.5 otherwise.
-            recommended = facts.get("recommended_sampling") or {}
-            self.default_steps = int(recommended.get("steps", 20))
-            self.default_guidance_scale = float(recommended.get("guidance_scale", 7.5))
+            # The model's recommendation (its student/sampling.json, copied at export); the documented default
+            # with a warning for a dir exported before recommendations were written.
+            self.sampling = recommendation_or_default(facts.get("recommended_sampling"), f"{self.model.path}")
+            self.default_steps = self.sampling.steps
+            self.default_guidance_scale = self.sampling.guidance_scale
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise ModelDirError(f"{self.model.path}/manifest.json lacks pipeline fact {err}") from err
         self.resolution, self.size_multiple = self.geometry.resolution, self.geometry.size_multiple
@@ -293,6 +299,8 @@ class OnnxControlNetPipeline:
         for name, value in (("guidance_scale", guidance_scale), ("controlnet_scale", controlnet_scale)):
             if not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ConfigError(f"`{name}` must be a finite number, got {value!r}")
+        if (message := self.sampling.guidance_error(guidance_scale)) is not None:
+            raise ConfigError(f"{message}, got {guidance_scale}")
         if not isinstance(seed, int) or seed < 0:
             raise ConfigError(f"`seed` must be a non-negative integer, got {seed!r}")
         if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
@@ -340,6 +348,7 @@ class OnnxControlNetPipeline:
             "scheduler": self.scheduler_name,
             "recommended_steps": self.default_steps,
             "recommended_guidance_scale": self.default_guidance_scale,
+            "guidance_range": None if self.sampling.guidance_range is None else list(self.sampling.guidance_range),
             "guidance_embedded": self.geometry.guidance_embedded,
             "resolution": self.resolution,
             "size_multiple": self.size_multiple,

@@ -55,6 +55,10 @@ async function loadModel() {
     $("steps").max = String(limits.max_steps);
     $("steps").value = String(Math.min(model.recommended_steps, limits.max_steps));
     $("guidance").value = String(model.recommended_guidance_scale);
+    if (model.guidance_range) {
+      // A guidance-distilled student takes only the scales it was trained on.
+      [$("guidance").min, $("guidance").max] = model.guidance_range.map(String);
+    }
     $("preprocessor").replaceChildren(...limits.preprocessors.map((p) => new Option(p, p)));
     $("preprocessor").value = model.preprocessor && limits.preprocessors.includes(model.preprocessor) ? model.preprocessor : limits.preprocessors[0];
     $("generate").disabled = false;

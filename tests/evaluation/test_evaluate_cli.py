@@ -199,7 +199,8 @@ def test_asymmetric_student_loads_in_a_fresh_process(tiny_pipeline_dir, tiny_dat
 
     labelled, _ = tiny_data
     run = tmp_path / "run"
-    argv = ["--teacher", str(tiny_pipeline_dir), "--labelled", str(labelled), "--student", "controlnet-half"]
+    argv = ["--recipe", "guided", "--teacher", str(tiny_pipeline_dir), "--labelled", str(labelled)]
+    argv += ["--student", "controlnet-half"]
     assert distill([*argv, "-o", str(run), "--max-steps", "1", "--batch-size", "2", "-q"]) == 0
     code = "import sys; from refine_control.evaluation.generate import load_pipeline; load_pipeline(sys.argv[1])"
     result = subprocess.run([sys.executable, "-c", code, str(run / "student")], capture_output=True, text=True)

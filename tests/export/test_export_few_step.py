@@ -21,6 +21,8 @@ def test_manifest_records_guidance_input_and_recommended_steps(few_step_model):
     assert facts["guidance_embedding_dim"] == 256 and facts["recommended_sampling"] == {
         "steps": 2,
         "guidance_scale": 3.0,
+        "scheduler": "LCMScheduler",
+        "guidance_range": [2.0, 5.0],
     }
     assert facts["scheduler"] == "LCMScheduler"
     for precision in ("fp32", "int8"):
@@ -73,3 +75,31 @@ def test_runtime_samples_in_one_batch1_pass_per_step(few_step_model):
     pipe.run_graph = lambda graph, feeds: (more.append(graph), run_graph(graph, feeds))[1]
     pipe("a red square", control, steps=4, seed=1)  # a request may still ask for more steps
     assert more.count("denoiser") == 4
+
+
+def test_every_runtime_consumer_defaults_to_the_recommendation_and_keeps_to_its_range(few_step_model, tmp_path):
+    """OnnxControlNetPipeline and `python -m refine_control.serve.runtime` sample as the manifest recommends; a
+    scale outside the trained range is refused with the range named."""
+    from refine_control.errors import ConfigError
+    from refine_control.serve.runtime.__main__ import main as runtime_main
+
+    _, model = few_step_model
+    pipe = OnnxControlNetPipeline(model, num_threads=1)
+    assert (pipe.default_steps, pipe.default_guidance_scale) == (2, 3.0)
+    assert pipe.info()["guidance_range"] == [2.0, 5.0]
+    control = np.zeros((16, 16, 3), np.uint8)
+    steps: list[int] = []
+    pipe("a red circle", control, callback=lambda done, total: steps.append(total))
+    assert steps == [2, 2]
+    try:
+        pipe("a red circle", control, guidance_scale=7.5)
+    except ConfigError as err:
+        assert "between 2 and 5" in str(err)
+    else:
+        raise AssertionError("a guidance scale outside the trained range was accepted")
+    from PIL import Image
+
+    Image.fromarray(control).save(tmp_path / "control.png")
+    argv = [str(model), "--control", str(tmp_path / "control.png"), "-o", str(tmp_path / "out.png"), "-q"]
+    assert runtime_main(argv) == 0  # no --steps / --guidance-scale: the recommendation, within range
+    assert runtime_main([*argv, "--guidance-scale", "7.5"]) == 2

@@ -16,7 +16,8 @@ class FakeEngine:
         self.resolution = resolution
         self.size_multiple = size_multiple
         self.default_preprocessor = "canny"
-        self.default_steps, self.default_guidance_scale = 20, 7.5
+        self.default_steps, self.default_guidance_scale = 20, 3.0
+        self.guidance_range: tuple[float, float] | None = None
         self.step_s = step_s
         self.gate: threading.Event | None = None
         self.started = threading.Event()
