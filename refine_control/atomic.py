@@ -17,8 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from safetensors import SafetensorError
-
 from refine_control.errors import CheckpointError, write_error
 from refine_control.faults import fault_point
 
@@ -27,8 +25,14 @@ logger = logging.getLogger(__name__)
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 
-# safetensors reports I/O failures (disk full, file too large) as SafetensorError, not OSError.
-WRITE_ERRORS = (OSError, SafetensorError)
+# safetensors reports I/O failures (disk full, file too large) as SafetensorError, not OSError. The device install
+# has no safetensors (and writes none): there OSError is all.
+try:
+    from safetensors import SafetensorError
+
+    WRITE_ERRORS: tuple[type[Exception], ...] = (OSError, SafetensorError)
+except ModuleNotFoundError:
+    WRITE_ERRORS = (OSError,)
 
 
 def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

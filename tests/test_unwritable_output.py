@@ -98,11 +98,18 @@ def test_weaklabel(unwritable, tmp_path, capsys):
         assert_nothing_written(unwritable)
 
 
-def test_benchmark_result_file(unwritable):
-    """A benchmark writing its result file (refine_control/results.py) into an unwritable results root."""
-    argv = ["--images", "4", "--source-size", "64", "--workers", "0", "--micro-batches", "1", "--no-train"]
+@pytest.mark.parametrize(
+    ("name", "argv"),
+    [  # a result file (refine_control/results.py), and a report refused before any work (no model, no server)
+        ("data.py", ["--images", "4", "--source-size", "64", "--workers", "0", "--micro-batches", "1", "--no-train"]),
+        ("shapes.py", ["no-model-needed"]),
+        ("load.py", ["--url", "http://127.0.0.1:9"]),
+    ],
+)
+def test_benchmarks(unwritable, name, argv):
+    flag = "--results-dir" if name == "data.py" else "--json"
     done = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "data.py"), *argv, "--results-dir", str(unwritable)],
+        [sys.executable, str(REPO / "benchmarks" / name), *argv, flag, str(unwritable)],
         capture_output=True,
         text=True,
         timeout=300,
