@@ -323,6 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from refine_control.cli_utils import check_output, run_cli
+
+    if (code := run_cli(lambda: check_output(args.json) or 0)) != 0:  # an unwritable --json: before the load
+        return code
     if args.clients < 1 or args.requests < 1 or args.stalled < 0:
         raise SystemExit("error: --clients and --requests must be ≥ 1, --stalled ≥ 0")
     proc, exit_code = None, None
@@ -358,7 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in report.items():
         print(f"{key:28s} {value}")
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        from refine_control.atomic import write_text
+
+        write_text(args.json, json.dumps(report, indent=2) + "\n")
     healthy = report["healthz_not_json_200"] == 0
     return 0 if report["errors"] == 0 and not report["stopped_early"] and healthy else 1
 

@@ -24,7 +24,8 @@ if str(REPO) not in sys.path:  # run as a script from a checkout without install
 
 import numpy as np  # noqa: E402
 
-from refine_control.cli_utils import offline_env, run_cli  # noqa: E402
+from refine_control.atomic import write_text  # noqa: E402
+from refine_control.cli_utils import check_output, offline_env, run_cli  # noqa: E402
 from refine_control.results import split_results_name  # noqa: E402
 
 
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         # (group, name) of the result file, parsed before the run so that a malformed name is refused early
         target = split_results_name(args.results_name) if args.results_name is not None else None
+        check_output(args.json)
         from refine_control.results import git_state, machine_info, write_result
         from refine_control.runtime import OnnxControlNetPipeline
         from refine_control.runtime.session import fixed_dims_for, ort_session
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
         report = {"model": str(args.model), "batch": batch, "resolution": base.resolution, "graphs": rows}
         if args.json is not None:
-            args.json.write_text(json.dumps(report, indent=2))
+            write_text(args.json, json.dumps(report, indent=2))
         if target is not None:
             write_result(
                 target,

@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from refine_control.atomic import atomic_dir, write_json
+from refine_control.cli_utils import check_output
 from refine_control.errors import ConfigError, ExportError, ParityError
 from refine_control.export.manifest import build_manifest, source_run, write_manifest
 from refine_control.export.mobile import REQUIRED_OPERATORS, mobile_usability, write_required_operators
@@ -66,6 +67,7 @@ class ExportResult:
 def check_output_dir(cfg: "ExportConfig") -> None:
     """Refuse to touch an existing MODEL dir without --overwrite, and any dir that is not a model dir."""
     out = cfg.output_dir
+    check_output(out)  # a dir that cannot be created there fails now, not after the export
     if not out.exists():
         return
     if not out.is_dir():

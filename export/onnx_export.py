@@ -125,6 +125,8 @@ def export_graph(
             torch.onnx.export(
                 module, example, str(path), dynamo=exporter == "dynamo", opset_version=opset, **names, **specific
             )
+    except OSError:  # the file could not be written (a full disk): atomic_dir reports it, naming the model dir
+        raise
     except Exception as err:  # the exporters raise many types; keep the first line, chain the rest
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
         logger.debug("exporter output:\n%s", chatter.getvalue())

@@ -17,9 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from safetensors import SafetensorError
-
-from refine_control.errors import CheckpointError
+from refine_control.errors import CheckpointError, write_error
 from refine_control.faults import fault_point
 
 logger = logging.getLogger(__name__)
@@ -27,32 +25,33 @@ logger = logging.getLogger(__name__)
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 
-# safetensors reports I/O failures (disk full, file too large) as SafetensorError, not OSError.
-WRITE_ERRORS = (OSError, SafetensorError)
+# safetensors reports I/O failures (disk full, file too large) as SafetensorError, not OSError. The device install
+# has no safetensors (and writes none): there OSError is all.
+try:
+    from safetensors import SafetensorError
 
-
-def _disk_error(path: Path, err: Exception) -> CheckpointError:
-    return CheckpointError(
-        f"could not write {path}: {getattr(err, 'strerror', None) or err}",
-        hint="free some disk space (or choose another output dir) and run the command again",
-    )
+    WRITE_ERRORS: tuple[type[Exception], ...] = (OSError, SafetensorError)
+except ModuleNotFoundError:
+    WRITE_ERRORS = (OSError,)
 
 
 def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write `data` to a temp file beside `path`, fsync it, then rename it over `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as err:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise _disk_error(path, err) from err
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise write_error(path, err) from err
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -76,10 +75,16 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     - On any failure the temp dir is removed and an existing `path` is left as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise write_error(path, err) from err
     with _writer_lock(path):
         clean_stale(path)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-{os.getpid()}-"))
+        try:
+            tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-{os.getpid()}-"))
+        except OSError as err:
+            raise write_error(path, err) from err
         try:
             yield tmp
             fault_point("atomic_dir.before_swap")
@@ -95,7 +100,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
                 _fsync_dir(path.parent)
         except WRITE_ERRORS as err:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise _disk_error(path, err) from err
+            raise write_error(path, err) from err
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -126,7 +131,10 @@ def _writer_lock(path: Path) -> Iterator[None]:
     removed it while this one waited)."""
     lock_path = path.with_name(f".{path.name}.lock")
     while True:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:  # the first write into the output's parent dir: name the output, not the lock
+            raise write_error(path, err) from err
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -1,11 +1,15 @@
 """The one error boundary every console script shares."""
 
+import errno
 import logging
 import os
 import sys
+import tempfile
+import traceback
 from collections.abc import Callable
+from pathlib import Path
 
-from refine_control.errors import RefineError
+from refine_control.errors import ConfigError, RefineError, write_error
 
 logger = logging.getLogger("refine_control")
 
@@ -51,15 +55,76 @@ def offline_env() -> None:
     os.environ.setdefault("DISABLE_TELEMETRY", "1")
 
 
+def check_output(*paths: str | os.PathLike[str] | None) -> None:
+    """Fail before any work when a command could not write one of `paths` (the files or dirs it writes; None:
+    not asked for).
+
+    Checks by doing what the command will do first, undone at once: make the outermost missing dir of the path
+    (or, for a path that exists, a temp dir beside it, as the atomic writers do), since permission bits say
+    nothing to root and nothing about read-only mounts, /proc or /sys. A full disk shows only when the data is
+    written; the atomic writers (refine_control/atomic.py) report it then, leaving nothing half-written."""
+    for path in paths:
+        if path is None:
+            continue
+        target = Path(path).absolute()
+        try:
+            if os.path.lexists(target):
+                os.rmdir(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.probe-"))
+                continue
+            first = target
+            while not os.path.lexists(first.parent) and first.parent != first.parent.parent:
+                first = first.parent
+            os.mkdir(first)
+            os.rmdir(first)
+        except FileExistsError:
+            continue  # made by someone else meanwhile: it can be made
+        except OSError as err:
+            raise write_error(path, err) from None
+
+
+# Functions whose OSError means a write failed (pathlib/os/tempfile/shutil and this package's writers).
+_WRITING = frozenset(
+    {"mkdir", "makedirs", "mkstemp", "mkdtemp", "_mkstemp_inner", "touch", "rename", "replace", "copyfile", "copy2"}
+    | {"copytree", "move", "symlink_to", "hardlink_to", "atomic_dir", "save_file", "save_pretrained", "savefig"}
+)
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+_WRITE_ONLY = _DISK_FULL | {errno.EROFS}
+
+
+def os_error(err: OSError) -> RefineError | None:
+    """The user-facing error for an OS error about a path (None: not about a path, a bug to show as such).
+
+    An output that cannot be created or written (no permission, read-only filesystem, a file where a dir should
+    be, a full disk) is a user's mistake like a bad flag: one `error:` line naming the path, exit code 2."""
+    path = err.filename
+    if path is None:
+        if err.errno in _DISK_FULL:  # a write() on an open file: the path is not in the error
+            return write_error("the output", err)
+        return None
+    frames = [frame.f_code.co_name for frame, _ in traceback.walk_tb(err.__traceback__)][-3:]
+    writing = err.errno in _WRITE_ONLY or any(
+        name in _WRITING or name.lstrip("_").startswith(("write", "save")) for name in frames
+    )
+    if writing:
+        return write_error(os.fsdecode(path), err)
+    return ConfigError(
+        f"cannot open {os.fsdecode(path)}: {err.strerror or err}",
+        hint="check that the path exists and that you may read it",
+    )
+
+
 def run_cli(body: Callable[[], int]) -> int:
-    """Run a command body; a `RefineError` becomes `error: ...` (and `hint: ...`) with its exit code."""
+    """Run a command body; a `RefineError`, or an OS error about a path, becomes `error: ...` (and `hint: ...`)
+    with its exit code."""
     try:
         return body()
     except RefineError as err:
-        print(f"error: {err}", file=sys.stderr)  # noqa: T201 - the CLI boundary talks to the user
-        if err.hint:
-            print(f"hint: {err.hint}", file=sys.stderr)  # noqa: T201
-        return err.exit_code
+        return _report(err)
+    except OSError as err:
+        known = os_error(err)
+        if known is None:
+            raise
+        return _report(known)
     except ModuleNotFoundError as err:
         if (err.name or "").split(".")[0] not in TRAIN_MODULES:
             raise
@@ -69,3 +134,10 @@ def run_cli(body: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)  # noqa: T201
         return 130
+
+
+def _report(err: RefineError) -> int:
+    print(f"error: {err}", file=sys.stderr)  # noqa: T201 - the CLI boundary talks to the user
+    if err.hint:
+        print(f"hint: {err.hint}", file=sys.stderr)  # noqa: T201
+    return err.exit_code

@@ -2,7 +2,7 @@
 
 Settings come from flags, then `REFINE_SERVE_*` environment variables, then defaults (see `ServeSettings`).
 The model is loaded and warmed up before the port is bound, so a broken model dir ends the command at once with
-one `error:` line (exit code 2) instead of leaving a half-alive server.
+one `error:` line (and a `hint:`, exit code 2) instead of leaving a half-alive server.
 """
 
 import argparse
@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from refine_control import __version__
+from refine_control.cli_utils import run_cli
 from refine_control.errors import ConfigError, RefineError
 
 logger = logging.getLogger("refine_control.serve")
@@ -154,21 +155,30 @@ def serve(settings: Any, engine: Any) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    try:
+    loaded: list[tuple[Any, Any]] = []
+
+    def load() -> int:
+        """Everything before the port is bound; a mistake here is `error:` / `hint:` and exit 2 (run_cli)."""
         settings = settings_from_args(args)
         logging.getLogger().setLevel(settings.log_level.upper())
         check_exposure(settings)
         from refine_control.serve.engine import load_engine
 
-        engine = load_engine(settings)
-    except RefineError as err:
-        logger.error("%s", err)
-        if err.hint:
-            logger.error("hint: %s", err.hint)
-        return err.exit_code
-    except Exception as err:  # ONNX Runtime failing on the warm-up run: say so in one line
-        logger.error("the model failed its warm-up run (%s); is the model dir complete?", type(err).__name__)
-        return 1
+        try:
+            loaded.append((settings, load_engine(settings)))
+        except (RefineError, OSError):
+            raise
+        except Exception as err:  # ONNX Runtime failing on the warm-up run: say so in one line
+            raise ConfigError(
+                f"the model in {settings.model_dir} failed its warm-up run ({type(err).__name__})",
+                hint="is the model dir complete? export it again with refine-export",
+            ) from None
+        return 0
+
+    code = run_cli(load)
+    if code != 0:
+        return code
+    settings, engine = loaded[0]
     logger.info(
         "serving on http://%s:%d (web page at /, API reference at /docs)", _url_host(settings.host), settings.port
     )

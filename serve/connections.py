@@ -16,6 +16,9 @@ uvicorn's `H11Protocol` that adds:
   answered 503 `too_many_connections` with Retry-After, as JSON like every other error.
 
 Idle time between requests on a kept-alive connection stays uvicorn's `timeout_keep_alive`.
+
+`H11Protocol` is not uvicorn's public API (this uses its `conn`, `cycle`, `connections`, `transport` and
+`on_response_complete`): pyproject.toml pins `[serve]` to the uvicorn releases the slow-client tests passed with.
 """
 
 import asyncio

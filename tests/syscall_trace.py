@@ -7,11 +7,15 @@ created, renamed or linked.
 """
 
 import ipaddress
+import os
 import re
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from refine_control import NO_TELEMETRY_ENV
 
 TRACED = "%network,openat,?open,?creat,?mkdir,mkdirat,?rename,renameat,?renameat2,?link,linkat,?symlink,symlinkat"
 _SEND = re.compile(r"^(connect|sendto|sendmsg|sendmmsg)\((.*)$")
@@ -21,6 +25,29 @@ _WRITE_FLAGS = ("O_WRONLY", "O_RDWR", "O_CREAT", "O_TRUNC")
 _OPEN = re.compile(r'^(openat|open|creat)\((?:(AT_FDCWD|\d+)[^,]*, )?"([^"]*)"(.*)$')
 _PATH_CALL = re.compile(r"^(mkdir|mkdirat|rename|renameat|renameat2|link|linkat|symlink|symlinkat)\((.*)$")
 _QUOTED = re.compile(r'"([^"]*)"')
+
+# What the Python runtime and torch write on their own, none of it data: bytecode caches of stale sources, POSIX
+# semaphores in shared memory (multiprocessing), tempfile's one-off probe file in TMPDIR (created and removed at
+# once) and torch's empty compile-cache dir (`torchinductor_<user>`, created when the exporter imports torch).
+RUNTIME_WRITES = (r"/__pycache__/[^/]+\.pyc(\.\d+)?$", r"^/dev/shm/sem\.", r"^/dev/null$")
+TORCH_TMP_WRITES = (r"/[a-z0-9_]{8}$", r"/torchinductor_[^/]+$")
+
+# A deliberate non-loopback connection for the controls: a UDP `connect` only sets the socket's peer and sends
+# no packet, and 192.0.2.1 is TEST-NET-1 (RFC 5737), reserved for documentation, never routed to anyone. Run in a
+# thread of its own, as library telemetry is.
+DELIBERATE = ("192.0.2.1", 9)
+DELIBERATE_CONNECT = f"""
+import socket, threading
+def _connect():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect({DELIBERATE!r})
+        except OSError:
+            pass  # no route (a network namespace): the attempt is in the trace all the same
+_t = threading.Thread(target=_connect)
+_t.start()
+_t.join()
+"""
 
 
 def strace_usable() -> bool:
@@ -119,3 +146,55 @@ def _add(trace: Trace, name: str, dirfd: str | None, cwd: Path, line: str) -> No
         trace.writes.append(str(cwd / name))
     else:  # relative to a directory fd whose path the trace does not name: reported as such
         trace.unresolved.append(line.strip())
+
+
+def bare_env(root: Path) -> tuple[dict[str, str], Path]:
+    """The test's environment without any telemetry/offline switch, HOME and TMPDIR fresh under `root`; returns
+    it and a fresh cwd."""
+    for sub in ("home", "tmp", "cwd"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    dropped = {*NO_TELEMETRY_ENV, "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "XDG_CACHE_HOME", "XDG_DATA_HOME"}
+    env = {k: v for k, v in os.environ.items() if k not in dropped and not k.startswith("REFINE_SERVE_")}
+    env.update(HOME=str(root / "home"), TMPDIR=str(root / "tmp"), PYTHONUNBUFFERED="1")
+    return env, root / "cwd"
+
+
+def files_under(*roots: Path) -> list[str]:
+    return sorted(str(p) for root in roots for p in root.rglob("*") if p.is_file() or p.is_symlink())
+
+
+_MODULES = {
+    "refine-distill": "refine_control.cli",
+    "refine-eval": "refine_control.evaluation.cli",
+    "refine-export": "refine_control.export.cli",
+    "refine-serve": "refine_control.serve.cli",
+}
+
+
+def script(name: str) -> list[str]:
+    """A console script of this environment (the real entry point), or its module as a fallback."""
+    path = Path(sys.executable).parent / name
+    if path.is_file():
+        return [str(path)]
+    return [sys.executable, "-c", f"import sys; from {_MODULES[name]} import main; sys.exit(main())"]
+
+
+def assert_no_egress(trace: Trace, what: str) -> None:
+    assert trace.egress == [], f"{what}: non-loopback network attempts {trace.egress[:5]}"
+    assert trace.dns == [], f"{what}: DNS attempts {trace.dns[:5]}"
+
+
+def run_traced(command: list[str], root: Path, timeout: float = 600) -> tuple[Trace, Path]:
+    """Run `command` under strace in `bare_env(root)`; assert exit code 0; return its trace and its cwd."""
+    env, cwd = bare_env(root)
+    with open(root / "log", "wb") as log:
+        done = subprocess.run(
+            strace_command(command, root / "t"),
+            env=env,
+            cwd=cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=timeout,
+        )
+    assert done.returncode == 0, (root / "log").read_text(errors="replace")[-5000:]
+    return parse_trace(root / "t", cwd), cwd

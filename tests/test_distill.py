@@ -266,7 +266,7 @@ def test_disk_full_during_a_checkpoint_leaves_no_half_written_files(tiny_pipelin
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 2, result.stderr
-    assert "could not write" in result.stderr and "hint: free some disk space" in result.stderr
+    assert "error: cannot write" in result.stderr and "hint: free some disk space" in result.stderr
     assert "Traceback" not in result.stderr
     leftovers = [p.name for p in (run / "checkpoints").iterdir()] if (run / "checkpoints").exists() else []
     assert leftovers == []

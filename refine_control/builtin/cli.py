@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
-from refine_control.cli_utils import offline_env, run_cli, setup_logging
+from refine_control.cli_utils import check_output, offline_env, run_cli, setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from refine_control.builtin.teacher_recipe import TeacherRecipe, train_teacher
 
         recipe = TeacherRecipe(**{f.name: getattr(args, f.name) for f in fields(TeacherRecipe)})
+        check_output(args.output_dir, args.work_dir and args.work_dir / "phase")  # before hours of training
         info = train_teacher(recipe, args.output_dir, args.work_dir)
         metrics = None
         if args.evaluate > 0:

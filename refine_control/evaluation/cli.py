@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
-from refine_control.cli_utils import offline_env, run_cli, setup_logging
+from refine_control.cli_utils import check_output, offline_env, run_cli, setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from refine_control.evaluation.report import format_table, write_grid, write_report
 
         cfg = EvalConfig(**{f.name: getattr(args, f.name) for f in fields(EvalConfig)})
+        check_output(args.json, args.grid)  # before the generation, not after it
         result = evaluate(cfg)
         print(format_table(result.report))  # noqa: T201 - the command's output
         json_path = args.json

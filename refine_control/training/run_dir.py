@@ -14,7 +14,7 @@ import torch
 from diffusers import StableDiffusionControlNetPipeline
 
 from refine_control.atomic import atomic_dir, write_json, write_text
-from refine_control.errors import ConfigError
+from refine_control.errors import ConfigError, write_error
 from refine_control.models.denoiser import ControlledDenoiser
 from refine_control.models.teacher import Teacher
 from refine_control.runtime.sampling import SAMPLING_FILE, SamplingRecommendation
@@ -75,7 +75,10 @@ def prepare_run_dir(cfg: DistillConfig, world: int = 1) -> None:
         shutil.rmtree(run)
     elif cfg.resume:
         raise ConfigError(f"--resume: there is no run to resume in {run}")
-    (run / "logs").mkdir(parents=True, exist_ok=True)
+    try:  # the first write: an output dir that cannot be made is named as the user gave it
+        (run / "logs").mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise write_error(run, err) from None
     if not (run / "config.json").is_file():
         write_json(run / "config.json", cfg.to_json())
 

@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from refine_control.atomic import write_json
-from refine_control.cli_utils import run_cli, setup_logging
+from refine_control.cli_utils import check_output, run_cli, setup_logging
 from refine_control.errors import ConfigError
 from refine_control.results import git_state, machine_info, write_result
 from refine_control.weaklabel import (
@@ -208,6 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         values["only"] = tuple(values["only"])
         cfg = WeakLabelConfig(**values)
         setup_logging(cfg.verbose)
+        check_output(cfg.json, cfg.results_dir and Path(cfg.results_dir, cfg.command))  # before the runs
         start = time.perf_counter()
         command = shlex.join(["refine-weaklabel", *argv])
         results, tables = run(cfg, command)

@@ -242,11 +242,12 @@ def test_token_file_and_environment(tmp_path, monkeypatch):
     assert main([str(tmp_path)]) == 2
 
 
-def test_missing_model_dir_fails_fast_with_one_line(tmp_path, caplog):
+def test_missing_model_dir_fails_fast_with_one_line(tmp_path, capsys):
     assert main([str(tmp_path / "nope")]) == 2
-    assert "does not exist" in caplog.text and "Traceback" not in caplog.text
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "does not exist" in err.splitlines()[0] and "Traceback" not in err
     assert main([str(tmp_path)]) == 2  # a dir without manifest.json
-    assert "manifest.json" in caplog.text
+    assert "manifest.json" in capsys.readouterr().err.splitlines()[0]
 
 
 # ------------------------------------------------------------------------------------------------ routes

@@ -177,7 +177,7 @@ def test_graceful_shutdown_finishes_or_refuses_clearly(tiny_model_dir, tmp_path)
         pass
 
 
-def test_corrupt_model_dir_refused_before_binding(tiny_model_dir, tmp_path, caplog):
+def test_corrupt_model_dir_refused_before_binding(tiny_model_dir, tmp_path, capsys):
     broken = tmp_path / "model"
     shutil.copytree(tiny_model_dir, broken)
     graph = broken / "denoiser.onnx"
@@ -185,4 +185,5 @@ def test_corrupt_model_dir_refused_before_binding(tiny_model_dir, tmp_path, capl
     start = time.monotonic()
     assert main([str(broken), "--port", "1"]) == 2
     assert time.monotonic() - start < 10
-    assert "truncated" in caplog.text and "Traceback" not in caplog.text
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "truncated" in err and "Traceback" not in err
