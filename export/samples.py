@@ -4,6 +4,7 @@ The controls come from the run's preprocessor applied to the run's labelled imag
 prompts are their captions, and each sample has its own seed. Calibration and parity use disjoint samples.
 """
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +32,20 @@ def run_data_dir(run: Path, config: dict[str, Any], override: Path | None = None
         return override
     if config.get("labelled"):
         return Path(config["labelled"])
-    builtin = run / "data" / "labelled"  # the builtin teacher's generated data lives in the run dir
-    if (builtin / "metadata.jsonl").is_file():
-        return builtin
+    # The built-in teacher's generated shapes live in the run dir that made them: this one, the compact stage of a
+    # default-recipe run, or the run a `--from` stage started from (and so on back).
+    candidates, seen = [run, run / "stages" / "compact"], set()
+    while candidates:
+        where = candidates.pop(0)
+        if where in seen:
+            continue
+        seen.add(where)
+        if (where / "data" / "labelled" / "metadata.jsonl").is_file():
+            return where / "data" / "labelled"
+        config_file = where / "config.json"
+        source = json.loads(config_file.read_text()).get("from_run") if config_file.is_file() else None
+        if source:
+            candidates.append(Path(source))
     raise ConfigError(
         f"cannot find the data run {run} was trained on",
         hint="pass an image folder with captions (metadata.jsonl) with --data DIR",
