@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from refine_control import __version__
 from refine_control.serve.deps import validation_detail
 from refine_control.serve.device import URL as DEVICE_URL
-from refine_control.serve.device import DeviceFiles, DeviceFolder, prepare_device
+from refine_control.serve.device import DeviceFiles, DeviceFolder, DeviceOff, prepare_device
 from refine_control.serve.engine import Engine, load_engine
 from refine_control.serve.jobs import JobManager
 from refine_control.serve.redact import install_access_log_redaction, redact_path
@@ -117,8 +117,5 @@ def create_app(
     app.include_router(api_router)
     app.include_router(page.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    if device.available:
-        app.mount(DEVICE_URL.rstrip("/"), DeviceFiles(device), name="device")
-    else:
-        app.include_router(page.device_off_router(device.note))
+    app.mount(DEVICE_URL.rstrip("/"), DeviceFiles(device) if device.available else DeviceOff(device), name="device")
     return app

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from os import PathLike, stat_result
 from pathlib import Path
 
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.staticfiles import StaticFiles
-from starlette.types import Scope
+from starlette.types import Receive, Scope, Send
 
 from refine_control.errors import ConfigError
 
@@ -142,3 +142,13 @@ class DeviceFiles(StaticFiles):
         response.headers["content-security-policy"] = self.csp
         response.headers["cache-control"] = "no-cache"  # revalidated (ETag), so a rewritten folder is seen at once
         return response
+
+
+class DeviceOff:
+    """`/device/...` while the mode is off: 404 with the reason, in the API's error shape."""
+
+    def __init__(self, folder: DeviceFolder) -> None:
+        self.body = {"error": "not_found", "detail": f"the on-device mode is {folder.note}"}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await JSONResponse(self.body, status_code=404)(scope, receive, send)
