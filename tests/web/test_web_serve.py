@@ -153,5 +153,9 @@ def test_on_device_page_generates_in_the_browser_and_sends_nothing(web_export: d
         browser.close()
         code = server.stop()
     assert code == 0
+    # Written where declared and nowhere else: no temp dir or lock left beside it, nothing in HOME, TMPDIR or cwd.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["device-web", "profile", "srv"]
+    for sub in ("home", "tmp", "cwd"):
+        assert list((tmp_path / "srv" / sub).iterdir()) == [], sub
     audit = server.report()
     assert audit["connect"] == [] and audit["getaddrinfo"] == [] and audit["torch_imported"] is False, audit
