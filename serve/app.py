@@ -17,6 +17,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from refine_control import __version__
 from refine_control.serve.deps import validation_detail
+from refine_control.serve.device import URL as DEVICE_URL
+from refine_control.serve.device import DeviceFiles, DeviceFolder, DeviceOff, prepare_device
 from refine_control.serve.engine import Engine, load_engine
 from refine_control.serve.jobs import JobManager
 from refine_control.serve.redact import install_access_log_redaction, redact_path
@@ -72,9 +74,14 @@ def install_error_handlers(app: FastAPI) -> None:
         return _error(ApiError(500, "internal_error", "the server failed on this request; it is still up"))
 
 
-def create_app(settings: ServeSettings | None = None, engine: Engine | None = None) -> FastAPI:
-    """Build the app. Without `engine`, the lifespan loads (and warms up) `settings.model_dir`."""
+def create_app(
+    settings: ServeSettings | None = None, engine: Engine | None = None, device: DeviceFolder | None = None
+) -> FastAPI:
+    """Build the app. Without `engine`, the lifespan loads (and warms up) `settings.model_dir`; without `device`,
+    the browser folder of `settings.web_dir` is prepared here (device.py)."""
     settings = settings or get_settings()
+    if device is None:
+        device = prepare_device(settings.model_dir, settings.web_dir, settings.threads)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -100,6 +107,7 @@ def create_app(settings: ServeSettings | None = None, engine: Engine | None = No
         telemetry=NO_TELEMETRY,
     )
     app.state.settings = settings
+    app.state.device = device
     install_access_log_redaction()  # job ids are capabilities: never in the access log
     app.state.engine = None
     app.state.jobs = None
@@ -109,4 +117,5 @@ def create_app(settings: ServeSettings | None = None, engine: Engine | None = No
     app.include_router(api_router)
     app.include_router(page.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.mount(DEVICE_URL.rstrip("/"), DeviceFiles(device) if device.available else DeviceOff(device), name="device")
     return app

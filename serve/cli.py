@@ -20,6 +20,8 @@ from pydantic import ValidationError
 from refine_control import __version__
 from refine_control.cli_utils import run_cli
 from refine_control.errors import ConfigError, RefineError
+from refine_control.serve.device import BESIDE_MODEL, beside_model, prepare_device
+from refine_control.serve.device import URL as DEVICE_URL
 
 logger = logging.getLogger("refine_control.serve")
 
@@ -54,6 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--model-format", choices=("onnx", "ort"), help="graph format (default onnx)")
     parser.add_argument("--scheduler", help="override the model's scheduler (ddim, euler, euler_ancestral, lcm)")
+    parser.add_argument(
+        "--web",
+        dest="web_dir",
+        nargs="?",
+        const=BESIDE_MODEL,
+        type=Path,
+        metavar="DIR",
+        help="on-device mode: serve the model's browser folder at /device/, where it runs in the browser and nothing "
+        "is sent here. DIR (default: MODEL's name + '-web', as refine-export --web writes) is served when it holds "
+        "this model's folder, written from MODEL when new or empty (needs `npm ci --prefix web`)",
+    )
     parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all CPUs)")
     parser.add_argument("--workers", type=int, help="generations run at once (default 1)")
     parser.add_argument("--queue-size", type=int, help="generations that may wait (default 4); more get 503")
@@ -78,6 +91,9 @@ def settings_from_args(args: argparse.Namespace) -> Any:
     from refine_control.serve.settings import ServeSettings
 
     overrides = {k: v for k, v in vars(args).items() if v is not None and k != "token_file"}
+    beside = overrides.get("web_dir") == Path(BESIDE_MODEL)  # `--web` without DIR (argparse applies `type` to const)
+    if beside:
+        del overrides["web_dir"]
     if args.token_file is not None:
         try:
             overrides["token"] = args.token_file.read_text("utf-8").splitlines()[0].strip()
@@ -86,7 +102,10 @@ def settings_from_args(args: argparse.Namespace) -> Any:
                 f"cannot read a token from --token-file {args.token_file} ({type(err).__name__})"
             ) from None
     try:
-        return ServeSettings(**overrides)
+        settings = ServeSettings(**overrides)
+        if beside and settings.model_dir is not None:
+            settings = ServeSettings(**overrides, web_dir=beside_model(settings.model_dir))
+        return settings
     except ValidationError as err:
         first = err.errors(include_url=False, include_input=False)[0]
         name = ".".join(str(p) for p in first["loc"]) or "settings"
@@ -112,13 +131,13 @@ def check_exposure(settings: Any) -> None:
         logger.warning("only loopback Host names are accepted; add --allowed-host NAME for the names clients use")
 
 
-def serve(settings: Any, engine: Any) -> int:
+def serve(settings: Any, engine: Any, device: Any = None) -> int:
     import uvicorn
 
     from refine_control.serve.app import create_app
     from refine_control.serve.connections import guarded_protocol
 
-    app = create_app(settings, engine)
+    app = create_app(settings, engine, device)
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -165,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from refine_control.serve.engine import load_engine
 
         try:
-            loaded.append((settings, load_engine(settings)))
+            engine = load_engine(settings)
         except (RefineError, OSError):
             raise
         except Exception as err:  # ONNX Runtime failing on the warm-up run: say so in one line
@@ -173,16 +192,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"the model in {settings.model_dir} failed its warm-up run ({type(err).__name__})",
                 hint="is the model dir complete? export it again with refine-export",
             ) from None
+        loaded.append((settings, engine, prepare_device(settings.model_dir, settings.web_dir, settings.threads)))
         return 0
 
     code = run_cli(load)
     if code != 0:
         return code
-    settings, engine = loaded[0]
+    settings, engine, device = loaded[0]
+    on_device = f", on-device page at {DEVICE_URL}" if device.available else ""
     logger.info(
-        "serving on http://%s:%d (web page at /, API reference at /docs)", _url_host(settings.host), settings.port
+        "serving on http://%s:%d (web page at /%s, API reference at /docs)",
+        _url_host(settings.host),
+        settings.port,
+        on_device,
     )
-    return serve(settings, engine)
+    return serve(settings, engine, device)
 
 
 def _url_host(host: str) -> str:

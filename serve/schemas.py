@@ -190,9 +190,18 @@ class Limits(BaseModel):
     preprocessors: list[str]
 
 
+class DeviceMode(BaseModel):
+    """The on-device mode (`refine-serve --web`): the page at `url` runs the model in the browser."""
+
+    available: bool
+    url: str | None = Field(None, description="the on-device page; null when the mode is off")
+    note: str | None = Field(None, description="why the mode is off")
+
+
 class ModelsResponse(BaseModel):
     models: list[ModelCard]
     limits: Limits
+    device: DeviceMode
 
 
 class ErrorBody(BaseModel):

@@ -16,7 +16,8 @@ In order:
    line, never a traceback.
 6. `HEAD` is answered wherever `GET` is: the route runs as `GET` and the body is dropped (headers kept).
 Every response gets `nosniff`, `no-store`, a strict Content-Security-Policy (no external script, style, image
-or connection) and no-referrer. Error bodies are the API's `{"error", "detail"}` and never repeat the request.
+or connection), no-referrer, and the cross-origin isolation headers (COOP `same-origin`, COEP `require-corp`, CORP
+`same-origin`) that WASM threads need on the on-device page (device.py, which sends that page's own CSP). Error bodies are the API's `{"error", "detail"}` and never repeat the request.
 """
 
 import hmac
@@ -52,6 +53,7 @@ SECURITY_HEADERS = [
     (b"x-frame-options", b"DENY"),
     (b"cross-origin-resource-policy", b"same-origin"),
     (b"cross-origin-opener-policy", b"same-origin"),
+    (b"cross-origin-embedder-policy", b"require-corp"),
     (b"content-security-policy", CSP.encode()),
 ]
 SAFE_METHODS = ("GET", "HEAD")

@@ -49,6 +49,9 @@ class ServeSettings(BaseSettings):
     scheduler: str | None = Field(None, description="override the model's scheduler (ddim, euler, ...)")
     threads: int | None = Field(None, ge=1, le=256, description="ONNX Runtime intra-op threads (default: all CPUs)")
     warmup: bool = Field(True, description="run one 1-step generation at start-up, before accepting requests")
+    web_dir: Path | None = Field(
+        None, description="the browser folder served at /device/ (the on-device mode); written from the model if empty"
+    )
 
     # Network exposure.
     host: str = "127.0.0.1"

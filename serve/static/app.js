@@ -44,6 +44,18 @@ function fillSizes(select, low, high, multiple, value) {
   select.value = String(value);
 }
 
+// The on-device mode (refine-serve --web): a link to the page that runs the model in this browser, or why it is off.
+function showDeviceMode(device) {
+  if (!device) return;
+  if (device.available) {
+    $("device-link").href = device.url;
+    $("device").hidden = false;
+  } else {
+    $("device-off").textContent = `Run on this device: ${device.note}.`;
+    $("device-off").hidden = false;
+  }
+}
+
 async function loadModel() {
   try {
     const data = await (await api("/v1/models")).json();
@@ -61,6 +73,7 @@ async function loadModel() {
     }
     $("preprocessor").replaceChildren(...limits.preprocessors.map((p) => new Option(p, p)));
     $("preprocessor").value = model.preprocessor && limits.preprocessors.includes(model.preprocessor) ? model.preprocessor : limits.preprocessors[0];
+    showDeviceMode(data.device);
     $("generate").disabled = false;
     setStatus("Ready.");
   } catch (err) {

@@ -1,7 +1,8 @@
 """The device install: a fresh virtual environment with only `pip install refine-control[serve]` has no torch,
 OpenCV or `tokenizers`, yet serves an exported model and draws control maps (the numpy preprocessors, the same code as in
-training); a training command there says which extra to install (exit 2). It installs the runtime's
-wheels from the package index into a new venv (about a minute and a half), part of the default test run."""
+training); a training command there says which extra to install (exit 2); `--web` (the on-device mode, which needs
+npm packages) is off there with a note. It installs the runtime's wheels from the package index into a new venv
+(about a minute and a half), part of the default test run."""
 
 import base64
 import io
@@ -43,8 +44,13 @@ def test_serve_extra_alone_serves_without_torch(tiny_model_dir, tmp_path):
     assert distill.returncode == 2 and distill.stderr.startswith("error: this command needs the training")
     assert "pip install 'refine-control[train]'" in distill.stderr and "Traceback" not in distill.stderr
 
-    server = start_server(tiny_model_dir, tmp_path / "srv", "--no-access-log", python=python)
+    # The on-device mode needs the browser runtime's npm packages, which a wheel does not carry: off, with a note.
+    web = tmp_path / "model-web"
+    server = start_server(tiny_model_dir, tmp_path / "srv", "--no-access-log", "--web", str(web), python=python)
     try:
+        device = httpx.get(f"{server.url}/v1/models", timeout=60).json()["device"]
+        assert device["available"] is False and "npm ci --prefix web" in device["note"], device
+        assert httpx.get(f"{server.url}/device/", timeout=60).status_code == 404 and not web.exists()
         control = png_bytes(np.zeros((16, 16, 3), np.uint8))
         body = {"prompt": "a red square", "control_image": base64.b64encode(control).decode(), "seed": 1, "steps": 2}
         response = httpx.post(f"{server.url}/v1/generate", json=body, timeout=60)

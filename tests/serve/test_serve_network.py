@@ -275,6 +275,7 @@ def test_route_table_snapshot(fake_client):
         ("GET", "/v1/jobs/{job_id}/events"),
         ("GET", "/v1/jobs/{job_id}/result"),
         ("GET", "/v1/models"),
+        ("MOUNT", "/device"),  # the on-device mode's static folder (a 404 with the reason while it is off)
         ("MOUNT", "/static"),
         ("POST", "/v1/generate"),
         ("POST", "/v1/jobs"),
