@@ -1,4 +1,4 @@
-"""`refine-export RUN --output-dir MODEL`: ONNX (+ INT8 / FP16 / ORT format) export with a parity report.
+"""`refine-export RUN -o MODEL`: ONNX (+ INT8 / FP16 / ORT format) export with a parity report.
 
 argparse and `ExportConfig` only; the work is `refine_control.export.exporter.export_model`, imported when the
 command runs, so `refine-export --help` loads neither torch nor onnx.
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from refine_control.cli_parser import add_output, add_verbosity, new_parser, verbosity
 from refine_control.cli_utils import offline_env, run_cli, setup_logging
 from refine_control.errors import ConfigError
 from refine_control.export.spec import DEFAULT_OPSET, EXPORTERS, INT8_CALIBRATIONS, INT8_OP_TYPES
@@ -87,7 +88,7 @@ class ExportConfig:
             if not ok:
                 raise ConfigError(f"`{flag}` must be {allowed}, got {value}")
         if self.run.resolve() == self.output_dir.resolve():
-            raise ConfigError("`--output-dir` must not be the run dir itself")
+            raise ConfigError("`--output` must not be the run dir itself")
         if self.web is not None and self.web.resolve() in (self.run.resolve(), self.output_dir.resolve()):
             raise ConfigError("`--web` must name a folder other than the run dir and the model dir")
 
@@ -111,13 +112,15 @@ class ExportConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="refine-export",
+    parser = new_parser(
+        "refine-export",
         description="Export a distilled student (a refine-distill run dir) to ONNX, with INT8 / FP16 / ORT-format "
         "variants, and prove parity with the PyTorch student (parity.json).",
     )
-    parser.add_argument("run", type=Path, help="a finished refine-distill run dir (holds student/)")
-    parser.add_argument("--output-dir", "-o", type=Path, required=True, help="the model dir to write (MODEL)")
+    parser.add_argument("run", metavar="RUN", type=Path, help="a finished refine-distill run dir (holds student/)")
+    add_output(
+        parser, "the model dir to write", "--output-dir", dest="output_dir", type=Path, required=True, metavar="MODEL"
+    )
     parser.add_argument("--int8", action="store_true", help="also write denoiser.int8.onnx (static QDQ)")
     parser.add_argument("--fp16", action="store_true", help="also write denoiser.fp16.onnx (size; slower on CPU)")
     parser.add_argument("--ort", action="store_true", help="also write every graph in ORT format (mobile runtimes)")
@@ -149,14 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--int8-calibration",
         choices=INT8_CALIBRATIONS,
         default="percentile",
-        help="activation ranges from the captured inputs: percentile (99.999, default), minmax or entropy",
+        help="activation ranges from the captured inputs: percentile (99.999), minmax or entropy",
     )
     parser.add_argument(
         "--int8-reduce-range",
         choices=REDUCE_RANGE_CHOICES,
         default="auto",
-        help="7-bit activations for x86 CPUs without VNNI. auto (default): decided from this CPU; recorded in "
-        "the manifest, and the runtime warns on a CPU that needs a different setting",
+        help="7-bit activations for x86 CPUs without VNNI. auto: decided from this CPU; recorded in the manifest, "
+        "and the runtime warns on a CPU that needs a different setting",
     )
     parser.add_argument(
         "--int8-anyway",
@@ -171,25 +174,31 @@ def build_parser() -> argparse.ArgumentParser:
         const=_WEB_BESIDE,
         default=None,
         metavar="DIR",
-        help="also write a static folder that runs the model in a browser, with no server (default DIR: the model "
-        "dir's name + '-web'); needs `npm ci --prefix web`",
+        help="also write a static folder that runs the model in a browser, with no server; needs "
+        "`npm ci --prefix web`. Default DIR: the model dir's name + '-web'",
     )
-    parser.add_argument("--exporter", choices=EXPORTERS, default="dynamo", help="torch.onnx exporter (default dynamo)")
+    parser.add_argument("--exporter", choices=EXPORTERS, default="dynamo", help="torch.onnx exporter")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset. Default: %(default)s")
-    parser.add_argument("--data", type=Path, default=None, help="captioned image folder (default: the run's own)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime and PyTorch")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="captioned image folder for calibration and parity. Default: the run's own",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for ONNX Runtime and PyTorch. Default: all CPUs"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing model dir (only on success)")
     parser.add_argument(
         "--allow-degraded", action="store_true", help="keep the export even when parity thresholds are missed"
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (exporter output included)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    add_verbosity(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(1 if args.verbose else -1 if args.quiet else 0)
+    setup_logging(verbosity(args))
     offline_env()
 
     def body() -> int:

@@ -71,13 +71,13 @@ def check_output_dir(cfg: "ExportConfig") -> None:
     if not out.exists():
         return
     if not out.is_dir():
-        raise ConfigError(f"--output-dir {out} exists and is not a directory")
+        raise ConfigError(f"-o {out} exists and is not a directory")
     occupied = any(out.iterdir())
     if occupied and not cfg.overwrite:
         raise ConfigError(f"model dir {out} already exists", hint="pass --overwrite to replace it (only on success)")
     if occupied and not (out / MANIFEST).is_file():
         raise ConfigError(
-            f"--output-dir {out} is not empty and is not a refine-export model dir; refusing to replace it",
+            f"-o {out} is not empty and is not a refine-export model dir; refusing to replace it",
             hint="choose a new or empty directory",
         )
 

@@ -20,6 +20,7 @@ and `Cross-Origin-Embedder-Policy: require-corp` (`_headers` holds them in the f
 it); without them the page runs one thread and says so.
 """
 
+import argparse
 import base64
 import hashlib
 import json
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from refine_control.atomic import atomic_dir
+from refine_control.cli_parser import add_output, add_verbosity, new_parser, verbosity
 from refine_control.errors import ConfigError
 from refine_control.runtime.layout import MANIFEST, SCHEDULER, TOKENIZER, graph_file
 
@@ -264,23 +266,30 @@ def write_web_folder(
     return {"path": str(out_dir), "files": len(contents), "bytes": total, "selftest": sample}
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = new_parser(
+        "python -m refine_control.export.web",
+        description="Write the static browser folder of an exported model dir (as refine-export --web does).",
+    )
+    parser.add_argument("model", metavar="MODEL", type=Path, help="a refine-export model dir")
+    add_output(parser, "the web folder to write. Default: the model dir's name + '-web'", "--output-dir",
+               dest="output_dir", type=Path, default=None, metavar="DIR")  # fmt: skip
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing web folder")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="ONNX Runtime threads for the reference image. Default: all CPUs"
+    )
+    add_verbosity(parser)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m refine_control.export.web MODEL [-o DIR]`: the web folder of an existing model dir."""
-    import argparse
     import sys
 
     from refine_control.cli_utils import offline_env, run_cli, setup_logging
 
-    parser = argparse.ArgumentParser(
-        prog="python -m refine_control.export.web",
-        description="Write the static browser folder of an exported model dir (as refine-export --web does).",
-    )
-    parser.add_argument("model", type=Path, help="a refine-export model dir")
-    parser.add_argument("--output-dir", "-o", type=Path, default=None, help="default: the model dir's name + '-web'")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing web folder")
-    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads for the reference image")
-    args = parser.parse_args(argv)
-    setup_logging(0)
+    args = build_parser().parse_args(argv)
+    setup_logging(verbosity(args))
     offline_env()
 
     def body() -> int:

@@ -6,6 +6,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from refine_control.cli_parser import add_output, add_verbosity, new_parser, verbosity
 from refine_control.cli_utils import offline_env, run_cli, setup_logging
 from refine_control.models.presets import INIT_METHODS, STUDENT_PRESETS
 from refine_control.preprocess import PREPROCESSORS
@@ -51,16 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
         f"  {name:20s} {preset.description}" + (f"\n  {'':20s} use when: {preset.use_when}" if preset.use_when else "")
         for name, preset in ((n, STUDENT_PRESETS.get(n)) for n in STUDENT_PRESETS)
     )
-    parser = argparse.ArgumentParser(
-        prog="refine-distill",
+    parser = new_parser(
+        "refine-distill",
         description="Distil a ControlNet teacher (UNet + ControlNet, diffusers format) into a small student with the "
         "tri-level knowledge fusion loss (task, output, feature) and a semi-supervised second stage. The default "
         "recipe (--recipe fast) goes on, in the same run, to a few-step student that samples without guidance "
         "pairs (RUN/stages/few-step) and, where decoding dominates its image, a tiny VAE decoder; RUN/student is the "
         "last stage's student.",
         epilog=f"student presets (measured cost and quality: README, 'Student presets'):\n{presets}\n\n"
-        "Example: refine-distill --teacher builtin --output-dir runs/demo",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "Example: refine-distill --teacher builtin -o runs/demo",
     )
     p = parser.add_argument
     p(
@@ -77,7 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PRESET",
         help="student preset (see below). Default: %(default)s",
     )
-    p("--output-dir", "-o", required=True, type=Path, help="run directory to create (student/, checkpoints/, logs)")
+    add_output(
+        parser,
+        "run directory to create (student/, checkpoints/, logs)",
+        "--output-dir",
+        dest="output_dir",
+        required=True,
+        type=Path,
+        metavar="RUN",
+    )
     p(
         "--recipe",
         default=_default("recipe"),
@@ -281,7 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="the fast recipe's tiny-decoder stage: auto adds it when it makes the few-step image >= 2x cheaper in "
         "MACs (recorded in RUN/recipe.json). Default: %(default)s",
     )
-    few.add_argument("--from", dest="from_run", metavar="RUN", default=None, help="a finished refine-distill run")
+    few.add_argument(
+        "--from",
+        dest="from_run",
+        metavar="RUN",
+        default=None,
+        help="a finished refine-distill run (its student is the starting point)",
+    )
     few.add_argument("--few-step", action="store_true", help="train the few-step student (needs --from)")
     few.add_argument("--tiny-decoder", action="store_true", help="distil a tiny VAE for the run's student")
     few.add_argument(
@@ -322,20 +336,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=_default("sampling_guidance"),
         help="guidance scale recommended to samplers. Default: %(default)s",
     )
-    p("--checkpoint-every", type=int, default=_default("checkpoint_every"), help="steps between checkpoints")
-    p("--keep-checkpoints", type=int, default=_default("keep_checkpoints"), help="checkpoints to keep")
+    p("--checkpoint-every", type=int, default=_default("checkpoint_every"), help="optimizer steps between checkpoints")
+    p("--keep-checkpoints", type=int, default=_default("keep_checkpoints"), help="newest checkpoints kept on disk")
     p("--log-every", type=int, default=_default("log_every"), help="steps between metrics.jsonl rows")
     p("--seed", type=int, default=_default("seed"), help="seed for data order, noise and init. Default: %(default)s")
     p("--resume", action="store_true", help="continue an unfinished run from its newest checkpoint")
-    p("--overwrite", action="store_true", help="replace an existing run in --output-dir")
+    p("--overwrite", action="store_true", help="replace an existing run in --output")
     p(
         "--allow-pickle-weights",
         action="store_true",
         help="load teacher weights from pickle files (.bin, .pt, ...) when a component has no safetensors file; "
-        "unpickling can run code, so only for files you trust (default: safetensors only)",
+        "unpickling can run code, so only for files you trust. Default: safetensors only",
     )
-    p("--verbose", "-v", action="count", default=0, help="more logging")
-    p("--quiet", "-q", action="store_true", help="warnings only")
+    add_verbosity(parser)
     return parser
 
 
@@ -346,7 +359,7 @@ def config_from_args(args: argparse.Namespace) -> DistillConfig:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(-1 if args.quiet else args.verbose)
+    setup_logging(verbosity(args))
     offline_env()
 
     def body() -> int:
@@ -358,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             run = train(cfg)
         if os.environ.get("RANK", "0") == "0":  # one message, also under `accelerate launch` / torchrun
             logger.info("done: student saved to %s/student", run)
-            logger.info("next: refine-eval %s  |  refine-export %s --output-dir %s/model --int8", run, run, run)
+            logger.info("next: refine-eval %s  |  refine-export %s -o %s/model --int8", run, run, run)
         return 0
 
     return run_cli(body)

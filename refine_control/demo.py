@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from refine_control.cli_parser import add_output, new_parser
 from refine_control.cli_utils import run_cli
 from refine_control.errors import ConfigError
 from refine_control.results import write_result
@@ -41,22 +42,24 @@ class DemoConfig:
 
 def build_parser() -> argparse.ArgumentParser:
     d = DemoConfig()
-    parser = argparse.ArgumentParser(
-        prog="python -m refine_control.demo",
-        description="Distil the built-in teacher into the default compact student, evaluate it against the teacher, "
+    parser = new_parser(
+        "python -m refine_control.demo",
+        description="Distil the built-in teacher with the default recipe (compact, then few-step student), evaluate it "
+        "against the teacher, "
         "export ONNX + INT8 with a parity report, time teacher and student in ONNX Runtime, and print them side by "
         "side with the command that serves the student.",
     )
-    parser.add_argument("--output-dir", type=Path, default=d.output_dir, help="Default: %(default)s (replaced)")
+    add_output(parser, "where the demo's run goes (replaced)", "--output-dir", dest="output_dir", type=Path,
+               default=d.output_dir, metavar="RUN")  # fmt: skip
     parser.add_argument("--max-steps", type=int, default=None, help="compact-stage steps. Default: refine-distill's")
     parser.add_argument("--stage2-steps", type=int, default=None, help="stage-2 steps. Default: refine-distill's")
     parser.add_argument("--few-step-steps", type=int, default=None, help="few-step stage. Default: refine-distill's")
-    parser.add_argument("--eval-samples", type=int, default=d.eval_samples, help="Default: %(default)s")
-    parser.add_argument("--seed", type=int, default=d.seed, help="Default: %(default)s")
+    parser.add_argument("--eval-samples", type=int, default=d.eval_samples, help="images refine-eval scores")
+    parser.add_argument("--seed", type=int, default=d.seed, help="seed of the distillation and the evaluation")
     parser.add_argument(
         "--reuse",
         action="store_true",
-        help="keep the finished distillation in --output-dir instead of distilling again (the seconds it took, "
+        help="keep the finished distillation in --output instead of distilling again (the seconds it took, "
         "recorded in its metrics.json, are reported)",
     )
     return parser

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from refine_control import __version__
+from refine_control.cli_parser import add_verbosity, new_parser
 from refine_control.cli_utils import run_cli
 from refine_control.errors import ConfigError, RefineError
 from refine_control.serve.device import BESIDE_MODEL, beside_model, prepare_device
@@ -29,34 +29,49 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="refine-serve",
+    from refine_control.serve.settings import ServeSettings
+
+    fields = ServeSettings.model_fields
+
+    def setting(name: str, text: str | None = None, default: str | None = None) -> str:
+        """Help from the setting's own description and default (one source for flags, env and docs)."""
+        field = fields[name]
+        shown = default if default is not None else field.default
+        return f"{text or field.description}. Default: {shown}"
+
+    parser = new_parser(
+        "refine-serve",
         description="Serve a refine-export model dir on this machine: REST API under /v1, a web page at /, "
         "the API reference at /docs. Binds 127.0.0.1 unless told otherwise.",
         epilog="Every option can also be set as an environment variable REFINE_SERVE_<NAME> "
         "(e.g. REFINE_SERVE_TOKEN, which keeps the token out of the process list).",
     )
-    parser.add_argument("model_dir", metavar="MODEL", nargs="?", type=Path, help="a `refine-export` output dir")
-    parser.add_argument("--host", help="address to bind (default 127.0.0.1; anything else needs --token)")
-    parser.add_argument("--port", type=int, help="port to bind (default 8000)")
-    parser.add_argument("--token", help="require `Authorization: Bearer TOKEN` on /v1 (prefer REFINE_SERVE_TOKEN)")
-    parser.add_argument("--token-file", type=Path, help="read the token from the first line of this file")
-    parser.add_argument(
+    p = parser.add_argument
+    p("model_dir", metavar="MODEL", nargs="?", type=Path, help="a `refine-export` output dir")
+    p("--host", help=setting("host", "address to bind; anything but loopback needs --token"))
+    p("--port", type=int, help=setting("port", "port to bind"))
+    p("--token", help="require `Authorization: Bearer TOKEN` on /v1 (prefer REFINE_SERVE_TOKEN). Default: none")
+    p("--token-file", type=Path, help="read the token from the first line of this file")
+    p(
         "--allowed-host",
         dest="allowed_hosts",
         action="append",
         metavar="NAME",
-        help="also accept this Host header name (repeatable; the loopback names always work)",
+        help=setting("allowed_hosts", "also accept this Host header name (repeatable)", "the loopback names only"),
     )
-    parser.add_argument(
-        "--precision",
-        choices=("auto", "fp32", "int8", "fp16"),
-        help="denoiser precision. Default: auto, the fastest in the dir that passed parity (INT8 when it was "
-        "written and measured faster than FP32, else FP32)",
+    p("--precision", choices=("auto", "fp32", "int8", "fp16"), help=setting("precision"))
+    p("--model-format", choices=("onnx", "ort"), help=setting("model_format"))
+    p("--scheduler", help=setting("scheduler", default="the model's"))
+    p("--threads", type=int, help=setting("threads", "ONNX Runtime intra-op threads", "all CPUs"))
+    p("--workers", type=int, help=setting("workers"))
+    p("--queue-size", type=int, help=setting("queue_size"))
+    p(
+        "--max-queue-wait",
+        dest="max_queue_wait_s",
+        type=float,
+        help=setting("max_queue_wait_s", "seconds a job may wait before it fails with 503"),
     )
-    parser.add_argument("--model-format", choices=("onnx", "ort"), help="graph format (default onnx)")
-    parser.add_argument("--scheduler", help="override the model's scheduler (ddim, euler, euler_ancestral, lcm)")
-    parser.add_argument(
+    p(
         "--web",
         dest="web_dir",
         nargs="?",
@@ -64,25 +79,39 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="DIR",
         help="on-device mode: serve the model's browser folder at /device/, where it runs in the browser and nothing "
-        "is sent here. DIR (default: MODEL's name + '-web', as refine-export --web writes) is served when it holds "
-        "this model's folder, written from MODEL when new or empty (needs `npm ci --prefix web`)",
+        "is sent here. DIR is served when it holds this model's folder, written from MODEL when new or empty (needs "
+        "`npm ci --prefix web`). Default DIR: MODEL's name + '-web', as refine-export --web writes",
     )
-    parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads (default: all CPUs)")
-    parser.add_argument("--workers", type=int, help="generations run at once (default 1)")
-    parser.add_argument("--queue-size", type=int, help="generations that may wait (default 4); more get 503")
-    parser.add_argument("--max-queue-wait", dest="max_queue_wait_s", type=float, help="seconds (default 60)")
-    parser.add_argument("--request-timeout", dest="request_timeout_s", type=float, help="seconds (default 120)")
-    parser.add_argument("--max-output-side", type=int, help="largest width/height (default 2 × the model's)")
-    parser.add_argument("--graceful-shutdown", dest="graceful_shutdown_s", type=float, help="seconds (default 30)")
-    parser.add_argument(
-        "--header-timeout", dest="header_timeout_s", type=float, help="seconds for a request head (default 5)"
+    p(
+        "--request-timeout",
+        dest="request_timeout_s",
+        type=float,
+        help=setting("request_timeout_s", "seconds a generation may run before it fails with 504"),
     )
-    parser.add_argument("--body-timeout", dest="body_timeout_s", type=float, help="seconds for a request body (30)")
-    parser.add_argument("--limit-concurrency", type=int, help="open connections at most (default 512)")
-    parser.add_argument("--no-warmup", dest="warmup", action="store_false", default=None, help="skip the warm-up")
-    parser.add_argument("--no-access-log", dest="access_log", action="store_false", default=None)
-    parser.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"))
-    parser.add_argument("--version", action="version", version=f"refine-serve {__version__}")
+    p("--max-output-side", type=int, help=setting("max_output_side", "largest width/height", "2 × the model's"))
+    p(
+        "--graceful-shutdown",
+        dest="graceful_shutdown_s",
+        type=float,
+        help=setting("graceful_shutdown_s", "seconds in-flight requests may take to finish at exit"),
+    )
+    p(
+        "--header-timeout",
+        dest="header_timeout_s",
+        type=float,
+        help=setting("header_timeout_s", "seconds for a request head"),
+    )
+    p(
+        "--body-timeout",
+        dest="body_timeout_s",
+        type=float,
+        help=setting("body_timeout_s", "seconds for a request body"),
+    )
+    p("--limit-concurrency", type=int, help=setting("limit_concurrency", "open connections at most"))
+    p("--no-warmup", dest="warmup", action="store_false", default=None, help="skip the warm-up generation at start-up")
+    p("--no-access-log", dest="access_log", action="store_false", default=None, help="no line per request in the log")
+    p("--log-level", choices=("critical", "error", "warning", "info", "debug"), help=setting("log_level", "log level"))
+    add_verbosity(parser)  # -v: --log-level debug, -q: --log-level warning
     return parser
 
 
@@ -90,7 +119,9 @@ def settings_from_args(args: argparse.Namespace) -> Any:
     """`ServeSettings` from the flags given (None = not given, so the environment or the default applies)."""
     from refine_control.serve.settings import ServeSettings
 
-    overrides = {k: v for k, v in vars(args).items() if v is not None and k != "token_file"}
+    overrides = {k: v for k, v in vars(args).items() if v is not None and k not in ("token_file", "verbose", "quiet")}
+    if args.log_level is None and (args.verbose or args.quiet):
+        overrides["log_level"] = "debug" if args.verbose else "warning"
     beside = overrides.get("web_dir") == Path(BESIDE_MODEL)  # `--web` without DIR (argparse applies `type` to const)
     if beside:
         del overrides["web_dir"]

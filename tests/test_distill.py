@@ -44,7 +44,7 @@ def rows(run: Path) -> list[dict]:
 
 
 def test_parser_options_match_the_config_dataclass():
-    dests = {a.dest for a in build_parser()._actions} - {"help", "verbose", "quiet"}
+    dests = {a.dest for a in build_parser()._actions} - {"help", "version", "verbose", "quiet"}
     assert dests == {f.name for f in dataclasses.fields(DistillConfig)}
 
 

@@ -14,6 +14,6 @@ def builtin_teacher_dir() -> Path:
     ):
         raise ConfigError(
             f"the builtin teacher's weights are missing from {BUILTIN_TEACHER_DIR}",
-            hint=f"train them with `refine-teacher --output-dir {BUILTIN_TEACHER_DIR}` (about half an hour on 2 cores)",
+            hint=f"train them with `refine-teacher -o {BUILTIN_TEACHER_DIR}` (about half an hour on 2 cores)",
         )
     return BUILTIN_TEACHER_DIR

@@ -6,21 +6,38 @@ from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
+from refine_control.cli_parser import add_output, add_verbosity, new_parser, verbosity
 from refine_control.cli_utils import check_output, offline_env, run_cli, setup_logging
 
 logger = logging.getLogger(__name__)
+
+RECIPE_HELP = {
+    "seed": "seed of the shapes, noise and initialisation",
+    "batch_size": "images per optimizer step (every phase)",
+    "pool_size": "distinct training shapes, rendered once and reused by every phase",
+    "vae_steps": "optimizer steps of the VAE phase",
+    "unet_steps": "optimizer steps of the UNet (text-to-image) phase",
+    "controlnet_steps": "optimizer steps of the ControlNet phase",
+    "vae_lr": "learning rate of the VAE phase",
+    "unet_lr": "learning rate of the UNet phase",
+    "controlnet_lr": "learning rate of the ControlNet phase",
+    "warmup_steps": "linear warm-up of each phase",
+    "caption_dropout": "probability of an empty caption (for classifier-free guidance)",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     from refine_control.builtin.teacher_recipe import TeacherRecipe
 
-    parser = argparse.ArgumentParser(
-        prog="refine-teacher",
+    parser = new_parser(
+        "refine-teacher",
         description="Train the built-in teacher (a small StableDiffusionControlNetPipeline: VAE, CLIP text encoder, "
         "UNet, ControlNet) on procedural shapes from a seed, and save it as fp16 safetensors.",
-        epilog="Example: refine-teacher --output-dir refine_control/builtin/teacher --seed 0 --evaluate 256",
+        epilog="Example: refine-teacher -o refine_control/builtin/teacher --seed 0 --evaluate 256",
     )
-    parser.add_argument("--output-dir", type=Path, required=True, help="where the pipeline is saved (replaced)")
+    add_output(
+        parser, "where the pipeline is saved (replaced)", "--output-dir", dest="output_dir", type=Path, required=True
+    )
     parser.add_argument(
         "--work-dir", type=Path, default=None, help="keep each finished phase here and reuse it on a rerun"
     )
@@ -32,16 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
     for field in fields(TeacherRecipe):
         value = getattr(defaults, field.name)
         parser.add_argument(
-            f"--{field.name.replace('_', '-')}", type=type(value), default=value, help="Default: %(default)s"
+            f"--{field.name.replace('_', '-')}", type=type(value), default=value, help=RECIPE_HELP[field.name]
         )
-    parser.add_argument("-v", "--verbose", action="count", default=0)
-    parser.add_argument("-q", "--quiet", action="count", default=0)
+    add_verbosity(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.verbose - args.quiet)
+    setup_logging(verbosity(args))
     offline_env()
 
     def body() -> int:

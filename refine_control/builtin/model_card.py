@@ -61,7 +61,7 @@ def write_model_card(path: str | Path, info: dict[str, Any], metrics: dict[str, 
         "## Recipe (reproduce with `refine-teacher`)",
         "",
         "```",
-        f"refine-teacher --output-dir refine_control/builtin/teacher --seed {recipe['seed']}"
+        f"refine-teacher -o refine_control/builtin/teacher --seed {recipe['seed']}"
         + (f" --evaluate {metrics['num_samples']}" if metrics else ""),
         "```",
         "",

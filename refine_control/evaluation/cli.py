@@ -6,20 +6,21 @@ from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
 
+from refine_control.cli_parser import add_output, add_verbosity, new_parser, verbosity
 from refine_control.cli_utils import check_output, offline_env, run_cli, setup_logging
 
 logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="refine-eval",
+    parser = new_parser(
+        "refine-eval",
         description="Generate from held-out prompts and controls with a model and its teacher (same noise) and score "
         "them: on the built-in shapes, PSNR/SSIM vs the ground-truth render, edge P/R/F1 vs the control, mask IoU, "
         "colour error, oracle accuracies and domain FID/KID; on an image folder (--data), edge P/R/F1, fidelity to "
         "the teacher and domain FID/KID. Domain FID uses a small net trained on the benchmark, not Inception.",
         epilog="Examples: refine-eval runs/demo | refine-eval builtin --num-samples 256 | "
-        "refine-eval runs/fashion --data data/fashion-test --json fashion.json",
+        "refine-eval runs/fashion --data data/fashion-test -o fashion.json",
     )
     parser.add_argument("target", metavar="RUN", help="a refine-distill run dir, `builtin`, or a pipeline directory")
     parser.add_argument("--num-samples", type=int, default=256, help="images per model (>= 64). Default: %(default)s")
@@ -56,12 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="test",
         help="built-in shapes: `val` to choose a recipe, `test` to report it. Default: %(default)s",
     )
-    parser.add_argument(
+    add_output(
+        parser,
+        "write the report (JSON) here. Default: RUN/eval/metrics.json for a run, else none",
         "--json",
         type=Path,
         default=None,
         metavar="FILE",
-        help="write the report here (default for a run: RUN/eval/metrics.json)",
     )
     parser.add_argument(
         "--grid",
@@ -70,14 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PNG",
         help="save a PNG of the first 16 samples: controls, teacher, model",
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0)
-    parser.add_argument("-q", "--quiet", action="count", default=0)
+    add_verbosity(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.verbose - args.quiet)
+    setup_logging(verbosity(args))
     offline_env()
 
     def body() -> int:
@@ -85,10 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from refine_control.evaluation.report import format_table, write_grid, write_report
 
         cfg = EvalConfig(**{f.name: getattr(args, f.name) for f in fields(EvalConfig)})
-        check_output(args.json, args.grid)  # before the generation, not after it
+        check_output(args.output, args.grid)  # before the generation, not after it
         result = evaluate(cfg)
         print(format_table(result.report))  # noqa: T201 - the command's output
-        json_path = args.json
+        json_path = args.output
         if json_path is None and (Path(cfg.target) / "student").is_dir():
             json_path = Path(cfg.target) / "eval" / "metrics.json"
         if json_path is not None:

@@ -51,7 +51,7 @@ def resolve_target(spec: str, teacher: str | None = None) -> Target:
     if not (path / "config.json").is_file():
         raise ConfigError(
             f"{path} is neither a run dir (no config.json) nor a pipeline dir (no model_index.json)",
-            hint="pass a refine-distill --output-dir, a StableDiffusionControlNetPipeline directory, or `builtin`",
+            hint="pass a refine-distill run dir, a StableDiffusionControlNetPipeline directory, or `builtin`",
         )
     config = read_run_config(path)
     teacher_spec = teacher or config["teacher"]

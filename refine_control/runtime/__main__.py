@@ -11,28 +11,35 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from refine_control.cli_parser import add_output, add_verbosity, new_parser, verbosity
 from refine_control.cli_utils import run_cli, setup_logging
 
 logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m refine_control.runtime", description=__doc__)
-    parser.add_argument("model_dir", type=Path, help="a refine-export model dir")
-    parser.add_argument("--prompt", default="", help="the text prompt")
-    parser.add_argument("--negative-prompt", default="", help="the negative prompt")
+    parser = new_parser("python -m refine_control.runtime", description=__doc__)
+    parser.add_argument("model_dir", metavar="MODEL", type=Path, help="a refine-export model dir")
+    parser.add_argument("--prompt", default="", help="the text prompt. Default: empty")
+    parser.add_argument("--negative-prompt", default="", help="the negative prompt. Default: empty")
     parser.add_argument("--control", type=Path, required=True, help="control image (PNG/JPEG)")
     parser.add_argument(
         "--preprocess", action="store_true", help="apply the model's preprocessor (e.g. Canny) to --control first"
     )
-    parser.add_argument("--output", "-o", type=Path, required=True, help="PNG file to write")
+    add_output(parser, "PNG file to write", type=Path, required=True, metavar="PNG")
     parser.add_argument(
         "--precision",
         default="auto",
-        help="auto (the fastest that passed parity), fp32, int8 or fp16 (those exported). Default: %(default)s",
+        help="auto (the fastest that passed parity), fp32, int8 or fp16 (those exported)",
     )
-    parser.add_argument("--format", dest="model_format", default="onnx", choices=("onnx", "ort"))
-    parser.add_argument("--scheduler", default=None, help="ddim, euler, euler_ancestral or lcm (default: the model's)")
+    parser.add_argument(
+        "--model-format",
+        "--format",
+        default="onnx",
+        choices=("onnx", "ort"),
+        help="graph format (ort: the mobile one)",
+    )
+    parser.add_argument("--scheduler", default=None, help="ddim, euler, euler_ancestral or lcm. Default: the model's")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps. Default: the model's recommendation")
     parser.add_argument(
         "--guidance-scale",
@@ -40,18 +47,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="guidance scale (within the model's trained range). Default: the model's recommendation",
     )
-    parser.add_argument("--controlnet-scale", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--width", type=int, default=None)
-    parser.add_argument("--height", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("-q", "--quiet", action="store_true")
+    parser.add_argument("--controlnet-scale", type=float, default=1.0, help="strength of the control")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
+    parser.add_argument("--width", type=int, default=None, help="image width. Default: the model's")
+    parser.add_argument("--height", type=int, default=None, help="image height. Default: the model's")
+    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads. Default: all CPUs")
+    add_verbosity(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(-1 if args.quiet else 0)
+    setup_logging(verbosity(args))
 
     def body() -> int:
         import numpy as np

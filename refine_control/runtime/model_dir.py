@@ -76,7 +76,7 @@ class ModelDir:
         if not path.is_file():
             raise ModelDirError(
                 f"{self.path} has no {MANIFEST}: not a complete refine-export model dir",
-                hint="export it with `refine-export RUN --output-dir DIR` (the manifest is its last file)",
+                hint="export it with `refine-export RUN -o MODEL` (the manifest is its last file)",
             )
         if path.stat().st_size > _MAX_MANIFEST_BYTES:
             raise ModelDirError(f"{path} is larger than {_MAX_MANIFEST_BYTES} bytes; refusing to read it")
@@ -88,7 +88,7 @@ class ModelDir:
         if manifest.get("complete") is not True:
             raise ModelDirError(
                 f"{path} is not marked complete: an interrupted export, or one by an older refine-export",
-                hint="export the model again with `refine-export RUN --output-dir DIR`",
+                hint="export the model again with `refine-export RUN -o MODEL`",
             )
         return manifest
 

@@ -263,7 +263,7 @@ def read_run_config(run: Path, label: str | None = None) -> dict[str, Any]:
         raise ConfigError(f"{where} does not exist or is not a directory")
     path = run / "config.json"
     if not path.is_file():
-        raise ConfigError(f"{where} has no config.json", hint="pass the --output-dir of a refine-distill run")
+        raise ConfigError(f"{where} has no config.json", hint="pass the -o of a refine-distill run")
     try:
         config = json.loads(path.read_text("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -273,7 +273,7 @@ def read_run_config(run: Path, label: str | None = None) -> dict[str, Any]:
     if not (run / "student" / "model_index.json").is_file():
         raise ConfigError(
             f"{where} has no student (student/model_index.json is missing): its training has not finished",
-            hint=f"finish it with `refine-distill ... --output-dir {run} --resume`",
+            hint=f"finish it with `refine-distill ... -o {run} --resume`",
         )
     return config
 

@@ -45,20 +45,18 @@ def prepare_run_dir(cfg: DistillConfig, world: int = 1) -> None:
     """
     run = cfg.output_dir
     if run.exists() and not run.is_dir():
-        raise ConfigError(f"--output-dir {run} is a file")
+        raise ConfigError(f"-o {run} is a file")
     occupied = run.is_dir() and any(run.iterdir())
     if occupied and not (run / "config.json").is_file():
         raise ConfigError(
-            f"--output-dir {run} is not empty and is not a refine-control run dir",
+            f"-o {run} is not empty and is not a refine-control run dir",
             hint="choose a new or empty directory",
         )
     has_checkpoints = has_progress(run)
     if occupied and cfg.overwrite:
         shutil.rmtree(run)
     elif occupied and is_finished(run):
-        raise ConfigError(
-            f"{run} already holds a finished run", hint="pass --overwrite to replace it, or another --output-dir"
-        )
+        raise ConfigError(f"{run} already holds a finished run", hint="pass --overwrite to replace it, or another -o")
     elif occupied and cfg.resume:
         differences = cfg.resume_differences(json.loads((run / "config.json").read_text()), world)
         if differences:

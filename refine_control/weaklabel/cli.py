@@ -21,12 +21,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from refine_control.atomic import write_json
+from refine_control.cli_parser import HelpFormatter, Parser, add_output, add_verbosity, new_parser, verbosity
 from refine_control.cli_utils import check_output, run_cli, setup_logging
 from refine_control.errors import ConfigError
 from refine_control.results import git_state, machine_info, write_result
@@ -100,37 +101,29 @@ class WeakLabelConfig:
         return dict(item.partition("=")[::2] for item in self.only)
 
 
-class _Parser(argparse.ArgumentParser):
-    """Usage errors become a ConfigError: one `error:` line on stderr and exit code 2 (via run_cli)."""
-
-    def error(self, message: str) -> NoReturn:
-        raise ConfigError(f"{message} (see `{self.prog} --help`)")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="refine-weaklabel", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    parser = new_parser("refine-weaklabel", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
     for name, help_text in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
         default = DEFAULT_DATASET.get(name, "synthetic")
-        p.add_argument("--dataset", choices=DATASETS, default=default, help=f"data set (default: {default})")
-        p.add_argument("--seed", type=int, default=0, help="first seed (default: 0)")
+        p.add_argument("--dataset", choices=DATASETS, default=default, help="data set")
+        p.add_argument("--seed", type=int, default=0, help="first seed")
         p.add_argument("--num-seeds", type=int, default=1, help="run seeds S..S+N-1 and report mean ± std")
         p.add_argument(
             "--results-dir",
             metavar="DIR",
             help=f"write one result file per run to DIR/{name}/ (e.g. results/weaklabel)",
         )
-        p.add_argument("--json", metavar="FILE", help="also write every run and the tables to FILE (atomically)")
+        add_output(p, "also write every run and the tables to FILE (JSON)", "--json", dest="json", metavar="FILE")
         p.add_argument(
             "--only", metavar="KEY=VALUE", action="append", default=[],
             help="run only the jobs whose tag KEY equals VALUE (repeatable; e.g. --only mu=0.5)",
         )  # fmt: skip
         p.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run in seconds, not a result")
-        p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+        p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
         p.add_argument("--max-samples", type=int, help="class-balanced subset before the split (where one is used)")
-        p.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
-        p.add_argument("-q", "--quiet", dest="verbose", action="store_const", const=-1, help="no progress bar")
+        add_verbosity(p)
     return parser
 
 
@@ -206,6 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(exc.code or 0)
         values = vars(args)
         values["only"] = tuple(values["only"])
+        values["verbose"] = verbosity(args)
+        del values["quiet"]
         cfg = WeakLabelConfig(**values)
         setup_logging(cfg.verbose)
         check_output(cfg.json, cfg.results_dir and Path(cfg.results_dir, cfg.command))  # before the runs
