@@ -1,9 +1,24 @@
-// refine-serve web page: draw or upload a control image, type a prompt, follow progress, see the result.
-// Talks only to this server (the Content-Security-Policy allows nothing else). Nothing is stored.
+// refine-serve web page: draw or upload a control image, type a prompt, follow progress, keep the results made in
+// this tab (history, downloads named after them, reuse seed, result → control).
+// Talks only to this server (the Content-Security-Policy allows nothing else). Nothing is stored: the history lives in
+// this tab's memory and is gone on reload.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { token: sessionStorage.getItem("refine-token") || "", job: null, abort: null, limits: null, mode: "draw" };
+const state = {
+  token: sessionStorage.getItem("refine-token") || "",
+  job: null,
+  abort: null,
+  limits: null,
+  mode: "draw",
+  started: null, // when the running job was first seen running (performance.now())
+  history: [], // newest first: {id, url, blob, prompt, negative, seed, steps, guidance, cscale, width, height, seconds, control}
+  current: null,
+  nextId: 1,
+};
+const HISTORY_MAX = 50;
+const CANVAS_LONG_SIDE = 512; // the sketch's pixels: an integer multiple of the output size, about this long
+const UNDO_MAX = 30;
 
 function headers(extra = {}) {
   const h = { ...extra };
@@ -73,6 +88,7 @@ async function loadModel() {
     }
     $("preprocessor").replaceChildren(...limits.preprocessors.map((p) => new Option(p, p)));
     $("preprocessor").value = model.preprocessor && limits.preprocessors.includes(model.preprocessor) ? model.preprocessor : limits.preprocessors[0];
+    followSize();
     showDeviceMode(data.device);
     $("generate").disabled = false;
     setStatus("Ready.");
@@ -82,24 +98,106 @@ async function loadModel() {
 }
 
 // ---------------------------------------------------------------- drawing
+// White strokes on black; the eraser paints black. Every stroke, clear and result → control first saves the pixels,
+// so Undo restores them exactly. The canvas keeps the output's aspect ratio: its size is the output size times an
+// integer, so the server's resize to the output never stretches it.
+const sketch = { canvas: null, ctx: null, tool: "brush", undo: [], pointer: null };
+
+function blank() {
+  const { canvas, ctx } = sketch;
+  ctx.fillStyle = "#000";
+  ctx.fillRect(0, 0, canvas.width, canvas.height);
+}
+
+function canvasSize(width, height) {
+  const k = Math.max(1, Math.round(CANVAS_LONG_SIDE / Math.max(width, height)));
+  return [width * k, height * k];
+}
+
+// Draw `source` (w × h) as large as fits, centred, without changing its aspect ratio.
+function drawContained(source, w, h, smooth = true) {
+  const { canvas, ctx } = sketch;
+  const scale = Math.min(canvas.width / w, canvas.height / h);
+  const dw = w * scale;
+  const dh = h * scale;
+  ctx.imageSmoothingEnabled = smooth;
+  ctx.drawImage(source, (canvas.width - dw) / 2, (canvas.height - dh) / 2, dw, dh);
+  ctx.imageSmoothingEnabled = true;
+}
+
+function snapshot() {
+  return sketch.ctx.getImageData(0, 0, sketch.canvas.width, sketch.canvas.height);
+}
+
+function restore(image) {
+  const { canvas, ctx } = sketch;
+  if (image.width === canvas.width && image.height === canvas.height) {
+    ctx.putImageData(image, 0, 0);
+    return;
+  }
+  const copy = document.createElement("canvas"); // saved at another size: fit it in, as a resize does
+  [copy.width, copy.height] = [image.width, image.height];
+  copy.getContext("2d").putImageData(image, 0, 0);
+  blank();
+  drawContained(copy, copy.width, copy.height);
+}
+
+function pushUndo() {
+  sketch.undo.push(snapshot());
+  if (sketch.undo.length > UNDO_MAX) sketch.undo.shift();
+  $("undo").disabled = false;
+}
+
+function undo() {
+  const image = sketch.undo.pop();
+  if (image) restore(image);
+  $("undo").disabled = sketch.undo.length === 0;
+}
+
+function resizeCanvas(width, height) {
+  const { canvas } = sketch;
+  const [w, h] = canvasSize(width, height);
+  if (canvas.width === w && canvas.height === h) return;
+  const old = snapshot();
+  [canvas.width, canvas.height] = [w, h]; // clears it
+  restore(old); // the drawing so far, fitted in (not stretched)
+}
+
+function selectSize(select, value) {
+  if (![...select.options].some((o) => o.value === String(value))) select.add(new Option(String(value), String(value)));
+  select.value = String(value);
+}
+
+function followSize() {
+  resizeCanvas(Number($("width").value), Number($("height").value));
+}
+
+function setTool(tool) {
+  sketch.tool = tool;
+  $("tool-brush").setAttribute("aria-pressed", String(tool === "brush"));
+  $("tool-eraser").setAttribute("aria-pressed", String(tool === "eraser"));
+  sketch.canvas.classList.toggle("erasing", tool === "eraser");
+}
+
 function setupCanvas() {
-  const canvas = $("sketch");
-  const ctx = canvas.getContext("2d");
-  const clear = () => {
-    ctx.fillStyle = "#000";
-    ctx.fillRect(0, 0, canvas.width, canvas.height);
-  };
-  clear();
-  let drawing = false;
+  const canvas = (sketch.canvas = $("sketch"));
+  const ctx = (sketch.ctx = canvas.getContext("2d", { willReadFrequently: true }));
+  blank();
+  // Pointer events cover mouse, pen and touch; only the first finger draws (touch-action: none in the stylesheet).
   const point = (event) => {
     const rect = canvas.getBoundingClientRect();
-    return [((event.clientX - rect.left) * canvas.width) / rect.width, ((event.clientY - rect.top) * canvas.height) / rect.height];
+    const x = ((event.clientX - rect.left - canvas.clientLeft) * canvas.width) / Math.max(1, canvas.clientWidth);
+    const y = ((event.clientY - rect.top - canvas.clientTop) * canvas.height) / Math.max(1, canvas.clientHeight);
+    return [x, y];
   };
   canvas.addEventListener("pointerdown", (event) => {
-    drawing = true;
+    if (!event.isPrimary || event.button > 0 || sketch.pointer !== null) return;
+    event.preventDefault();
+    pushUndo();
+    sketch.pointer = event.pointerId;
     canvas.setPointerCapture?.(event.pointerId);
-    ctx.strokeStyle = "#fff";
-    ctx.lineWidth = Number($("brush").value);
+    ctx.strokeStyle = sketch.tool === "eraser" ? "#000" : "#fff";
+    ctx.lineWidth = (Number($("brush").value) * canvas.width) / Math.max(1, canvas.clientWidth); // brush in screen px
     ctx.lineCap = ctx.lineJoin = "round";
     ctx.beginPath();
     ctx.moveTo(...point(event));
@@ -107,14 +205,30 @@ function setupCanvas() {
     ctx.stroke();
   });
   canvas.addEventListener("pointermove", (event) => {
-    if (!drawing) return;
-    ctx.lineTo(...point(event));
+    if (event.pointerId !== sketch.pointer) return;
+    for (const e of event.getCoalescedEvents?.() || [event]) ctx.lineTo(...point(e));
     ctx.stroke();
   });
-  const stop = () => { drawing = false; };
-  canvas.addEventListener("pointerup", stop);
-  canvas.addEventListener("pointerleave", stop);
-  $("clear").addEventListener("click", clear);
+  const stop = (event) => {
+    if (event.pointerId === sketch.pointer) sketch.pointer = null;
+  };
+  for (const name of ["pointerup", "pointercancel", "lostpointercapture"]) canvas.addEventListener(name, stop);
+  $("clear").addEventListener("click", () => {
+    pushUndo();
+    blank();
+  });
+  $("undo").addEventListener("click", undo);
+  $("tool-brush").addEventListener("click", () => setTool("brush"));
+  $("tool-eraser").addEventListener("click", () => setTool("eraser"));
+  document.addEventListener("keydown", (event) => {
+    const typing = event.target.closest?.("input, textarea, select");
+    if ((event.ctrlKey || event.metaKey) && !event.shiftKey && event.key.toLowerCase() === "z" && !typing) {
+      event.preventDefault();
+      undo();
+    }
+  });
+  $("width").addEventListener("change", followSize);
+  $("height").addEventListener("change", followSize);
 }
 
 function canvasBase64() {
@@ -215,7 +329,10 @@ function showProgress(job) {
   $("progress").max = Math.max(1, total);
   $("progress").value = step;
   if (job.status === "queued") setStatus(`Queued (${job.position ?? 0} ahead)…`);
-  else if (job.status === "running") setStatus(`Step ${step} of ${total}…`);
+  else if (job.status === "running") {
+    state.started ??= performance.now();
+    setStatus(`Step ${step} of ${total}…`);
+  }
 }
 
 async function generate() {
@@ -224,25 +341,39 @@ async function generate() {
   $("progress").value = 0;
   setStatus("Sending…");
   state.abort = new AbortController();
+  state.started = null;
   try {
     const body = await requestBody();
+    const sent = performance.now();
     const job = await (await api("/v1/jobs", { method: "POST", body: JSON.stringify(body), headers: { "Content-Type": "application/json" } })).json();
     state.job = job.id;
     showProgress(job);
     const final = await followEvents(job.id, state.abort.signal);
+    // Time per image: from when the job started running (as the page saw it; from sending when it never saw it run).
+    const seconds = (performance.now() - (state.started ?? sent)) / 1000;
     if (!final || final.status !== "done") {
       setStatus(final && final.status === "cancelled" ? "Cancelled." : `Failed: ${(final && final.detail) || "no result"}`, final && final.status === "cancelled" ? "" : "error");
       return;
     }
     const blob = await (await api(`/v1/jobs/${job.id}/result`)).blob();
     await api(`/v1/jobs/${job.id}`, { method: "DELETE" }); // the server forgets the image now
-    const img = $("result");
-    if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
-    img.src = URL.createObjectURL(blob);
-    img.hidden = false;
-    $("download").href = img.src;
-    $("download").hidden = false;
-    $("seed-used").textContent = `seed ${final.seed}`;
+    const entry = {
+      id: state.nextId++,
+      url: URL.createObjectURL(blob),
+      blob,
+      prompt: body.prompt,
+      negative: body.negative_prompt,
+      seed: final.seed,
+      steps: body.steps,
+      guidance: body.guidance_scale,
+      cscale: body.controlnet_scale,
+      width: final.width,
+      height: final.height,
+      seconds,
+      control: state.mode === "draw" ? "sketch" : `upload, ${body.preprocessor}`,
+    };
+    addToHistory(entry);
+    showResult(entry);
     $("progress").value = $("progress").max;
     setStatus("Done.", "done");
   } catch (err) {
@@ -252,6 +383,107 @@ async function generate() {
     state.job = null;
     $("generate").disabled = false;
     $("cancel").disabled = true;
+  }
+}
+
+// ---------------------------------------------------------------- results and history
+function slug(text) {
+  const words = text.toLowerCase().normalize("NFKD").replace(/[\u0300-\u036f]/g, "").replace(/[^a-z0-9]+/g, "-");
+  return words.replace(/^-+/, "").slice(0, 48).replace(/-+$/, "");
+}
+
+// refine-<prompt>-seed<N>.png: a folder of downloads says what made each image.
+function downloadName(entry) {
+  const name = slug(entry.prompt);
+  return `refine-${name ? name + "-" : ""}seed${entry.seed}.png`;
+}
+
+function settingsText(entry) {
+  return `${entry.width}×${entry.height} · ${entry.steps} steps · guidance ${entry.guidance} · strength ${entry.cscale} · ${entry.control} · ${entry.seconds.toFixed(2)} s`;
+}
+
+function showResult(entry) {
+  state.current = entry;
+  const img = $("result");
+  img.src = entry.url;
+  img.alt = `generated image: ${entry.prompt || "no prompt"}, seed ${entry.seed}`;
+  img.hidden = false;
+  $("result-prompt").textContent = entry.prompt || "(no prompt)";
+  $("result-prompt").hidden = false;
+  $("seed-used").textContent = `seed ${entry.seed}`;
+  $("result-info").textContent = "· " + settingsText(entry);
+  $("download").href = entry.url;
+  $("download").download = downloadName(entry);
+  $("result-actions").hidden = false;
+  for (const item of $("history").children) {
+    item.firstElementChild.setAttribute("aria-current", String(Number(item.dataset.id) === entry.id));
+  }
+}
+
+function addToHistory(entry) {
+  state.history.unshift(entry);
+  for (const old of state.history.splice(HISTORY_MAX)) {
+    URL.revokeObjectURL(old.url);
+    $("history").querySelector(`li[data-id="${old.id}"]`)?.remove();
+  }
+  const item = document.createElement("li");
+  item.dataset.id = String(entry.id);
+  item.dataset.seed = String(entry.seed);
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "thumb";
+  button.title = `${entry.prompt || "(no prompt)"}\n${settingsText(entry)}`;
+  const img = document.createElement("img");
+  img.src = entry.url;
+  img.alt = "";
+  const prompt = document.createElement("span");
+  prompt.className = "caption";
+  prompt.textContent = entry.prompt || "(no prompt)";
+  const meta = document.createElement("span");
+  meta.className = "meta";
+  meta.textContent = `seed ${entry.seed} · ${entry.steps} steps · g ${entry.guidance} · ${entry.seconds.toFixed(1)} s`;
+  button.append(img, prompt, meta);
+  button.addEventListener("click", () => showResult(entry));
+  item.append(button);
+  $("history").prepend(item);
+  $("history-panel").hidden = false;
+}
+
+// Seed, steps, guidance, control strength and size of a result back in the form (the prompt stays as typed).
+function reuseSettings(entry) {
+  $("seed").value = String(entry.seed);
+  $("steps").value = String(entry.steps);
+  $("guidance").value = String(entry.guidance);
+  $("cscale").value = String(entry.cscale);
+  $("negative").value = entry.negative;
+  selectSize($("width"), entry.width);
+  selectSize($("height"), entry.height);
+  followSize();
+}
+
+// Result → control: the result goes through the same preprocessor as an uploaded photo (the Upload tab's choice,
+// by default the model's), and the control map lands on the sketch canvas, where it can be drawn on, erased or undone.
+async function useAsControl(entry) {
+  const button = $("use-control");
+  button.disabled = true;
+  try {
+    const preprocessor = $("preprocessor").value;
+    const body = { image: await fileBase64(entry.blob), preprocessor, width: entry.width, height: entry.height };
+    const response = await api("/v1/preprocess", { method: "POST", body: JSON.stringify(body), headers: { "Content-Type": "application/json" } });
+    const map = await createImageBitmap(await response.blob());
+    selectSize($("width"), entry.width);
+    selectSize($("height"), entry.height);
+    followSize();
+    pushUndo();
+    blank();
+    drawContained(map, map.width, map.height, false); // an integer upscale, no smoothing: edges stay edges
+    map.close();
+    switchTab("draw");
+    $("sketch-note").textContent = `The ${preprocessor} map of the result with seed ${entry.seed}: draw on it, erase, or undo.`;
+  } catch (err) {
+    setStatus(err.message, "error");
+  } finally {
+    button.disabled = false;
   }
 }
 
@@ -274,6 +506,8 @@ document.addEventListener("DOMContentLoaded", () => {
   $("preview").addEventListener("click", previewControl);
   $("generate").addEventListener("click", generate);
   $("cancel").addEventListener("click", cancel);
+  $("reuse").addEventListener("click", () => state.current && reuseSettings(state.current));
+  $("use-control").addEventListener("click", () => state.current && useAsControl(state.current));
   $("token-save").addEventListener("click", () => {
     state.token = $("token").value.trim();
     sessionStorage.setItem("refine-token", state.token);
