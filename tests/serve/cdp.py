@@ -3,6 +3,7 @@
 Chromium reads NUL-terminated JSON commands from fd 3 and writes NUL-terminated JSON replies and events to fd 4.
 """
 
+import base64
 import contextlib
 import json
 import os
@@ -207,3 +208,42 @@ class Page:
         root = self.send("DOM.getDocument")["root"]["nodeId"]
         node = self.send("DOM.querySelector", {"nodeId": root, "selector": selector})["nodeId"]
         self.send("DOM.setFileInputFiles", {"files": paths, "nodeId": node})
+
+    def touch_drag(self, points: list[tuple[float, float]]) -> None:
+        """One finger along `points` (touch emulation on: the page sees pointer events of type "touch")."""
+        self.send("Emulation.setTouchEmulationEnabled", {"enabled": True, "maxTouchPoints": 1})
+        self.send(
+            "Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": points[0][0], "y": points[0][1]}]}
+        )
+        for point in points[1:]:
+            self.send(
+                "Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [{"x": point[0], "y": point[1]}]}
+            )
+        self.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+        self.send("Emulation.setTouchEmulationEnabled", {"enabled": False})
+
+    def posted_json(self, url: str) -> list[dict]:
+        """The JSON bodies this tab POSTed to `url`, in order (from the Network domain's events)."""
+        bodies = []
+        for event in list(self.browser.events):
+            if event.get("method") != "Network.requestWillBeSent" or event.get("sessionId") != self.session:
+                continue
+            request = event["params"]["request"]
+            if request["method"] != "POST" or request["url"] != url:
+                continue
+            data = request.get("postData")
+            if data is None:
+                data = self.send("Network.getRequestPostData", {"requestId": event["params"]["requestId"]})["postData"]
+            bodies.append(json.loads(data))
+        return bodies
+
+    def screenshot(self, path: Path, width: int, height: int, mobile: bool) -> None:
+        """The whole page as PNG at a `width` × `height` viewport (a phone's when `mobile`)."""
+        metrics = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile}
+        self.send("Emulation.setDeviceMetricsOverride", metrics)
+        self.send("Emulation.setScrollbarsHidden", {"hidden": True})
+        self.eval("new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)))")
+        full = self.send("Page.getLayoutMetrics")["cssContentSize"]
+        clip = {"x": 0, "y": 0, "width": width, "height": max(height, full["height"]), "scale": 1}
+        shot = self.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip})
+        path.write_bytes(base64.b64decode(shot["data"]))

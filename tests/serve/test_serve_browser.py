@@ -1,17 +1,22 @@
 """The web page in headless Chromium against `refine-serve` over the real tiny model: draw a sketch, type a prompt,
-watch per-step progress, get the image; then upload a photo with a preprocessor. Nothing leaves loopback.
+watch per-step progress, get the image; then upload a photo with a preprocessor. The page's history, reuse seed,
+result → control, eraser and undo (mouse and touch), and a sketch canvas in the output's aspect ratio; screenshots at
+a desktop and a phone viewport. Nothing leaves loopback.
 
 Needs Debian's `chromium` (`apt-get install -y chromium`); skipped with that reason when it is missing.
 """
 
 import io
 import json
+import os
+import re
+import shutil
 
 import numpy as np
 import pytest
 from cdp import Browser, CDPError, Page, find_chromium
 from PIL import Image
-from serve_helpers import png_bytes, start_server
+from serve_helpers import b64, png_bytes, start_server
 
 CHROMIUM = find_chromium()
 pytestmark = pytest.mark.skipif(
@@ -48,6 +53,68 @@ def assert_page_shows_what_the_api_draws(page: Page, server, body: dict) -> None
         direct = client.post("/v1/generate", json={**body, "control_image": canvas})
     expected = np.asarray(Image.open(io.BytesIO(direct.content)).convert("RGBA"))
     assert np.array_equal(np.asarray(shown, np.uint8).reshape(expected.shape), expected)
+
+
+def assert_no_page_errors(browser: Browser, server) -> None:
+    """Only loopback requests; no JS error, no CSP violation."""
+    requests = [
+        e["params"]["request"]["url"] for e in browser.events if e.get("method") == "Network.requestWillBeSent"
+    ]
+    assert requests and all(u.startswith((server.url, "blob:", "data:")) for u in requests), requests
+    errors = [e for e in browser.events if e.get("method") == "Runtime.exceptionThrown"]
+    errors += [
+        e for e in browser.events if e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] == "error"
+    ]
+    assert errors == [], json.dumps(errors)[:2000]
+
+
+# JS run in the page by the tests (Runtime.evaluate is not bound by the page's CSP).
+LIT = (
+    "(() => { const c = document.getElementById('sketch');"
+    " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+    " let n = 0; for (let i = 0; i < d.length; i += 4) n += d[i] > 128; return n; })()"
+)
+SAVE_SKETCH = (
+    "(() => { const c = document.getElementById('sketch');"
+    " window.__saved = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; })()"
+)
+SKETCH_IS_SAVED = (
+    "(() => { const c = document.getElementById('sketch');"
+    " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+    " return d.length === window.__saved.length && d.every((v, i) => v === window.__saved[i]); })()"
+)
+
+
+def image_pixels(page: Page, selector: str) -> np.ndarray:
+    """An <img>'s pixels at its natural size (RGBA), read back through a canvas."""
+    width, height, data = page.eval(
+        f"(() => {{ const img = document.querySelector({json.dumps(selector)}); const c = document.createElement('canvas');"
+        " c.width = img.naturalWidth; c.height = img.naturalHeight; const g = c.getContext('2d');"
+        " g.drawImage(img, 0, 0); return [c.width, c.height, Array.from(g.getImageData(0, 0, c.width, c.height).data)]; })()"
+    )
+    return np.asarray(data, np.uint8).reshape(height, width, 4)
+
+
+def sketch_cells(page: Page, width: int, height: int) -> np.ndarray:
+    """The sketch's red channel at the centre of each output pixel's block (the canvas is k × the output size)."""
+    data = page.eval(
+        f"(() => {{ const c = document.getElementById('sketch'); const k = c.width / {width};"
+        " const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; const out = [];"
+        f" for (let y = 0; y < {height}; y++) for (let x = 0; x < {width}; x++)"
+        " out.push(d[4 * (Math.floor((y + 0.5) * k) * c.width + Math.floor((x + 0.5) * k))]); return out; })()"
+    )
+    return np.asarray(data, np.uint8).reshape(height, width)
+
+
+def select_size(page: Page, width: int, height: int) -> None:
+    page.eval(
+        f"(() => {{ for (const [id, v] of [['width', {width}], ['height', {height}]]) {{"
+        " const s = document.getElementById(id); s.value = String(v); s.dispatchEvent(new Event('change')); } })()"
+    )
+
+
+def history_seeds(page: Page) -> list[int]:
+    return [int(s) for s in page.eval("[...document.querySelectorAll('#history li')].map((li) => li.dataset.seed)")]
 
 
 def test_page_draw_generate_upload(tiny_model_dir, tmp_path):
@@ -105,17 +172,7 @@ def test_page_draw_generate_upload(tiny_model_dir, tmp_path):
         start_generation(page)
         wait_status(page, "Done.")
 
-        requests = [
-            e["params"]["request"]["url"] for e in browser.events if e.get("method") == "Network.requestWillBeSent"
-        ]
-        assert requests and all(u.startswith((server.url, "blob:", "data:")) for u in requests), requests
-        errors = [e for e in browser.events if e.get("method") == "Runtime.exceptionThrown"]
-        errors += [
-            e
-            for e in browser.events
-            if e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] == "error"
-        ]
-        assert errors == [], json.dumps(errors)[:2000]  # no JS error, no CSP violation
+        assert_no_page_errors(browser, server)
     except Exception:
         print(server.log()[-4000:])  # shown by pytest with the failure
         raise
@@ -125,6 +182,137 @@ def test_page_draw_generate_upload(tiny_model_dir, tmp_path):
     assert code == 0
     audit = server.report()
     assert audit["connect"] == [] and audit["getaddrinfo"] == [], audit
+
+
+def test_page_history_reuse_control_eraser_undo_and_aspect(tiny_model_dir, tmp_path):
+    """Draw (mouse and touch), undo, erase; a 32 × 16 output gets a 2:1 canvas; two results in the history with their
+    seeds and named downloads; reuse seed redraws the first result exactly; result → control puts the server's Canny
+    map of it on the canvas (undoable); screenshots at a desktop and a phone viewport, nothing wider than the phone."""
+    server = start_server(tiny_model_dir, tmp_path / "srv", "--no-access-log")
+    browser = Browser(CHROMIUM, tmp_path / "chrome-profile")
+    try:
+        page = Page(browser)
+        page.navigate(server.url + "/")
+        wait_status(page, "Ready.")
+
+        # a non-square output: the canvas takes its aspect ratio, in its pixels and on screen
+        select_size(page, 32, 16)
+        pixels, shown = page.eval(
+            "(() => { const c = document.getElementById('sketch'); const r = c.getBoundingClientRect();"
+            " return [[c.width, c.height], [c.clientWidth, c.clientHeight]]; })()"
+        )
+        assert pixels[0] == 2 * pixels[1] and pixels[0] % 32 == 0, pixels
+        assert abs(shown[0] / shown[1] - 2) < 0.02, shown
+
+        # a mouse stroke, undone: the canvas is back to its exact pixels
+        x, y = page.center("#sketch")
+        page.drag([(x - 60 + 6 * i, y - 20 + 2 * i) for i in range(20)])
+        page.eval(SAVE_SKETCH)
+        lit = page.eval(LIT)
+        page.drag([(x + 40, y - 30 + 3 * i) for i in range(20)])
+        assert page.eval(LIT) > lit + 100
+        assert not page.eval(SKETCH_IS_SAVED)
+        page.click("#undo")
+        assert page.eval(SKETCH_IS_SAVED)
+        assert page.eval(LIT) == lit
+
+        # the eraser takes the first stroke away, a touch stroke draws a new one, Ctrl+Z undoes it
+        page.click("#tool-eraser")
+        page.drag([(x - 60 + 6 * i, y - 20 + 2 * i) for i in range(20)])
+        assert page.eval(LIT) < lit / 5
+        page.click("#tool-brush")
+        page.eval(SAVE_SKETCH)
+        page.touch_drag([(x - 50 + 5 * i, y + 20 - 2 * i) for i in range(20)])
+        assert page.eval(LIT) > 200
+        page.eval("document.body.focus()")
+        page.send("Input.dispatchKeyEvent", {"type": "keyDown", "key": "z", "code": "KeyZ", "modifiers": 2})
+        page.send("Input.dispatchKeyEvent", {"type": "keyUp", "key": "z", "code": "KeyZ", "modifiers": 2})
+        assert page.eval(SKETCH_IS_SAVED)
+        page.touch_drag([(x - 50 + 5 * i, y + 20 - 2 * i) for i in range(20)])
+        page.drag([(x - 70 + 7 * i, y - 25 + 2 * i) for i in range(20)])
+
+        # two results with random seeds: both in the history, newest first, each with its seed and settings
+        page.type_into("#prompt", "A red, striped circle!")
+        page.eval("document.getElementById('steps').value = '4'")
+        seeds = []
+        for _ in range(2):
+            start_generation(page)
+            wait_status(page, "Done.")
+            seeds.append(int(page.eval("document.getElementById('seed-used').textContent").removeprefix("seed ")))
+        jobs = page.posted_json(server.url + "/v1/jobs")
+        assert len(jobs) == 2 and all("seed" not in job for job in jobs)  # the server picked both seeds
+        assert seeds[0] != seeds[1]
+        assert history_seeds(page) == seeds[::-1]
+        assert page.eval("document.getElementById('download').download") == (
+            f"refine-a-red-striped-circle-seed{seeds[1]}.png"
+        )
+        info = page.eval("document.getElementById('result-info').textContent")
+        assert "32×16 · 4 steps" in info and re.search(r"\d+\.\d\d s$", info), info  # time per image shown
+        captions = page.eval("[...document.querySelectorAll('#history li')].map((li) => li.textContent)")
+        assert all(
+            "A red, striped circle!" in c and f"seed {seed}" in c
+            for c, seed in zip(captions, seeds[::-1], strict=True)
+        )
+
+        # view the first result from the history, reuse its seed and settings: the request carries the seed and the
+        # image is the first one again, pixel for pixel
+        page.click("#history li:last-child button")
+        assert page.eval("document.getElementById('seed-used').textContent") == f"seed {seeds[0]}"
+        assert page.eval("document.getElementById('download').download").endswith(f"-seed{seeds[0]}.png")
+        first = image_pixels(page, "#result")
+        page.eval("document.getElementById('steps').value = '9'; document.getElementById('width').value = '16'")
+        page.click("#reuse")
+        assert page.eval("document.getElementById('seed').value") == str(seeds[0])
+        assert page.eval("[document.getElementById('steps').value, document.getElementById('width').value]") == [
+            "4",
+            "32",
+        ]
+        start_generation(page)
+        wait_status(page, "Done.")
+        sent = page.posted_json(server.url + "/v1/jobs")[-1]
+        assert (sent["seed"], sent["steps"], sent["width"], sent["height"]) == (seeds[0], 4, 32, 16)
+        assert history_seeds(page) == [seeds[0], seeds[1], seeds[0]]
+        assert np.array_equal(image_pixels(page, "#result"), first)
+
+        # result → control: the Canny map of the result (as the server makes it) lands on the canvas; undo restores
+        page.eval(SAVE_SKETCH)
+        page.click("#use-control")
+        page.wait_for("document.getElementById('sketch-note').textContent.includes('canny map')")
+        buffer = io.BytesIO()
+        Image.fromarray(first[..., :3]).save(buffer, format="PNG")
+        with server.client() as client:
+            answer = client.post(
+                "/v1/preprocess",
+                json={"image": b64(buffer.getvalue()), "preprocessor": "canny", "width": 32, "height": 16},
+            )
+        assert answer.status_code == 200, answer.text
+        control = np.asarray(Image.open(io.BytesIO(answer.content)).convert("RGB"))[..., 0]
+        assert 0 < (control > 128).sum() < control.size  # a real edge map, neither empty nor full
+        assert np.array_equal(sketch_cells(page, 32, 16), control)
+        page.click("#undo")
+        assert page.eval(SKETCH_IS_SAVED)
+
+        # screenshots: the desktop grid and the phone's single column, nothing wider than the phone
+        shots = {"desktop": (1280, 900, False), "phone": (390, 844, True)}
+        for name, (width, height, mobile) in shots.items():
+            path = tmp_path / f"page-{name}.png"
+            page.screenshot(path, width, height, mobile)
+            assert Image.open(path).size[0] == width
+            wide = page.eval(
+                "Math.max(document.documentElement.scrollWidth, document.getElementById('sketch')"
+                ".getBoundingClientRect().right, document.getElementById('history').getBoundingClientRect().right)"
+            )
+            assert wide <= width, (name, wide)
+            if os.environ.get("REFINE_SCREENSHOT_DIR"):
+                shutil.copy(path, os.environ["REFINE_SCREENSHOT_DIR"])
+        assert_no_page_errors(browser, server)
+    except Exception:
+        print(server.log()[-4000:])
+        raise
+    finally:
+        browser.close()
+        code = server.stop()
+    assert code == 0
 
 
 def test_page_uses_a_few_step_students_recommendation(few_step_model, tmp_path):
