@@ -18,7 +18,7 @@ const state = {
 };
 const HISTORY_MAX = 50;
 const CANVAS_LONG_SIDE = 512; // the sketch's pixels: an integer multiple of the output size, about this long
-const UNDO_MAX = 30;
+const UNDO_MAX = 20;
 
 function headers(extra = {}) {
   const h = { ...extra };
