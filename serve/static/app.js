@@ -398,8 +398,12 @@ function downloadName(entry) {
   return `refine-${name ? name + "-" : ""}seed${entry.seed}.png`;
 }
 
+function duration(seconds) {
+  return `${seconds.toFixed(seconds < 10 ? 2 : 1)} s`;
+}
+
 function settingsText(entry) {
-  return `${entry.width}×${entry.height} · ${entry.steps} steps · guidance ${entry.guidance} · strength ${entry.cscale} · ${entry.control} · ${entry.seconds.toFixed(2)} s`;
+  return `${entry.width}×${entry.height} · ${entry.steps} steps · guidance ${entry.guidance} · strength ${entry.cscale} · ${entry.control} · ${duration(entry.seconds)}`;
 }
 
 function showResult(entry) {
@@ -441,7 +445,7 @@ function addToHistory(entry) {
   prompt.textContent = entry.prompt || "(no prompt)";
   const meta = document.createElement("span");
   meta.className = "meta";
-  meta.textContent = `seed ${entry.seed} · ${entry.steps} steps · g ${entry.guidance} · ${entry.seconds.toFixed(1)} s`;
+  meta.textContent = `seed ${entry.seed} · ${entry.steps} steps · g ${entry.guidance} · ${duration(entry.seconds)}`;
   button.append(img, prompt, meta);
   button.addEventListener("click", () => showResult(entry));
   item.append(button);
