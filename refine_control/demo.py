@@ -37,7 +37,7 @@ class DemoConfig:
     stage2_steps: int | None = None  # None: refine-distill's default
     few_step_steps: int | None = None  # None: refine-distill's default
     teacher_steps: int = 20  # the teacher samples 20 steps with guidance pairs (refine-eval's default)
-    reuse: bool = False  # keep a finished distillation in output_dir (its recorded seconds are reported)
+    reuse: bool = False  # keep the stages finished in output_dir (their recorded seconds are reported)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--reuse",
         action="store_true",
-        help="keep the finished distillation in --output instead of distilling again (the seconds it took, "
-        "recorded in its metrics.json, are reported)",
+        help="keep the stages already finished in --output (the distillation, then the evaluation and the export "
+        "when made from that student with the same settings) instead of running them again; the seconds they "
+        "recorded are reported",
     )
     return parser
 
@@ -90,14 +91,43 @@ def _latency(argv: list[str]) -> int:
     return subprocess.call([sys.executable, str(LATENCY_SCRIPT), *argv])
 
 
-def run_demo(cfg: DemoConfig) -> dict[str, float]:
-    """Run the four stages; return the seconds each took."""
+STAGES_FILE = "demo_stages.json"  # the seconds of each stage the demo finished in RUN, for `--reuse`
+
+
+def _newer_than_student(path: Path, run: Path) -> bool:
+    student = run / "student" / "model_index.json"
+    return path.is_file() and student.is_file() and path.stat().st_mtime >= student.stat().st_mtime
+
+
+def _reusable(stage: str, cfg: DemoConfig, web: bool) -> bool:
+    """Whether `--reuse` keeps a stage: its outputs exist, were made from the current student and with the demo's
+    settings."""
+    run = cfg.output_dir
+    if stage == "distil":
+        from refine_control.training.run_dir import is_finished
+
+        return is_finished(run)
+    if stage == "evaluate":
+        report = run / "eval" / "metrics.json"
+        if not _newer_than_student(report, run):
+            return False
+        got = json.loads(report.read_text())
+        same = (got.get("num_samples"), got.get("seed"), got.get("sampling", {}).get("teacher_steps"))
+        return same == (cfg.eval_samples, cfg.seed, cfg.teacher_steps)
+    if stage == "export":
+        made = _newer_than_student(run / "model" / "manifest.json", run)
+        return made and (not web or (run / "web" / "model" / "manifest.json").is_file())
+    return False
+
+
+def run_demo(cfg: DemoConfig) -> tuple[dict[str, float], list[str]]:
+    """Run the four stages; return the seconds each took (a reused one: those it recorded) and the reused ones."""
+    from refine_control.atomic import write_json
     from refine_control.cli import main as distill
     from refine_control.evaluation.cli import main as evaluate
     from refine_control.export.cli import main as export
-    from refine_control.training.run_dir import is_finished
 
-    run, model = cfg.output_dir, cfg.output_dir / "model"
+    run, model, web = cfg.output_dir, cfg.output_dir / "model", _web_ready()
     distill_argv = ["--teacher", "builtin", "-o", str(run), "--overwrite", "--seed", str(cfg.seed), "-q"]
     for flag in ("max_steps", "stage2_steps", "few_step_steps"):
         if getattr(cfg, flag) is not None:
@@ -105,24 +135,34 @@ def run_demo(cfg: DemoConfig) -> dict[str, float]:
     # The student samples as it recommends (its sampling.json); the teacher 20 steps with guidance pairs.
     eval_argv = [str(run), "--num-samples", str(cfg.eval_samples), "--seed", str(cfg.seed), "-q"]
     eval_argv += ["--teacher-steps", str(cfg.teacher_steps), "--grid", str(run / "eval" / "samples.png")]
+    export_argv = [str(run), "-o", str(model), "--int8", "--overwrite", *(["--web", str(run / "web")] if web else [])]
     latency_argv = ["--scale", "builtin", "--presets", "none", "--run", f"student={run}", "--runtimes", "ort-fp32"]
     latency_argv += ["--steps", str(cfg.teacher_steps), "--repeats", "5", "--warmup", "1"]
     latency_argv += ["--json", str(run / "latency.json")]
-    if cfg.reuse and is_finished(run):
-        print(f"\n=== 1/4 distil: reusing the finished run in {run}")  # noqa: T201 - the demo's narration
-        recorded = json.loads((run / "metrics.json").read_text()).get("seconds", {})
-        seconds = {"distil": float(sum(recorded.values()))}
-    else:
-        seconds = {"distil": _stage("1/4 distil (refine-distill)", distill, distill_argv)}
-    seconds["evaluate"] = _stage("2/4 evaluate (refine-eval)", evaluate, eval_argv)
-    seconds["export"] = _stage(
-        "3/4 export (refine-export)", export, [str(run), "-o", str(model), "--int8", "--overwrite"]
-    )
+    stages: list[tuple[str, str, Callable[[list[str]], int], list[str]]] = [
+        ("distil", "1/4 distil (refine-distill)", distill, distill_argv),
+        ("evaluate", "2/4 evaluate (refine-eval)", evaluate, eval_argv),
+        ("export", "3/4 export (refine-export)", export, export_argv),
+    ]
+    recorded_file = run / STAGES_FILE
+    recorded = json.loads(recorded_file.read_text()) if cfg.reuse and recorded_file.is_file() else {}
+    if cfg.reuse and "distil" not in recorded and _reusable("distil", cfg, web):  # a run the demo did not make
+        recorded["distil"] = float(sum(json.loads((run / "metrics.json").read_text()).get("seconds", {}).values()))
+    seconds: dict[str, float] = {}
+    reused: list[str] = []
+    for name, title, command, argv in stages:
+        if cfg.reuse and len(reused) == len(seconds) and name in recorded and _reusable(name, cfg, web):
+            print(f"\n=== {title.split()[0]} {name}: reusing the finished stage in {run}")  # noqa: T201
+            seconds[name] = recorded[name]
+            reused.append(name)
+            continue
+        seconds[name] = _stage(title, command, argv)
+        write_json(recorded_file, seconds)
     if LATENCY_SCRIPT.is_file():
         seconds["measure"] = _stage("4/4 measure (benchmarks/latency.py)", _latency, latency_argv)
     else:
         print(f"\n=== 4/4 measure: skipped, {LATENCY_SCRIPT} is not here (run the demo from a checkout)")  # noqa: T201
-    return seconds
+    return seconds, reused
 
 
 QUALITY_KEYS = ("edge_f1_strict", "edge_f1", "mask_iou", "colour_acc", "shape_acc")
@@ -204,7 +244,7 @@ def side_by_side(comparison: dict[str, dict[str, Any]], samples: int) -> list[st
     return [*lines, note + (", timed in ONNX Runtime FP32 on this machine" if "macs_per_image" in student else "")]
 
 
-def _summary(cfg: DemoConfig, seconds: dict[str, float]) -> str:
+def _summary(cfg: DemoConfig, seconds: dict[str, float], reused: list[str]) -> str:
     """Print-ready summary; also records the run's figures as a result file (RUN/results/demo/make-demo.json)."""
     run, model = cfg.output_dir, cfg.output_dir / "model"
     eval_report = json.loads((run / "eval" / "metrics.json").read_text())
@@ -215,14 +255,15 @@ def _summary(cfg: DemoConfig, seconds: dict[str, float]) -> str:
     step_ms = parity.get("latency_ms_per_denoiser_step", {})
     write_result(
         ("demo", "make-demo"),
-        metrics={**comparison, "seconds": seconds, "denoiser_step_ms": step_ms},
+        metrics={**comparison, "seconds": seconds, "reused": reused, "denoiser_step_ms": step_ms},
         config={**asdict(cfg), "output_dir": str(cfg.output_dir)},
         seed=cfg.seed,
         command="python -m refine_control.demo --reuse" if cfg.reuse else "make demo",
-        wall_s=sum(seconds.values()),
+        wall_s=sum(v for k, v in seconds.items() if k not in reused),
         root=run / "results",
     )
-    lines = ["", "=== done in " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items())]
+    done = ", ".join(f"{k} {v:.0f} s" + (" (recorded)" if k in reused else "") for k, v in seconds.items())
+    lines = ["", "=== done in " + done]
     lines += ["", "teacher vs student (same prompts, controls and noise):"]
     lines += ["  " + line for line in side_by_side(comparison, eval_report["num_samples"])]
     lines.append("")
@@ -232,17 +273,14 @@ def _summary(cfg: DemoConfig, seconds: dict[str, float]) -> str:
     if step_ms:
         lines.append("              denoiser step, ms: " + ", ".join(f"{k} {v:.2f}" for k, v in step_ms.items()))
     web = run / "web"
-    if web.is_dir():
-        lines.append(
-            f"browser:      {web}  (the model runs in the page, nothing is sent; on a phone: serve it over https"
-        )
-        lines.append(
-            "              with the COOP/COEP headers of its README.txt and open index.html; ?selftest=1 checks it)"
-        )
-    else:
-        lines.append("browser:      not written (run `npm ci --prefix web`, then refine-export ... --web)")
     # refine-serve picks the fastest precision that passed parity by itself.
     lines.append(f"serve it:     refine-serve {model}   (then open http://127.0.0.1:8000/)")
+    if web.is_dir():
+        lines.append(f"browser:      {web}  (the model runs in the page; nothing is sent anywhere)")
+        lines.append(f"              refine-serve {model} --web {web}   (then open http://127.0.0.1:8000/device/;")
+        lines.append("              from a phone: serve it over https, see docs/serve.md; ?selftest=1 checks it)")
+    else:
+        lines.append("browser:      not written (run `npm ci --prefix web`, then refine-export ... --web)")
     return "\n".join(lines)
 
 
@@ -269,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             few_step_steps=args.few_step_steps,
             reuse=args.reuse,
         )
-        print(_summary(cfg, run_demo(cfg)))  # noqa: T201 - the demo's result
+        print(_summary(cfg, *run_demo(cfg)))  # noqa: T201 - the demo's result
         return 0
 
     return run_cli(body)

@@ -38,6 +38,14 @@ def test_the_demo_succeeds_end_to_end_at_its_smallest(tmp_path, capsys):
     # The demo shows the default recipe's student: few-step, one pass per step, against the teacher's guided 20.
     assert summary["student"]["steps"] == 4 and summary["student"]["guidance"] == "embedded"
     assert summary["teacher"]["steps"] == 20 and summary["teacher"]["guidance"] == "pair"
-    # Rerunning with --reuse keeps the distillation and reports the seconds it took.
+    stages = json.loads((out / "demo_stages.json").read_text())
+    # Rerunning with --reuse keeps the finished stages and reports the seconds they recorded; only the measurement
+    # runs again. An evaluation made with other settings is not kept.
     assert main([*argv, "--few-step-steps", "2", "--reuse"]) == 0
-    assert "reusing the finished run" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert all(f"{name}: reusing the finished stage" in text for name in ("distil", "evaluate", "export"))
+    again = json.loads((out / "results" / "demo" / "make-demo.json").read_text())["metrics"]
+    assert again["reused"] == ["distil", "evaluate", "export"] and again["seconds"]["evaluate"] == stages["evaluate"]
+    assert main(["--output-dir", str(out), "--eval-samples", "65", "--reuse"]) == 0
+    text = capsys.readouterr().out
+    assert "distil: reusing" in text and "evaluate: reusing" not in text and "export: reusing" not in text

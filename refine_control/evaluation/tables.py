@@ -374,9 +374,11 @@ def demo_table(root: Path) -> Table:
     config = demo["config"]
     lines = side_by_side({"teacher": m["teacher"], "student": m["student"]}, config["eval_samples"])
     stages = ", ".join(f"{name} {seconds / 60:.1f} min" for name, seconds in m["seconds"].items())
+    kept = m.get("reused", ["distil"] if config.get("reuse") else [])  # older files: --reuse kept the distillation
     reused = (
-        " (the distillation ran in an earlier invocation of the same defaults; its minutes are the ones it recorded)"
-        if config.get("reuse")
+        f" ({', '.join(kept)} ran in an earlier invocation of the same defaults: the minutes shown are the ones "
+        "recorded then)"
+        if kept
         else ""
     )
     caption = (
