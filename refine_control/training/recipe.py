@@ -62,7 +62,7 @@ def few_step_config(cfg: DistillConfig) -> DistillConfig:
         "log_every", "seed", "allow_pickle_weights", "guidance_range", "solver_steps", "target_decay",
         "sampling_steps", "sampling_guidance", "warmup_steps", "lr_schedule", "weight_decay", "max_grad_norm",
         "streaming", "caption_column", "image_column", "shuffle_buffer", "validate", "max_bad_fraction",
-        "builtin_labelled",
+        "builtin_labelled", "scale",
     )  # fmt: skip
     few = DistillConfig(
         output_dir=path,
@@ -78,7 +78,9 @@ def few_step_config(cfg: DistillConfig) -> DistillConfig:
 
 def tiny_decoder_config(cfg: DistillConfig) -> DistillConfig:
     path = stage_dir(cfg.output_dir, "tiny-decoder")
-    keep = ("seed", "allow_pickle_weights", "tiny_decoder_width", "batch_size", "builtin_labelled", "num_workers")
+    keep = (
+        "seed", "allow_pickle_weights", "tiny_decoder_width", "batch_size", "builtin_labelled", "num_workers", "scale",
+    )  # fmt: skip
     tiny = DistillConfig(
         output_dir=path,
         recipe="guided",
