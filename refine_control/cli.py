@@ -75,10 +75,24 @@ def build_parser() -> argparse.ArgumentParser:
     p(
         "--teacher",
         default=_default("teacher"),
-        help="`builtin` (the shipped shapes teacher), a StableDiffusionControlNetPipeline directory, or a hub id that "
-        "is already in the local cache (never downloaded). Default: %(default)s",
+        help="`builtin` (the shipped shapes teacher), a StableDiffusionControlNetPipeline directory, an SD1.x "
+        "single-file checkpoint (.safetensors; with --controlnet), or a hub id that is already in the local cache "
+        "(never downloaded). Default: %(default)s",
     )
-    p("--controlnet", default=None, help="ControlNetModel directory, when --teacher is a base text-to-image pipeline")
+    p(
+        "--controlnet",
+        default=None,
+        help="ControlNetModel directory or single checkpoint file (.safetensors), when --teacher is a base "
+        "text-to-image pipeline or checkpoint",
+    )
+    p(
+        "--teacher-config",
+        default=None,
+        metavar="DIR",
+        help="configs of single-file checkpoints: a diffusers pipeline layout without weights (model_index.json, "
+        "unet/ vae/ text_encoder/ controlnet/ configs, tokenizer/, scheduler/). Default: inferred from the "
+        "checkpoint's keys when that hub repo is in the local cache (never downloaded)",
+    )
     p(
         "--student",
         default=_default("student"),
@@ -395,14 +409,16 @@ def resolve_scale(args: argparse.Namespace) -> tuple[str, str]:
             return str(json.loads(saved.read_text("utf-8")).get("scale", "builtin")), f"the run's {saved}"
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             pass  # reported by the run dir checks
-    teacher, controlnet = args.teacher, args.controlnet
+    teacher, controlnet, config = args.teacher, args.controlnet, args.teacher_config
     if args.from_run is not None:
         saved_run = read_run_config(Path(args.from_run), f"`--from {args.from_run}`:")
         teacher, controlnet = saved_run["teacher"], saved_run.get("controlnet")
+        config = saved_run.get("teacher_config")
     from refine_control.training.estimate import meta_teacher
     from refine_control.training.scale import pick_scale
 
-    params = sum(p.numel() for p in meta_teacher(teacher, controlnet).unet.parameters())
+    meta = meta_teacher(teacher, controlnet, config, args.allow_pickle_weights)
+    params = sum(p.numel() for p in meta.unet.parameters())
     return pick_scale(params).name, f"the teacher's UNet has {params / 1e6:.1f} M parameters"
 
 

@@ -43,6 +43,7 @@ class DistillConfig:
     recipe: str = "fast"
     teacher: str = "builtin"
     controlnet: str | None = None
+    teacher_config: str | None = None  # config dir of single-file checkpoints (models/single_file.py)
     student: str = "compact-wide"
     init: str = "uniform"
     labelled: str | None = None
@@ -292,6 +293,7 @@ def read_run_config(run: Path, label: str | None = None) -> dict[str, Any]:
 
 # What a few-step stage takes from the run it starts from.
 INHERITED_FROM_RUN = ("teacher", "controlnet", "student", "preprocessor", "resolution")
+INHERITED_IF_SAVED = {"teacher_config": None}  # newer than some runs: their default then
 
 
 def with_run_settings(cfg: DistillConfig) -> DistillConfig:
@@ -302,6 +304,7 @@ def with_run_settings(cfg: DistillConfig) -> DistillConfig:
     saved = read_run_config(run, f"`--from {run}`:")
     try:
         inherited = {key: saved[key] for key in INHERITED_FROM_RUN}
+        inherited.update({key: saved.get(key, default) for key, default in INHERITED_IF_SAVED.items()})
         if cfg.labelled is None:
             inherited["labelled"] = saved["labelled"]
     except KeyError as err:

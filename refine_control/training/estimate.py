@@ -69,16 +69,26 @@ def _read_config(folder: Path, what: str) -> dict[str, Any]:
     return {k: v for k, v in config.items() if not k.startswith("_")}
 
 
-def meta_teacher(spec: str, controlnet: str | None = None) -> MetaTeacher:
-    """The teacher of `--teacher spec [--controlnet DIR]` on the meta device (reads only config files)."""
+def meta_teacher(
+    spec: str, controlnet: str | None = None, teacher_config: str | None = None, allow_pickle: bool = False
+) -> MetaTeacher:
+    """The teacher of `--teacher spec [--controlnet DIR]` on the meta device (reads only config files; of a
+    single-file checkpoint, its config directory and at most the names and shapes of its tensors)."""
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    from refine_control.models.single_file import controlnet_config_dir, is_single_file, teacher_config_dir
     from refine_control.models.teacher import _model_index, resolve_teacher_path
 
-    path = resolve_teacher_path(spec)
-    _model_index(path)
+    if is_single_file(spec):
+        path = teacher_config_dir(Path(spec).expanduser(), teacher_config, allow_pickle)
+    else:
+        path = resolve_teacher_path(spec)
+        _model_index(path)
     cn_folder = Path(controlnet).expanduser() if controlnet else path / "controlnet"
+    if is_single_file(controlnet):
+        root, subfolder = controlnet_config_dir(cn_folder, teacher_config, path, allow_pickle)
+        cn_folder = root / subfolder if subfolder else root
     if not (cn_folder / "config.json").is_file():
         raise ConfigError(
             f"no ControlNet config at {cn_folder}",

@@ -74,7 +74,8 @@ def plan_lines(
 
 
 def _report(cfg: DistillConfig, macs: bool = True) -> dict[str, Any]:
-    return estimate(cfg, meta_teacher(cfg.teacher, cfg.controlnet), macs)
+    teacher = meta_teacher(cfg.teacher, cfg.controlnet, cfg.teacher_config, cfg.allow_pickle_weights)
+    return estimate(cfg, teacher, macs)
 
 
 def print_plan(cfg: DistillConfig, why: str) -> None:

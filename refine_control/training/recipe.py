@@ -100,7 +100,9 @@ def tiny_decoder_decision(cfg: DistillConfig, few_step_run: Path) -> dict[str, A
     from refine_control.training.run_dir import load_run_student
     from refine_control.training.tiny_decoder import build_tiny_vae
 
-    teacher = load_teacher(cfg.teacher, cfg.controlnet, torch.float32, torch.device("cpu"))
+    teacher = load_teacher(
+        cfg.teacher, cfg.controlnet, torch.float32, torch.device("cpu"), teacher_config=cfg.teacher_config
+    )
     student = load_run_student(few_step_run, torch.device("cpu"))
     size = cfg.resolution or teacher.resolution
     steps = read_recommendation(few_step_run / "student").steps
