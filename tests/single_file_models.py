@@ -30,8 +30,9 @@ def unet_to_original(unet: Any) -> dict[str, torch.Tensor]:
     state, config = dict(unet.state_dict()), unet.config
     per = config.layers_per_block
     out: dict[str, torch.Tensor] = {}
-    for old, new in (("time_embedding.linear_1.", "time_embed.0."), ("time_embedding.linear_2.", "time_embed.2."),
-                     ("conv_in.", "input_blocks.0.0."), ("conv_norm_out.", "out.0."), ("conv_out.", "out.2.")):  # fmt: skip
+    fixed = {"time_embedding.linear_1.": "time_embed.0.", "time_embedding.linear_2.": "time_embed.2.",
+             "conv_in.": "input_blocks.0.0.", "conv_norm_out.": "out.0.", "conv_out.": "out.2."}  # fmt: skip
+    for old, new in fixed.items():
         out |= _rename(state, old, new)
     levels = len(config.block_out_channels)
     for i in range(levels):

@@ -47,7 +47,7 @@ def check_checkpoint_file(what: str, path: Path, allow_pickle: bool) -> None:
             return
         raise ConfigError(
             f"{what} {path} is a pickled checkpoint ({suffix}), which can run code when loaded; refusing to load it",
-            hint="convert it to .safetensors where you trust it, or pass --allow-pickle-weights if you trust this file",
+            hint="convert it to .safetensors where you trust it, or pass --allow-pickle-weights if you trust it",
         )
     raise ConfigError(
         f"{what} {path} is a file but not a checkpoint (.safetensors, or pickled {', '.join(PICKLE_SUFFIXES)})",

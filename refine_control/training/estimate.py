@@ -15,8 +15,9 @@ The memory estimate, per process and per stage (the largest stage counts), in by
   (`LATENT_CACHE_BYTES`). The loss's feature projectors (small 1×1 convolutions) are not counted.
 
 The time per step is a lower bound: the step's MACs (teacher forward + student forward and backward, counted as
-3 × its forward, per sample) at this machine's measured dense matmul rate. Convolutions and attention run below
-that rate, so real steps are slower; `refine-distill` logs the measured seconds per step once it runs.
+3 × its forward, per sample) at this machine's measured rate for a dense 1024² matmul in the mixed-precision dtype.
+On CPUs convolutions and attention run below that rate, so real steps are slower (on a GPU large kernels can beat
+a 1024² matmul: a rough estimate there); `refine-distill` logs the measured seconds per step once it runs.
 """
 
 import json
@@ -155,11 +156,11 @@ class StageCost:
         return sum(self.memory.values())
 
 
-def measured_matmul_rate(device: torch.device, seconds: float = 0.3) -> float:
-    """Multiply-accumulates per second of a dense 1024² fp32 matmul on `device` (best of a short loop)."""
+def measured_matmul_rate(device: torch.device, dtype: torch.dtype = torch.float32, seconds: float = 0.3) -> float:
+    """Multiply-accumulates per second of a dense 1024² matmul in `dtype` on `device` (best of a short loop)."""
     n = 1024
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
     best, deadline = math.inf, time.perf_counter() + seconds
     for _ in range(3):  # warm-up
         a @ b

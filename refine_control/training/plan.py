@@ -81,7 +81,10 @@ def _report(cfg: DistillConfig, macs: bool = True) -> dict[str, Any]:
 def print_plan(cfg: DistillConfig, why: str) -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     report = _report(cfg)
-    for line in plan_lines(cfg, why, report, measured_matmul_rate(device), machine_memory()):
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision, torch.float32)
+    if device.type == "cpu" and dtype == torch.float16:
+        dtype = torch.float32  # fp16 mixed precision runs on GPUs only
+    for line in plan_lines(cfg, why, report, measured_matmul_rate(device, dtype), machine_memory()):
         print(line, file=sys.stdout)  # noqa: T201 - the dry run's output is its report
 
 
