@@ -120,3 +120,17 @@ def test_a_checkpoint_that_is_not_sd1x_or_misses_parts_is_refused(files, tmp_pat
     assert "lacks unet/config.json" in _refused(capsys, tmp_path, *argv)
     with pytest.raises(ConfigError, match="holds no ControlNet"):
         load_teacher(str(files["model"]), teacher_config=str(files["config"]))
+
+
+def test_a_controlnet_for_another_base_is_refused_before_anything_is_written(files, tmp_path, capsys):
+    from diffusers import ControlNetModel
+
+    other = ControlNetModel.from_config({**build_tiny_pipeline().controlnet.config, "cross_attention_dim": 16})
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(tmp_path / "cn16.safetensors"))
+    config = tmp_path / "config16"
+    shutil.copytree(files["config"], config)
+    other.save_config(config / "controlnet")
+    argv = ["--teacher", str(files["model"]), "--controlnet", str(tmp_path / "cn16.safetensors")]
+    message = _refused(capsys, tmp_path, *argv, "--teacher-config", str(config))
+    assert f"the ControlNet {tmp_path / 'cn16.safetensors'} (cross_attention_dim=16) does not fit" in message
+    assert "(cross_attention_dim=32)" in message

@@ -99,7 +99,7 @@ def meta_teacher(
     cn_config = _read_config(cn_folder, "controlnet")
     try:
         with torch.device("meta"):
-            return MetaTeacher(
+            teacher = MetaTeacher(
                 path,
                 UNet2DConditionModel.from_config(configs["unet"]),
                 ControlNetModel.from_config(cn_config),
@@ -108,6 +108,14 @@ def meta_teacher(
             )
     except (TypeError, ValueError, KeyError) as err:
         raise ConfigError(f"the teacher's configs in {path} do not build its models ({err})") from err
+    unet_width, cn_width = teacher.unet.config.cross_attention_dim, teacher.controlnet.config.cross_attention_dim
+    if cn_width != unet_width:  # caught here, before a run writes anything or loads weights
+        raise ConfigError(
+            f"the ControlNet {controlnet or cn_folder} (cross_attention_dim={cn_width}) does not fit the UNet of "
+            f"{spec} (cross_attention_dim={unet_width})",
+            hint="pass a ControlNet trained for this base model",
+        )
+    return teacher
 
 
 class _OutputBytes(TorchDispatchMode):
