@@ -64,6 +64,9 @@ def test_refine_distill_trains_from_single_files_and_records_the_config_dir(file
     assert (config["teacher"], config["teacher_config"]) == (str(files["model"]), str(files["config"]))
     assert (run / "student" / "model_index.json").is_file()
     # A stage started from the run finds the same teacher through the recorded config dir.
+    assert main(["--from", str(run), "--few-step", "-o", str(tmp_path / "few-dry"), "--dry-run"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+    assert [row[:4] for row in rows[1:]] == [["few-step", "600", "0.0002", "16"]]  # the builtin row's few-step stage
     few = tmp_path / "few"
     assert main(["--from", str(run), "--few-step", "--max-steps", "1", "--batch-size", "2", "-o", str(few), "-q"]) == 0
     assert json.loads((few / "config.json").read_text())["teacher_config"] == str(files["config"])
