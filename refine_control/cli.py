@@ -1,16 +1,18 @@
 """`refine-distill`: distil a diffusers ControlNet teacher into a small student (Refine-Control recipe)."""
 
 import argparse
+import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from refine_control.cli_parser import add_output, add_verbosity, new_parser, verbosity
 from refine_control.cli_utils import offline_env, run_cli, setup_logging
 from refine_control.models.presets import INIT_METHODS, STUDENT_PRESETS
 from refine_control.preprocess import PREPROCESSORS
-from refine_control.training.config import OBJECTIVE_DEFAULTS, DistillConfig, with_run_settings
+from refine_control.training.config import DistillConfig, read_run_config, with_run_settings
+from refine_control.training.scale import SCALES, Scale
 
 logger = logging.getLogger(__name__)
 D = DistillConfig.__dataclass_fields__
@@ -18,6 +20,13 @@ D = DistillConfig.__dataclass_fields__
 
 def _default(name: str) -> object:
     return D[name].default
+
+
+def _by_scale(what: str, pick: Callable[[Scale], object]) -> str:
+    """`Default: ` followed by the value of each row of the scale table (training/scale.py)."""
+    return f"Default: by teacher size (--scale): {what + ' ' if what else ''}" + ", ".join(
+        f"{pick(s)} ({s.name})" for s in SCALES.values()
+    )
 
 
 def _pair(text: str) -> tuple[float, float]:
@@ -66,10 +75,24 @@ def build_parser() -> argparse.ArgumentParser:
     p(
         "--teacher",
         default=_default("teacher"),
-        help="`builtin` (the shipped shapes teacher), a StableDiffusionControlNetPipeline directory, or a hub id that "
-        "is already in the local cache (never downloaded). Default: %(default)s",
+        help="`builtin` (the shipped shapes teacher), a StableDiffusionControlNetPipeline directory, an SD1.x "
+        "single-file checkpoint (.safetensors; with --controlnet), or a hub id that is already in the local cache "
+        "(never downloaded). Default: %(default)s",
     )
-    p("--controlnet", default=None, help="ControlNetModel directory, when --teacher is a base text-to-image pipeline")
+    p(
+        "--controlnet",
+        default=None,
+        help="ControlNetModel directory or single checkpoint file (.safetensors), when --teacher is a base "
+        "text-to-image pipeline or checkpoint",
+    )
+    p(
+        "--teacher-config",
+        default=None,
+        metavar="DIR",
+        help="configs of single-file checkpoints: a diffusers pipeline layout without weights (model_index.json, "
+        "unet/ vae/ text_encoder/ controlnet/ configs, tokenizer/, scheduler/). Default: inferred from the "
+        "checkpoint's keys when that hub repo is in the local cache (never downloaded)",
+    )
     p(
         "--student",
         default=_default("student"),
@@ -177,11 +200,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p("--resolution", type=int, default=None, help="training image size. Default: the teacher's native size")
     p(
+        "--scale",
+        default="auto",
+        choices=["auto", *SCALES],
+        help="the row of default steps, learning rates and batch size (docs/distill.md): "
+        + "; ".join(f"{s.name}: {s.description}" for s in SCALES.values())
+        + "; auto picks the row nearest the teacher's UNet parameter count (a resumed run keeps its own). "
+        "Explicit flags win over the row. Default: %(default)s",
+    )
+    p(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved recipe (stages, steps, learning rate, batch, resolution), the parameter and MAC "
+        "counts of teacher and student, a memory estimate and a lower bound on the time per step; read only the "
+        "configs, train and write nothing",
+    )
+    p(
+        "--ignore-memory-estimate",
+        action="store_true",
+        help="start even when the memory estimate (see --dry-run) exceeds this machine's memory",
+    )
+    p(
         "--max-steps",
         type=int,
         default=None,
-        help="stage-1 optimizer steps (or the few-step / tiny-decoder stage's). Default: "
-        + ", ".join(f"{v[0]} ({k.replace('_', ' ')})" for k, v in OBJECTIVE_DEFAULTS.items()),
+        help="stage-1 optimizer steps (or the few-step / tiny-decoder stage's with --from). "
+        + _by_scale("stage 1", lambda s: s.objectives["distill"][0]),
     )
     p(
         "--stage2-steps",
@@ -210,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="min-SNR-γ timestep weights of the task and output terms (arXiv 2303.09556); `none` weighs every "
         "timestep equally. Default: %(default)s",
     )
-    p("--batch-size", type=int, default=_default("batch_size"), help="per-process batch size. Default: %(default)s")
+    p("--batch-size", type=int, default=None, help="per-process batch size. " + _by_scale("", lambda s: s.batch_size))
     p(
         "--grad-accum",
         type=int,
@@ -221,8 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--learning-rate",
         type=float,
         default=None,
-        help="AdamW learning rate. Default: "
-        + ", ".join(f"{v[1]:g} ({k.replace('_', ' ')})" for k, v in OBJECTIVE_DEFAULTS.items()),
+        help="AdamW learning rate (of stage 1, or of the few-step / tiny-decoder stage with --from). "
+        + _by_scale("stage 1", lambda s: f"{s.objectives['distill'][1]:g}"),
     )
     p(
         "--stage2-lr-scale",
@@ -280,7 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--few-step-steps",
         type=int,
         default=None,
-        help=f"steps of the fast recipe's few-step stage. Default: {OBJECTIVE_DEFAULTS['few_step'][0]}",
+        help="steps of the fast recipe's few-step stage (its learning rate: the scale's, "
+        + ", ".join(f"{s.objectives['few_step'][1]:g} ({s.name})" for s in SCALES.values())
+        + "). "
+        + _by_scale("", lambda s: s.objectives["few_step"][0]),
     )
     few.add_argument(
         "--tiny-decoder-stage",
@@ -352,8 +399,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def resolve_scale(args: argparse.Namespace) -> tuple[str, str]:
+    """The scale row for this run and why: `--scale`, a resumed run's own, or the teacher's UNet size."""
+    if args.scale != "auto":
+        return args.scale, "--scale"
+    saved = Path(args.output_dir) / "config.json"
+    if args.resume and saved.is_file():
+        try:
+            return str(json.loads(saved.read_text("utf-8")).get("scale", "builtin")), f"the run's {saved}"
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            pass  # reported by the run dir checks
+    teacher, controlnet, config = args.teacher, args.controlnet, args.teacher_config
+    if args.from_run is not None:
+        saved_run = read_run_config(Path(args.from_run), f"`--from {args.from_run}`:")
+        teacher, controlnet = saved_run["teacher"], saved_run.get("controlnet")
+        config = saved_run.get("teacher_config")
+    from refine_control.training.estimate import meta_teacher
+    from refine_control.training.scale import pick_scale
+
+    meta = meta_teacher(teacher, controlnet, config, args.allow_pickle_weights)
+    params = sum(p.numel() for p in meta.unet.parameters())
+    return pick_scale(params).name, f"the teacher's UNet has {params / 1e6:.1f} M parameters"
+
+
 def config_from_args(args: argparse.Namespace) -> DistillConfig:
     values = {k: v for k, v in vars(args).items() if k in D}
+    if values.get("scale", "auto") == "auto":
+        values["scale"] = resolve_scale(args)[0]
     return with_run_settings(DistillConfig(**values))
 
 
@@ -363,7 +435,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     offline_env()
 
     def body() -> int:
-        cfg = config_from_args(args)
+        from refine_control.training.plan import check_memory, print_plan
+
+        scale, why = resolve_scale(args)
+        cfg = config_from_args(argparse.Namespace(**{**vars(args), "scale": scale}))
+        if args.dry_run:
+            print_plan(cfg, why)
+            return 0
+        if not args.ignore_memory_estimate:
+            check_memory(cfg)
         from refine_control.models.teacher import pickle_weights_allowed
         from refine_control.training.trainer import train
 

@@ -88,7 +88,10 @@ def cost(run: Path) -> dict[str, Any]:
     from refine_control.models.teacher import load_teacher
 
     config = json.loads((run / "config.json").read_text())
-    teacher = load_teacher(config["teacher"], config.get("controlnet"), torch.float32, torch.device("cpu"))
+    teacher = load_teacher(
+        config["teacher"], config.get("controlnet"), torch.float32, torch.device("cpu"),
+        teacher_config=config.get("teacher_config"),
+    )  # fmt: skip
     student = load_pipeline(run / "student")
     size, factor = config["resolved"]["resolution"], teacher.vae_scale_factor
     return {

@@ -4,6 +4,9 @@ One code path for all of them: the components of a `StableDiffusionControlNetPip
 one with `local_files_only=True` (never a download), so a base text-to-image pipeline plus a separate
 `--controlnet DIR` works too.
 
+A single-file checkpoint (`--teacher model.safetensors`, `--controlnet cn.safetensors`) loads through diffusers'
+`from_single_file` with a local config directory (refine_control/models/single_file.py).
+
 Weights load from safetensors only: a component folder that holds only pickle files (`.bin`, `.pt`, ...) is
 refused before anything reads them, since unpickling can run code from the file (`weights_only=True` narrows
 that, it does not close it). `--allow-pickle-weights` (`allow_pickle_weights=True`, or the
@@ -155,16 +158,29 @@ def load_teacher(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     allow_pickle_weights: bool | None = None,
+    teacher_config: str | None = None,
 ) -> Teacher:
     """Load the teacher frozen (eval mode, no gradients) with the trainer's dtype and device.
 
-    `allow_pickle_weights`: None follows `pickle_weights_allowed()` (off by default): safetensors only."""
+    `allow_pickle_weights`: None follows `pickle_weights_allowed()` (off by default): safetensors only.
+    `teacher_config`: the config directory of single-file checkpoints (see models/single_file.py)."""
+    from refine_control.models.single_file import is_single_file
+
+    allow_pickle = _ALLOW_PICKLE.get() if allow_pickle_weights is None else allow_pickle_weights
+    if is_single_file(spec):
+        teacher = _single_file_teacher(spec, controlnet, teacher_config, dtype, allow_pickle)
+        return _frozen(teacher, device, dtype)
     path = resolve_teacher_path(spec)
     index = _model_index(path)
-    allow_pickle = _ALLOW_PICKLE.get() if allow_pickle_weights is None else allow_pickle_weights
     folders = {name: path / name for name in ("vae", "text_encoder", "unet", "controlnet")}
-    if controlnet is not None:
+    cn_file = is_single_file(controlnet)
+    if controlnet is not None and not cn_file:
         folders["controlnet"] = Path(controlnet).expanduser()
+    elif cn_file:
+        del folders["controlnet"]
+        from refine_control.models.single_file import check_checkpoint_file
+
+        check_checkpoint_file("--controlnet", Path(str(controlnet)).expanduser(), allow_pickle)
     for name, folder in folders.items():
         check_weight_format(name, folder, allow_pickle)
     # use_safetensors=True: diffusers/transformers then never fall back to a pickle file by themselves.
@@ -187,7 +203,9 @@ def load_teacher(
     if scheduler_cls is None:
         raise ConfigError(f"teacher scheduler class {scheduler_name!r} is not a diffusers scheduler")
     scheduler = _load("scheduler", path, lambda: scheduler_cls.from_pretrained(path, subfolder="scheduler", **opts))
-    if controlnet is not None:
+    if cn_file:
+        cn = _single_file_controlnet(str(controlnet), teacher_config, path, dtype, allow_pickle)
+    elif controlnet is not None:
         cn_path = Path(controlnet).expanduser()
         if not (cn_path / "config.json").is_file():
             raise ConfigError(f"--controlnet {controlnet!r} is not a ControlNetModel directory (no config.json)")
@@ -203,6 +221,12 @@ def load_teacher(
             f"teacher {spec!r} has no controlnet/ folder",
             hint="pass the ControlNet with --controlnet DIR (a base text-to-image pipeline plus a ControlNet works)",
         )
+    return _frozen(Teacher(spec, path, vae, text_encoder, tokenizer, unet, cn, scheduler), device, dtype)
+
+
+def _frozen(teacher: Teacher, device: str | torch.device, dtype: torch.dtype) -> Teacher:
+    """Check that the ControlNet fits the UNet, then freeze every component on `device`."""
+    unet, cn = teacher.unet, teacher.controlnet
     if (
         not isinstance(unet.config.cross_attention_dim, int)
         or cn.config.cross_attention_dim != unet.config.cross_attention_dim
@@ -211,8 +235,47 @@ def load_teacher(
             f"the ControlNet (cross_attention_dim={cn.config.cross_attention_dim}) does not fit the UNet "
             f"(cross_attention_dim={unet.config.cross_attention_dim})"
         )
-    teacher = Teacher(spec, path, vae, text_encoder, tokenizer, unet, cn, scheduler)
     for module in teacher.frozen_modules():
         module.to(device).eval().requires_grad_(False)
-    logger.info("teacher %s loaded from %s (%s)", spec, path, dtype)
+    logger.info("teacher %s loaded from %s (%s)", teacher.source, teacher.path, dtype)
     return teacher
+
+
+def _single_file_controlnet(
+    controlnet: str, teacher_config: str | None, teacher_dir: Path | None, dtype: torch.dtype, allow_pickle: bool
+) -> ControlNetModel:
+    from refine_control.models.single_file import controlnet_config_dir, load_single_file_controlnet
+
+    path = Path(controlnet).expanduser()
+    root, subfolder = controlnet_config_dir(path, teacher_config, teacher_dir, allow_pickle)
+    return load_single_file_controlnet(path, root, subfolder, dtype, allow_pickle)
+
+
+def _single_file_teacher(
+    spec: str, controlnet: str | None, teacher_config: str | None, dtype: torch.dtype, allow_pickle: bool
+) -> Teacher:
+    """A teacher whose base model is one checkpoint file (its ControlNet: a file or a diffusers directory)."""
+    from refine_control.models.single_file import load_single_file_pipeline, teacher_config_dir
+
+    path = Path(spec).expanduser()
+    config = teacher_config_dir(path, teacher_config, allow_pickle)
+    if controlnet is None:
+        raise ConfigError(
+            f"--teacher {spec} is a single checkpoint file, which holds no ControlNet",
+            hint="pass the ControlNet with --controlnet FILE or DIR",
+        )
+    from refine_control.models.single_file import is_single_file
+
+    if is_single_file(controlnet):
+        cn = _single_file_controlnet(controlnet, teacher_config, config, dtype, allow_pickle)
+    else:
+        cn_path = Path(controlnet).expanduser()
+        if not (cn_path / "config.json").is_file():
+            raise ConfigError(f"--controlnet {controlnet!r} is not a ControlNetModel directory (no config.json)")
+        check_weight_format("controlnet", cn_path, allow_pickle)
+        weights = {"local_files_only": True, "use_safetensors": None if allow_pickle else True}
+        cn = _load("controlnet", cn_path, lambda: ControlNetModel.from_pretrained(cn_path, dtype=dtype, **weights))
+    pipe = load_single_file_pipeline(path, config, cn, dtype)
+    return Teacher(
+        spec, config, pipe.vae, pipe.text_encoder, pipe.tokenizer, pipe.unet, pipe.controlnet, pipe.scheduler
+    )

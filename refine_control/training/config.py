@@ -10,6 +10,7 @@ from refine_control.errors import ConfigError
 from refine_control.models.presets import INIT_METHODS, STUDENT_PRESETS
 from refine_control.preprocess import get_preprocessor
 from refine_control.runtime.sampling import GUIDED_DEFAULT, SamplingRecommendation
+from refine_control.training.scale import DEFAULT_SCALE, SCALES
 
 # Options that may differ between a run and its `--resume` without changing what is computed.
 RESUME_FREE_FIELDS = (
@@ -29,8 +30,9 @@ RECIPES = ("fast", "guided")
 TINY_DECODER_STAGES = ("auto", "always", "never")
 FEW_STEP_SAMPLING_STEPS = 4  # a few-step student's recommended steps unless --sampling-steps says otherwise
 
-# (steps, learning rate) by objective: stage 1, the few-step stage, the tiny decoder.
-OBJECTIVE_DEFAULTS = {"distill": (1600, 2e-3), "few_step": (600, 2e-4), "tiny_decoder": (1500, 1e-3)}
+# (steps, learning rate) by objective at the built-in teacher's size: stage 1, the few-step stage, the tiny decoder.
+# Other teacher sizes: refine_control/training/scale.py.
+OBJECTIVE_DEFAULTS = SCALES[DEFAULT_SCALE].objectives
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class DistillConfig:
     recipe: str = "fast"
     teacher: str = "builtin"
     controlnet: str | None = None
+    teacher_config: str | None = None  # config dir of single-file checkpoints (models/single_file.py)
     student: str = "compact-wide"
     init: str = "uniform"
     labelled: str | None = None
@@ -57,14 +60,17 @@ class DistillConfig:
     builtin_unlabelled: int = 0  # > 0 adds stage 2 on that many unlabelled shapes
     preprocessor: str = "canny"
     resolution: int | None = None  # None: the teacher's native size
-    max_steps: int | None = None  # None: 1600, or 600 for a few-step stage
+    # The defaults by teacher size (training/scale.py) fill max_steps, learning_rate and batch_size when None;
+    # `refine-distill` picks the row from the teacher's UNet size (--scale auto).
+    scale: str = DEFAULT_SCALE
+    max_steps: int | None = None  # None: the scale's, e.g. 1600 (builtin), or 600 for a few-step stage
     stage2_steps: int | None = None  # None: max_steps // 2 when unlabelled images exist, else 0
     loss_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)
     normalize_features: bool = True
     snr_gamma: float | None = 5.0  # min-SNR-γ timestep weights of the task and output terms; None: equal weights
-    batch_size: int = 16
+    batch_size: int | None = None  # None: the scale's (16 builtin, 4 sd15)
     grad_accum: int = 1
-    learning_rate: float | None = None  # None: 2e-3, or 2e-4 for a few-step stage
+    learning_rate: float | None = None  # None: the scale's, e.g. 2e-3 (builtin), or 2e-4 for a few-step stage
     stage2_lr_scale: float = 0.5
     warmup_steps: int = 50
     lr_schedule: str = "cosine"
@@ -95,12 +101,19 @@ class DistillConfig:
     allow_pickle_weights: bool = False  # teacher weights as pickle files (.bin, ...) when no safetensors exist
 
     def __post_init__(self) -> None:
-        # Defaults that depend on the objective (frozen dataclass: set once, here).
-        steps, rate = OBJECTIVE_DEFAULTS[self.objective]
+        # Defaults that depend on the teacher's size and the objective (frozen dataclass: set once, here).
+        if self.scale not in SCALES:
+            raise ConfigError(f"`--scale` must be one of {', '.join(SCALES)}, got {self.scale}")
+        row = SCALES[self.scale]
+        steps, rate = row.objectives[self.objective]
         if self.max_steps is None:
             object.__setattr__(self, "max_steps", steps)
         if self.learning_rate is None:
             object.__setattr__(self, "learning_rate", rate)
+        if self.batch_size is None:
+            object.__setattr__(self, "batch_size", row.batch_size)
+        if self.resolution is None and row.resolution is not None:
+            object.__setattr__(self, "resolution", row.resolution)
         STUDENT_PRESETS.get(self.student)  # raises with the list of presets
         if not self.preprocessor.startswith("aux:"):  # aux: detectors are checked when first used
             get_preprocessor(self.preprocessor)
@@ -280,6 +293,7 @@ def read_run_config(run: Path, label: str | None = None) -> dict[str, Any]:
 
 # What a few-step stage takes from the run it starts from.
 INHERITED_FROM_RUN = ("teacher", "controlnet", "student", "preprocessor", "resolution")
+INHERITED_IF_SAVED = {"teacher_config": None}  # newer than some runs: their default then
 
 
 def with_run_settings(cfg: DistillConfig) -> DistillConfig:
@@ -290,6 +304,7 @@ def with_run_settings(cfg: DistillConfig) -> DistillConfig:
     saved = read_run_config(run, f"`--from {run}`:")
     try:
         inherited = {key: saved[key] for key in INHERITED_FROM_RUN}
+        inherited.update({key: saved.get(key, default) for key, default in INHERITED_IF_SAVED.items()})
         if cfg.labelled is None:
             inherited["labelled"] = saved["labelled"]
     except KeyError as err:

@@ -62,7 +62,7 @@ def few_step_config(cfg: DistillConfig) -> DistillConfig:
         "log_every", "seed", "allow_pickle_weights", "guidance_range", "solver_steps", "target_decay",
         "sampling_steps", "sampling_guidance", "warmup_steps", "lr_schedule", "weight_decay", "max_grad_norm",
         "streaming", "caption_column", "image_column", "shuffle_buffer", "validate", "max_bad_fraction",
-        "builtin_labelled",
+        "builtin_labelled", "scale",
     )  # fmt: skip
     few = DistillConfig(
         output_dir=path,
@@ -78,7 +78,9 @@ def few_step_config(cfg: DistillConfig) -> DistillConfig:
 
 def tiny_decoder_config(cfg: DistillConfig) -> DistillConfig:
     path = stage_dir(cfg.output_dir, "tiny-decoder")
-    keep = ("seed", "allow_pickle_weights", "tiny_decoder_width", "batch_size", "builtin_labelled", "num_workers")
+    keep = (
+        "seed", "allow_pickle_weights", "tiny_decoder_width", "batch_size", "builtin_labelled", "num_workers", "scale",
+    )  # fmt: skip
     tiny = DistillConfig(
         output_dir=path,
         recipe="guided",
@@ -98,7 +100,9 @@ def tiny_decoder_decision(cfg: DistillConfig, few_step_run: Path) -> dict[str, A
     from refine_control.training.run_dir import load_run_student
     from refine_control.training.tiny_decoder import build_tiny_vae
 
-    teacher = load_teacher(cfg.teacher, cfg.controlnet, torch.float32, torch.device("cpu"))
+    teacher = load_teacher(
+        cfg.teacher, cfg.controlnet, torch.float32, torch.device("cpu"), teacher_config=cfg.teacher_config
+    )
     student = load_run_student(few_step_run, torch.device("cpu"))
     size = cfg.resolution or teacher.resolution
     steps = read_recommendation(few_step_run / "student").steps

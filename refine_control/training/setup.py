@@ -65,7 +65,9 @@ def stage_steps(cfg: DistillConfig, unlabelled: bool) -> tuple[int, int]:
 def build_setup(cfg: DistillConfig, accelerator: Accelerator, weight_dtype: torch.dtype) -> Setup:
     run, main = cfg.output_dir, accelerator.is_main_process
     # 1. Teacher: frozen, in the trainer's dtype and on its device.
-    teacher = load_teacher(cfg.teacher, cfg.controlnet, weight_dtype, accelerator.device)
+    teacher = load_teacher(
+        cfg.teacher, cfg.controlnet, weight_dtype, accelerator.device, teacher_config=cfg.teacher_config
+    )
     teacher_denoiser = ControlledDenoiser(teacher.unet, teacher.controlnet)
 
     # 2. Data (shapes materialised once for the builtin teacher; small datasets checked before training).

@@ -124,7 +124,7 @@ def distil_tiny_vae(
 def train_tiny_decoder(cfg: DistillConfig, device: torch.device) -> None:
     """`--from RUN --tiny-decoder`: the run's student with a tiny VAE distilled from the teacher's."""
     run, source = cfg.output_dir, Path(cfg.from_run)
-    teacher = load_teacher(cfg.teacher, cfg.controlnet, torch.float32, device)
+    teacher = load_teacher(cfg.teacher, cfg.controlnet, torch.float32, device, teacher_config=cfg.teacher_config)
     labelled, unlabelled = load_training_data(cfg, run)
     size = cfg.resolution or teacher.resolution
     images = np.stack([load_image(r.path, size) for r in labelled + unlabelled])
