@@ -1,31 +1,17 @@
 """An SD1.5-shaped teacher directory holding configs only (no weights): what `--dry-run` and the scale table read.
 
-The values are those of the published SD1.5 configs (runwayml/stable-diffusion-v1-5 + a ControlNet 1.1), as
-benchmarks/latency/cases.py builds them; everything else is diffusers' defaults."""
+The values are those of the published SD1.5 configs (runwayml/stable-diffusion-v1-5 + a ControlNet 1.1), from
+benchmarks/latency/cases.py; everything else is diffusers' defaults."""
 
 import json
+import sys
 from pathlib import Path
 
-SD15_UNET = {"cross_attention_dim": 768, "sample_size": 64}
-SD15_CONTROLNET = {"cross_attention_dim": 768}
-SD15_VAE = {
-    "block_out_channels": [128, 256, 512, 512],
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "latent_channels": 4,
-    "layers_per_block": 2,
-    "sample_size": 512,
-}
-SD15_TEXT = {
-    "vocab_size": 49408,
-    "hidden_size": 768,
-    "intermediate_size": 3072,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "max_position_embeddings": 77,
-    "projection_dim": 768,
-    "hidden_act": "quick_gelu",
-}
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.latency.cases import SD15_CONTROLNET, SD15_TEXT, SD15_UNET, SD15_VAE  # noqa: E402
 
 
 def write_sd15_config_dir(path: Path) -> Path:

@@ -43,7 +43,7 @@ def _kind(ch: str) -> str:
     return category if category in ("L", "N") else "P"
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
     """GPT-2/CLIP's reversible map from bytes to printable characters."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     chars = printable[:]
@@ -56,7 +56,7 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, map(chr, chars), strict=True))
 
 
-_BYTE_CHARS = _bytes_to_unicode()
+_BYTE_CHARS = bytes_to_unicode()
 
 
 def _split(text: str) -> list[str]:
