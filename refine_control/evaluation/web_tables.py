@@ -1,0 +1,96 @@
+"""README table of the browser runtime's speed, rendered from `benchmarks/web_latency.py`'s result file: the
+exported few-step student's image in headless Chromium (ONNX Runtime Web, WASM) against native ONNX Runtime on the
+same machine, in one interleaved run."""
+
+from pathlib import Path
+from typing import Any
+
+from refine_control.results import ResultsError, Table, markdown_table, provenance, read_results, register_table
+
+WEB_RESULT = ("web", "builtin-few-step")
+
+
+def _result(root: Path, group: str, name: str) -> dict[str, Any]:
+    found = [r for r in read_results(group, root) if r["name"] == name]
+    if not found:
+        raise ResultsError(f"no result file results/{group}/{name}.json")
+    return found[0]
+
+
+def _ms(summary: dict[str, Any]) -> str:
+    return f"{1000 * summary['median_s']:.0f} ({1000 * summary['q1_s']:.0f}–{1000 * summary['q3_s']:.0f})"
+
+
+def _label(key: str, browser: dict[str, Any]) -> str:
+    if key == "fp32":
+        return "FP32"
+    types = browser.get("int8_op_types")
+    chosen = "every " + " and ".join(types) if isinstance(types, list) else "the export's per-node choice"
+    return f"INT8, {chosen} ({browser.get('quantized_weights', '?')} weights)"
+
+
+def _parity(browser: dict[str, Any]) -> str:
+    return "identical" if browser.get("identical") else f"{browser['psnr_db']:.1f} dB"
+
+
+def _vs_fp32(browser: dict[str, Any]) -> str:
+    if "int8_vs_fp32_psnr_db" not in browser:
+        return "-"
+    value = browser["int8_vs_fp32_psnr_db"]
+    return "identical" if value is None else f"{value:.1f} dB"
+
+
+def _variants(metrics: dict[str, Any]) -> str:
+    parts = []
+    for name, v in metrics.get("variants", {}).items():
+        ratio = v.get("over_browser_same_precision")
+        if ratio is None:
+            continue
+        query = ", ".join(f"{k}={val}" for k, val in v.get("query", {}).items() if k not in ("selftest", "runs"))
+        verdict = "a difference" if v.get("beyond_noise_floor") else "within noise"
+        parts.append(f"{name} ({query}) {1000 * v['median_s']:.0f} ms, {ratio:.2f}× the default ({verdict})")
+    return ("A/B cases of the same run: " + "; ".join(parts) + ". ") if parts else ""
+
+
+@register_table("web_latency")
+def web_latency_table(root: Path) -> Table:
+    result = _result(root, *WEB_RESULT)
+    m, config = result["metrics"], result["config"]
+    rows = []
+    for key, browser in m["browser"].items():
+        native = m["native"][key]
+        rows.append(
+            [
+                _label(key, browser), _ms(browser), _ms(native), f"{m['browser_over_native'][key]:.1f}×",
+                _parity(browser), _vs_fp32(browser),
+            ]
+        )  # fmt: skip
+    header = [
+        "denoiser", "browser ms / image (IQR)", "native ORT ms / image (IQR)", "browser ÷ native",
+        "browser image vs Python's", "image vs FP32's",
+    ]  # fmt: skip
+    backend = next(iter(m["browser"].values())).get("backend") or {}
+    floor = m.get("noise_floor")
+    floor_text = (
+        f"A-vs-A noise floor (the FP32 tab timed twice): {100 * (floor['factor'] - 1):.0f}%. " if floor else ""
+    )
+    targets = m["targets"]
+    machine = result["machine"]
+    caption = (
+        f"The built-in few-step student (`refine-export --web`; {config['steps']} steps, "
+        f"{config['size'][0]}×{config['size'][1]}, guidance {config['guidance_scale']} embedded), one image from "
+        f"text encoder to decoded pixels; median (IQR) of {config['runs']} rounds after one warm-up, every case once "
+        f"per round. Browser: headless Chromium, ONNX Runtime Web, WASM with {backend.get('threads', '?')} threads, "
+        f"SIMD {'on' if backend.get('simd') else 'off'}, cross-origin isolated {backend.get('isolated')}; WebGPU "
+        f"{m.get('webgpu', 'unknown')}. Native: `OnnxControlNetPipeline`, {config['threads']} threads, same graphs "
+        f"and draws. Targets (under {targets['browser_ms_per_image_under']:.0f} ms, within "
+        f"{targets['browser_over_native_under']:.0f}× of native): best browser image "
+        f"{targets['best_browser_ms']:.0f} ms ({'met' if targets['ms_met'] else 'not met'}), best ratio "
+        f"{targets['best_browser_over_native']:.1f}× ({'met' if targets['ratio_met'] else 'not met'}). "
+        + _variants(m)
+        + floor_text
+        + f"One run of `{result['command']}` on {machine.get('cpu', 'this machine')} "
+        f"({machine.get('logical_cpus', '?')} logical CPUs, 1-min load average {m.get('load_average_1min_start')} "
+        "at the start: shared, so read the ratios of this run, not the absolute times). " + provenance([result])
+    )
+    return Table(markdown_table(header, rows), caption)
