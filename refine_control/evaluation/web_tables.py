@@ -40,13 +40,21 @@ def _vs_fp32(browser: dict[str, Any]) -> str:
     return "identical" if value is None else f"{value:.1f} dB"
 
 
-def _variants(metrics: dict[str, Any]) -> str:
+def _command(result: dict[str, Any]) -> str:
+    """The command up to its output and note flags (the result file keeps the whole line)."""
+    command = result["command"]
+    cuts = [i for i in (command.find(" --json "), command.find(" --notes ")) if i >= 0]
+    return command[: min(cuts)] if cuts else command
+
+
+def _variants(metrics: dict[str, Any], config: dict[str, Any]) -> str:
     parts = []
+    base = {"selftest": "1", "runs": "0", "precision": "fp32", "threads": str(config["threads"]), **config["page"]}
     for name, v in metrics.get("variants", {}).items():
         ratio = v.get("over_browser_same_precision")
         if ratio is None:
             continue
-        query = ", ".join(f"{k}={val}" for k, val in v.get("query", {}).items() if k not in ("selftest", "runs"))
+        query = ", ".join(f"{k}={val}" for k, val in v.get("query", {}).items() if base.get(k) != val)
         verdict = "a difference" if v.get("beyond_noise_floor") else "within noise"
         parts.append(f"{name} ({query}) {1000 * v['median_s']:.0f} ms, {ratio:.2f}× the default ({verdict})")
     return ("A/B cases of the same run: " + "; ".join(parts) + ". ") if parts else ""
@@ -81,16 +89,18 @@ def web_latency_table(root: Path) -> Table:
         f"{config['size'][0]}×{config['size'][1]}, guidance {config['guidance_scale']} embedded), one image from "
         f"text encoder to decoded pixels; median (IQR) of {config['runs']} rounds after one warm-up, every case once "
         f"per round. Browser: headless Chromium, ONNX Runtime Web, WASM with {backend.get('threads', '?')} threads, "
-        f"SIMD {'on' if backend.get('simd') else 'off'}, cross-origin isolated {backend.get('isolated')}; WebGPU "
+        f"SIMD {'on' if backend.get('simd') else 'off'}, {'' if backend.get('isolated') else 'not '}cross-origin "
+        f"isolated; WebGPU "
         f"{m.get('webgpu', 'unknown')}. Native: `OnnxControlNetPipeline`, {config['threads']} threads, same graphs "
-        f"and draws. Targets (under {targets['browser_ms_per_image_under']:.0f} ms, within "
+        "and draws. The last column: the Python runtime's image with that denoiser against its FP32 image (same "
+        f"draws). Targets (under {targets['browser_ms_per_image_under']:.0f} ms, within "
         f"{targets['browser_over_native_under']:.0f}× of native): best browser image "
         f"{targets['best_browser_ms']:.0f} ms ({'met' if targets['ms_met'] else 'not met'}), best ratio "
         f"{targets['best_browser_over_native']:.1f}× ({'met' if targets['ratio_met'] else 'not met'}). "
-        + _variants(m)
+        + _variants(m, config)
         + floor_text
-        + f"One run of `{result['command']}` on {machine.get('cpu', 'this machine')} "
-        f"({machine.get('logical_cpus', '?')} logical CPUs, 1-min load average {m.get('load_average_1min_start')} "
+        + f"One run of `{_command(result)}` on {machine.get('cpu', 'this machine')} "
+        f"({machine.get('logical_cpus', '?')} logical CPUs, 1-min load average {m['load_average_1min_start']:.1f} "
         "at the start: shared, so read the ratios of this run, not the absolute times). " + provenance([result])
     )
     return Table(markdown_table(header, rows), caption)
