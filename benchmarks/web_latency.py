@@ -2,7 +2,7 @@
 ONNX Runtime on the same machine, same sample (the folder's self-test: prompt, control, draws, steps, guidance).
 
     python benchmarks/web_latency.py MODEL-web --threads 2 --runs 7 --results-name web/builtin-few-step
-    python benchmarks/web_latency.py MODEL-web --compare fixed=?fixed=1 --compare t1=?threads=1 --runs 7
+    python benchmarks/web_latency.py MODEL-web --compare dynamic=?fixed=0 --compare t1=?threads=1 --runs 7
 
 The browser side is the page's own self-test (`index.html?selftest=1&runs=0&threads=T&precision=P`), served on
 127.0.0.1 with the COOP/COEP headers (so WASM threads are on), one tab per case in one Chromium; its first image is
@@ -13,7 +13,7 @@ is timed once per round, round-robin (browser FP32, native FP32, browser INT8, n
 variant), so the drifts of a shared machine land on every case alike; median, IQR and p90 per case; the browser's
 FP32 case is timed a second time as a separate tab (A-vs-A), and the worst ratio between the two is the run's noise
 floor; the 1-min load average is recorded at the start. `--compare NAME=[DIR][?QUERY]` adds a browser case for an
-A/B test (another web folder and/or other page parameters, e.g. `?fixed=1`, `?threads=1`, `?opt=basic`).
+A/B test (another web folder and/or other page parameters, e.g. `?fixed=0`, `?threads=1`, `?opt=basic`).
 WebGPU is reported as the page finds it ("not available" in a headless Chromium without a GPU).
 Needs Chromium and the browser test's helpers (tests/serve/cdp.py, tests/web/static_server.py).
 """
@@ -68,7 +68,7 @@ def parse_compare(text: str, web: Path) -> tuple[str, Path, dict[str, str]]:
     """`NAME=[DIR][?QUERY]` → (name, folder, page parameters)."""
     name, sep, spec = text.partition("=")
     if not sep or not name:
-        raise ConfigError(f"--compare {text!r}: expected NAME=[DIR][?QUERY], e.g. fixed=?fixed=1")
+        raise ConfigError(f"--compare {text!r}: expected NAME=[DIR][?QUERY], e.g. dynamic=?fixed=0")
     folder, _, query = spec.partition("?")
     return name, Path(folder) if folder else web, dict(parse_qsl(query))
 

@@ -15,9 +15,9 @@ Layout (relative to the folder):
     model/      manifest.json  scheduler.json  tokenizer/tokenizer.json  *.onnx
     selftest/   sample.json  control.f32  latents.f32  noise.f32  reference.<precision>.rgb  *.png
 
-web.json holds each graph's free-dimension overrides at the model's resolution (`fixed_dims`): with `?fixed=1` the
-page pins its sessions to that one shape, so ONNX Runtime Web folds the shape arithmetic of the dynamic axes away at
-load (off by default: it did not change the time per image in benchmarks/web_latency.py's A/B).
+web.json holds each graph's free-dimension overrides at the model's resolution (`fixed_dims`): the page pins its
+sessions to that one shape, so ONNX Runtime Web folds the shape arithmetic of the dynamic axes away at load (a few
+percent per image in benchmarks/web_latency.py's A/B; `?fixed=0` turns it off).
 
 WASM threads need a cross-origin isolated page: the server must send `Cross-Origin-Opener-Policy: same-origin`
 and `Cross-Origin-Embedder-Policy: require-corp` (`_headers` holds them in the format of static hosts that read
@@ -227,7 +227,8 @@ runtime made (PSNR), with the time per image and the backend. WASM threads need 
 (_headers holds them for hosts that read that file.) Without them the page runs on one thread and says so.
 A service worker keeps a copy for offline use after the first visit (https or localhost only).
 Query parameters: precision=int8, backend=webgpu, threads=N, runs=N (self-test timing runs); for speed tests
-fixed=1 (web.json's fixed shapes), spin=0 (ONNX Runtime's thread pool without spinning), opt=basic.
+fixed=0 (dynamic shapes instead of web.json's fixed ones), spin=0 (ONNX Runtime's thread pool without spinning),
+opt=basic.
 """
 
 

@@ -23,7 +23,7 @@ def test_web_latency_writes_result_and_table(
     assert web_export["code"] == 0, web_export["stdout"]
     web = str(web_export["web"])
     monkeypatch.chdir(tmp_path)  # write_result's default root is ./results
-    args = [web, "--runs", "1", "--threads", "1", "--also", f"same={web}", "--compare", "fixed=?fixed=1"]
+    args = [web, "--runs", "1", "--threads", "1", "--also", f"same={web}", "--compare", "dynamic=?fixed=0"]
     assert main([*args, "--results-name", "web/builtin-few-step", "--json", str(tmp_path / "m.json")]) == 0
     result = json.loads((tmp_path / "results" / "web" / "builtin-few-step.json").read_text())
     m = result["metrics"]
@@ -36,16 +36,16 @@ def test_web_latency_writes_result_and_table(
         assert browser["identical"] or browser["psnr_db"] >= 40, browser
         assert native["identical_to_reference"] is True
         assert browser["backend"]["backend"] == "wasm" and browser["backend"]["simd"] is True
-        assert browser["backend"]["threads"] == 1 and browser["backend"]["fixed_shapes"] is False
+        assert browser["backend"]["threads"] == 1 and browser["backend"]["fixed_shapes"] is True
     assert m["browser"]["int8"]["quantized_weights"] > 0 and m["browser"]["int8"]["int8_op_types"] == [
         "Conv",
         "MatMul",
     ]
     assert m["webgpu"].startswith(("available", "not available"))
     assert m["noise_floor"]["factor"] >= 1
-    variant = m["variants"]["fixed"]
-    assert variant["backend"]["fixed_shapes"] is True and variant["over_browser_same_precision"] > 0
-    assert variant["identical"] or variant["psnr_db"] >= 40, variant  # fixed shapes keep parity
+    variant = m["variants"]["dynamic"]
+    assert variant["backend"]["fixed_shapes"] is False and variant["over_browser_same_precision"] > 0
+    assert variant["identical"] or variant["psnr_db"] >= 40, variant
     assert isinstance(m["load_average_1min_start"], float)
     assert set(m["targets"]) >= {"best_browser_ms", "ms_met", "ratio_met"}
     sample = json.loads((web_export["web"] / "selftest" / "sample.json").read_text())
@@ -56,7 +56,7 @@ def test_web_latency_writes_result_and_table(
 
     table = web_latency_table(tmp_path / "results")
     assert len(table.markdown.splitlines()) == 2 + 3  # header, rule, one row per case
-    assert "WebGPU" in table.caption and "fixed (" in table.caption
+    assert "WebGPU" in table.caption and "dynamic (" in table.caption
 
 
 def test_web_latency_refuses_a_folder_that_is_not_a_web_folder(tmp_path: Path, capsys) -> None:

@@ -3,9 +3,9 @@
 // `?selftest=1` it generates the reference sample shipped in selftest/ and reports PSNR, time and backend, also as
 // JSON in <pre id="selftest">, and leaves `globalThis.refineSelftest.run()` (one more timed image) for benchmarks.
 // Other query parameters: precision=int8, backend=webgpu, threads=N, runs=N (timed self-test runs),
-// opt=disabled|basic|extended|all (ORT graph optimisation level), fixed=1 (sessions pinned to the model's
-// resolution with web.json's free-dimension overrides), spin=0 (ORT's thread pool without spinning), proxy=0 (ORT on
-// the page's thread).
+// opt=disabled|basic|extended|all (ORT graph optimisation level), fixed=0 (dynamic shapes instead of sessions
+// pinned to the model's resolution by web.json's free-dimension overrides), spin=0 (ORT's thread pool without
+// spinning), proxy=0 (ORT on the page's thread).
 import * as ort from "onnxruntime-web";
 import { canny, edgesToControl } from "./canny.js";
 import { ModelError, WebPipeline, gaussian, precisions, psnr } from "./pipeline.js";
@@ -177,8 +177,9 @@ async function loadPipeline(manifest, runtime) {
   const levels = ["disabled", "basic", "extended", "all"];
   const graphOptimizationLevel = levels.includes(params.get("opt")) ? params.get("opt") : "all";
   runtime.graph_optimization = graphOptimizationLevel;
-  // Both off by default: in benchmarks/web_latency.py's A/B (results/web/) neither changed the time per image.
-  const fixedDims = params.get("fixed") === "1" ? await readFixedDims() : null;
+  // benchmarks/web_latency.py's A/B (results/web/): fixed shapes 0.94× and 0.98× the time of dynamic ones in two
+  // runs (the second within its noise floor), so on by default; a pool without spinning 1.05× and 1.00×, so off.
+  const fixedDims = params.get("fixed") === "0" ? null : await readFixedDims();
   runtime.fixed_shapes = fixedDims != null;
   const spinning = params.get("spin") !== "0";
   runtime.spinning = spinning;
