@@ -361,8 +361,9 @@ def report(cases: list[Case], args: argparse.Namespace, precisions: list[str]) -
         }
     first = by_name[f"browser {precisions[0]}"]
     metrics["webgpu"] = (first.report.get("backend") or {}).get("webgpu", "unknown")
-    best = min(metrics["browser"][p]["median_s"] for p in keys) * 1000
-    best_ratio = min(metrics["browser_over_native"].values())
+    # The targets concern what `refine-export --web` ships (the main folder), not an `--also` folder's INT8.
+    best = min(metrics["browser"][p]["median_s"] for p in precisions) * 1000
+    best_ratio = min(metrics["browser_over_native"][p] for p in precisions)
     metrics["targets"] = {
         "browser_ms_per_image_under": TARGET_MS,
         "browser_over_native_under": TARGET_RATIO,

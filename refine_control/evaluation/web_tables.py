@@ -82,6 +82,10 @@ def web_latency_table(root: Path) -> Table:
     floor_text = (
         f"A-vs-A noise floor (the FP32 tab timed twice): {100 * (floor['factor'] - 1):.0f}%. " if floor else ""
     )
+    # The targets concern the main folder's denoisers (what `refine-export --web` ships), not an `--also` export's.
+    shipped = [key for key in m["browser"] if key in ("fp32", "int8")]
+    best_ms = min(1000 * m["browser"][key]["median_s"] for key in shipped)
+    best_ratio = min(m["browser_over_native"][key] for key in shipped)
     targets = m["targets"]
     machine = result["machine"]
     caption = (
@@ -94,9 +98,9 @@ def web_latency_table(root: Path) -> Table:
         f"{m.get('webgpu', 'unknown')}. Native: `OnnxControlNetPipeline`, {config['threads']} threads, same graphs "
         "and draws. The last column: the Python runtime's image with that denoiser against its FP32 image (same "
         f"draws). Targets (under {targets['browser_ms_per_image_under']:.0f} ms, within "
-        f"{targets['browser_over_native_under']:.0f}× of native): best browser image "
-        f"{targets['best_browser_ms']:.0f} ms ({'met' if targets['ms_met'] else 'not met'}), best ratio "
-        f"{targets['best_browser_over_native']:.1f}× ({'met' if targets['ratio_met'] else 'not met'}). "
+        f"{targets['browser_over_native_under']:.0f}× of native), for the denoisers the export ships: best browser "
+        f"image {best_ms:.0f} ms ({'met' if best_ms < targets['browser_ms_per_image_under'] else 'not met'}), best "
+        f"ratio {best_ratio:.2f}× ({'met' if best_ratio < targets['browser_over_native_under'] else 'not met'}). "
         + _variants(m, config)
         + floor_text
         + f"One run of `{_command(result)}` on {machine.get('cpu', 'this machine')} "
