@@ -9,11 +9,15 @@ made from exactly those draws. `index.html?selftest=1` regenerates it in the bro
 
 Layout (relative to the folder):
 
-    index.html  style.css  sw.js  _headers  README.txt  src/*.js
+    index.html  style.css  sw.js  _headers  README.txt  web.json  src/*.js
     lib/ort/    ort.min.mjs and the ort-wasm-simd-threaded[.jsep].{mjs,wasm} it loads (no CDN)
     lib/tokenizers.mjs
     model/      manifest.json  scheduler.json  tokenizer/tokenizer.json  *.onnx
     selftest/   sample.json  control.f32  latents.f32  noise.f32  reference.<precision>.rgb  *.png
+
+web.json holds each graph's free-dimension overrides at the model's resolution (`fixed_dims`): the page pins its
+sessions to that one shape, so ONNX Runtime Web folds the shape arithmetic of the dynamic axes away at load (a few
+percent per image in benchmarks/web_latency.py's A/B; `?fixed=0` turns it off).
 
 WASM threads need a cross-origin isolated page: the server must send `Cross-Origin-Opener-Policy: same-origin`
 and `Cross-Origin-Embedder-Policy: require-corp` (`_headers` holds them in the format of static hosts that read
@@ -122,6 +126,37 @@ def _png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def fixed_dims(pipe: Any) -> dict[str, dict[str, int]]:
+    """Each graph's symbolic input dimensions → their size when the page generates at the model's resolution (ONNX
+    Runtime Web's free-dimension overrides): with every shape known, ORT folds the shape arithmetic of the dynamic
+    axes (Shape, Gather, Concat, Reshape targets) at load. The batch is pinned only where sampling fixes it: 1 for a
+    guidance-embedded denoiser, 2 for a guidance pair whose trained range starts above 1 (no unguided batch-1 pass);
+    otherwise it stays dynamic."""
+    from refine_control.runtime.session import fixed_dims_for
+
+    geometry, side = pipe.geometry, pipe.resolution
+    guidance_range = pipe.sampling.guidance_range
+    batch = 1 if geometry.guidance_embedded else 2
+    batch_fixed = geometry.guidance_embedded or (guidance_range is not None and guidance_range[0] > 1)
+    latents = np.zeros(geometry.latent_shape(side, side, batch), np.float32)
+    ids = np.zeros((batch, geometry.text_max_length), np.int64)
+    text = np.zeros((batch, geometry.text_max_length, geometry.cross_attention_dim), np.float32)
+    control = np.zeros((batch, geometry.control_channels, side, side), np.float32)
+    feeds = {
+        "text_encoder": {"input_ids": ids},
+        "denoiser": geometry.denoiser_feeds(latents, np.zeros(batch, np.float32), text, control, 1.0, 3.0),
+        "vae_decoder": {"latent_sample": latents[:1]},
+    }
+    out = {}
+    for graph, graph_feeds in feeds.items():
+        dims = fixed_dims_for(pipe.sessions[graph].get_inputs(), graph_feeds)
+        if not batch_fixed and graph != "vae_decoder":
+            batch_dims = {pipe.sessions[graph].get_inputs()[0].shape[0]}
+            dims = {name: size for name, size in dims.items() if name not in batch_dims}
+        out[graph] = dims
+    return out
+
+
 def selftest_sample(model_dir: Path, threads: int | None = None) -> tuple[dict[str, Any], dict[str, bytes]]:
     """The reference sample: sample.json facts and its files, the references made by the Python runtime."""
     from refine_control.runtime.pipeline import OnnxControlNetPipeline
@@ -163,6 +198,7 @@ def selftest_sample(model_dir: Path, threads: int | None = None) -> tuple[dict[s
         "references": references,
         "reference_runtime": "refine_control.runtime.OnnxControlNetPipeline (ONNX Runtime, CPU)",
         "files": {name: hashlib.sha256(data).hexdigest() for name, data in files.items()},
+        "fixed_dims": fixed_dims(pipe),
     }
     return sample, files
 
@@ -192,7 +228,9 @@ runtime made (PSNR), with the time per image and the backend. WASM threads need 
 
 (_headers holds them for hosts that read that file.) Without them the page runs on one thread and says so.
 A service worker keeps a copy for offline use after the first visit (https or localhost only).
-Query parameters: precision=int8, backend=webgpu, threads=N, runs=N (self-test timing runs).
+Query parameters: precision=int8, backend=webgpu, threads=N, runs=N (self-test timing runs); for speed tests
+fixed=0 (dynamic shapes instead of web.json's fixed ones), spin=0 (ONNX Runtime's thread pool without spinning),
+opt=basic.
 """
 
 
@@ -234,6 +272,7 @@ def write_web_folder(
     sample, sample_files = selftest_sample(model_dir, threads)
     contents.update({f"selftest/{name}": data for name, data in sample_files.items()})
     contents["selftest/sample.json"] = json.dumps(sample, indent=1).encode()
+    contents["web.json"] = json.dumps({"fixed_dims": sample["fixed_dims"], "resolution": sample["width"]}).encode()
     for name, path in sources.items():
         if name not in ("index.html", "sw.js"):
             contents[name] = path.read_bytes()

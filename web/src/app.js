@@ -1,8 +1,11 @@
 // The page: loads the verified model into ONNX Runtime Web once, then draws, uploads and generates on this device.
 // Nothing is sent anywhere (CSP connect-src 'self'; only this folder's static files are fetched). With
 // `?selftest=1` it generates the reference sample shipped in selftest/ and reports PSNR, time and backend, also as
-// JSON in <pre id="selftest">. Other query parameters: precision=int8, backend=webgpu, threads=N, runs=N (timed
-// self-test runs), opt=disabled|basic|extended|all (ORT graph optimisation level).
+// JSON in <pre id="selftest">, and leaves `globalThis.refineSelftest.run()` (one more timed image) for benchmarks.
+// Other query parameters: precision=int8, backend=webgpu, threads=N, runs=N (timed self-test runs),
+// opt=disabled|basic|extended|all (ORT graph optimisation level), fixed=0 (dynamic shapes instead of sessions
+// pinned to the model's resolution by web.json's free-dimension overrides), spin=0 (ORT's thread pool without
+// spinning), proxy=0 (ORT on the page's thread).
 import * as ort from "onnxruntime-web";
 import { canny, edgesToControl } from "./canny.js";
 import { ModelError, WebPipeline, gaussian, precisions, psnr } from "./pipeline.js";
@@ -159,6 +162,14 @@ async function loadImageFile(file) {
   }
 }
 
+/** web.json's free-dimension overrides ({graph: {symbolic dimension: size}} at the model's resolution), or null
+ * when the folder has none (written before they were). */
+async function readFixedDims() {
+  const bytes = await fetchBytes("web.json");
+  if (bytes == null) return null;
+  return JSON.parse(new TextDecoder().decode(bytes)).fixed_dims ?? null;
+}
+
 async function loadPipeline(manifest, runtime) {
   const precision = params.get("precision") || "fp32";
   const backend = params.get("backend") === "webgpu" ? "webgpu" : "wasm";
@@ -166,10 +177,18 @@ async function loadPipeline(manifest, runtime) {
   const levels = ["disabled", "basic", "extended", "all"];
   const graphOptimizationLevel = levels.includes(params.get("opt")) ? params.get("opt") : "all";
   runtime.graph_optimization = graphOptimizationLevel;
+  // benchmarks/web_latency.py's A/B (results/web/): fixed shapes 0.94× and 0.98× the time of dynamic ones in two
+  // runs (the second within its noise floor), so on by default; a pool without spinning 1.05× and 1.00×, so off.
+  const fixedDims = params.get("fixed") === "0" ? null : await readFixedDims();
+  runtime.fixed_shapes = fixedDims != null;
+  const spinning = params.get("spin") !== "0";
+  runtime.spinning = spinning;
   const pipe = await WebPipeline.load(ort, manifest, (name) => fetchBytes(`model/${name}`), {
     precision,
     executionProviders,
     graphOptimizationLevel,
+    fixedDims,
+    sessionOptions: spinning ? {} : { extra: { session: { intra_op: { allow_spinning: "0" } } } },
     onFile: (name) => status(`Checked ${name}.`),
   });
   runtime.backend = backend;
@@ -245,7 +264,16 @@ async function selftest(manifest, runtime) {
     report.files = pipe.files;
     report.steps = sample.steps;
     report.size = [sample.width, sample.height];
+    report.graphs_ms = { ...pipe.graphMs };
     report.ok = true;
+    // One more timed image on demand (benchmarks/web_latency.py interleaves these with native runs).
+    globalThis.refineSelftest = {
+      run: async () => {
+        const t = performance.now();
+        await run();
+        return { ms: performance.now() - t, graphs_ms: { ...pipe.graphMs } };
+      },
+    };
     showImage($("result"), image, sample.width, sample.height);
     status(`Self-test: ${report.identical ? "identical to" : `PSNR ${db.toFixed(1)} dB against`} the reference, ` +
       `${report.ms_per_image.toFixed(0)} ms per image.`);

@@ -70,6 +70,8 @@ export class WebPipeline {
    * ort: the onnxruntime-web module; manifest: the parsed manifest.json; fetchBytes(name) → ArrayBuffer | null.
    * options: precision ("fp32" | "int8"), executionProviders (["wasm"] or ["webgpu", "wasm"]), scheduler (a key
    * of SCHEDULERS, default the model's own), graphOptimizationLevel ("disabled" | "basic" | "extended" | "all"),
+   * fixedDims ({graph: {symbolic dimension: size}}: ONNX Runtime's free-dimension overrides, so a session plans for
+   * one shape and folds the shape arithmetic of the dynamic axes away), sessionOptions (more ORT session options),
    * onFile(name) called as each file is verified.
    */
   static async load(ort, manifest, fetchBytes, options = {}) {
@@ -79,7 +81,7 @@ export class WebPipeline {
   }
 
   async init(ort, manifest, fetchBytes, { precision = "fp32", executionProviders = ["wasm"], scheduler = null,
-    graphOptimizationLevel = "all", onFile } = {}) {
+    graphOptimizationLevel = "all", fixedDims = null, sessionOptions = {}, onFile } = {}) {
     if (manifest?.format !== "refine-control-onnx" || manifest.complete !== true || !manifest.files) {
       throw new ModelError("manifest.json is not a complete refine-export manifest");
     }
@@ -125,14 +127,18 @@ export class WebPipeline {
       new PromptEncoder(JSON.parse(text(tokenizerJson)), facts.text_max_length, facts.pad_token_id));
     this.files = {};
     this.sessions = {};
+    this.graphMs = {}; // ms spent in each graph's session.run since the last generate() began
+    this.fixedDims = fixedDims;
     for (const graph of GRAPHS) {
       const own = graphFile(graph, precision);
       const name = own in manifest.files ? own : graphFile(graph);
       const bytes = await timed(name, () => check(name));
       this.files[graph] = name;
       try {
+        const options = { ...sessionOptions, executionProviders, graphOptimizationLevel };
+        if (fixedDims?.[graph]) options.freeDimensionOverrides = fixedDims[graph];
         this.sessions[graph] = await timed(`session ${graph}`, () =>
-          ort.InferenceSession.create(new Uint8Array(bytes), { executionProviders, graphOptimizationLevel }));
+          ort.InferenceSession.create(new Uint8Array(bytes), options));
       } catch (err) {
         throw new ModelError(`ONNX Runtime Web cannot load ${name}: ${String(err?.message ?? err).slice(0, 300)}`);
       }
@@ -157,7 +163,9 @@ export class WebPipeline {
 
   async run(graph, feeds) {
     const session = this.sessions[graph];
+    const start = performance.now();
     const out = await session.run(feeds);
+    this.graphMs[graph] = (this.graphMs[graph] ?? 0) + performance.now() - start;
     return out[session.outputNames[0]];
   }
 
@@ -216,6 +224,7 @@ export class WebPipeline {
     const error = this.guidanceError(guidanceScale);
     if (error) throw new ModelError(`${error}, got ${guidanceScale}`);
     if (control.length !== 3 * width * height) throw new ModelError("the control image has the wrong size");
+    this.graphMs = {};
     const scheduler = makeScheduler(this.schedulerConfig, this.schedulerName);
     scheduler.setTimesteps(steps);
     const guided = guidanceScale > 1 && !this.guidanceEmbedded;
