@@ -10,6 +10,7 @@ runs.
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -244,7 +245,7 @@ def side_by_side(comparison: dict[str, dict[str, Any]], samples: int) -> list[st
     return [*lines, note + (", timed in ONNX Runtime FP32 on this machine" if "macs_per_image" in student else "")]
 
 
-def _summary(cfg: DemoConfig, seconds: dict[str, float], reused: list[str]) -> str:
+def _summary(cfg: DemoConfig, seconds: dict[str, float], reused: list[str], load_at_start: float) -> str:
     """Print-ready summary; also records the run's figures as a result file (RUN/results/demo/make-demo.json)."""
     run, model = cfg.output_dir, cfg.output_dir / "model"
     eval_report = json.loads((run / "eval" / "metrics.json").read_text())
@@ -255,7 +256,13 @@ def _summary(cfg: DemoConfig, seconds: dict[str, float], reused: list[str]) -> s
     step_ms = parity.get("latency_ms_per_denoiser_step", {})
     write_result(
         ("demo", "make-demo"),
-        metrics={**comparison, "seconds": seconds, "reused": reused, "denoiser_step_ms": step_ms},
+        metrics={
+            **comparison,
+            "seconds": seconds,
+            "reused": reused,
+            "denoiser_step_ms": step_ms,
+            "load_average_start": load_at_start,
+        },
         config={**asdict(cfg), "output_dir": str(cfg.output_dir)},
         seed=cfg.seed,
         command="python -m refine_control.demo --reuse" if cfg.reuse else "make demo",
@@ -307,7 +314,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             few_step_steps=args.few_step_steps,
             reuse=args.reuse,
         )
-        print(_summary(cfg, *run_demo(cfg)))  # noqa: T201 - the demo's result
+        load_at_start = round(os.getloadavg()[0], 2)  # the result file records the load at the end too
+        print(_summary(cfg, *run_demo(cfg), load_at_start))  # noqa: T201 - the demo's result
         return 0
 
     return run_cli(body)

@@ -381,10 +381,12 @@ def demo_table(root: Path) -> Table:
         if kept
         else ""
     )
+    start = m.get("load_average_start")
+    load = "" if start is None else f"{start} at the start, "
     caption = (
         f"`make demo` after setup: {sum(m['seconds'].values()) / 60:.1f} min ({stages}){reused}; machine: "
         f"{demo['machine'].get('cpu', 'unknown')}, {demo['machine'].get('logical_cpus')} logical CPUs, load average "
-        f"{demo['machine'].get('load_average_1min', '?')} at the start (above 1: other work shared the cores). "
+        f"{load}{demo['machine'].get('load_average_1min', '?')} at the end (above 1: other work shared the cores). "
         + provenance([demo])
     )
     return Table("```\n" + "\n".join(lines[:-1]) + "\n```\n\n" + lines[-1] + ".", caption)

@@ -28,7 +28,7 @@ def test_help_imports_neither_torch_nor_onnx():
 
 
 def test_parser_and_config_fields_agree():
-    dests = {a.dest for a in build_parser()._actions if a.dest not in ("help", "verbose", "quiet")}
+    dests = {a.dest for a in build_parser()._actions if a.dest not in ("help", "version", "verbose", "quiet")}
     assert dests == {f.name for f in dataclasses.fields(ExportConfig)}
 
 
