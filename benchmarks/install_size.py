@@ -1,10 +1,12 @@
-"""The device install's size: a fresh venv with only `pip install refine-control[serve]` (the torch-free runtime
-and the web server), measured as site-packages megabytes per installed distribution.
+"""The device install's size: a fresh venv with only `pip install refine-control` (the torch-free runtime; `--extra
+serve` adds the web server), measured as site-packages megabytes per installed distribution.
 
-Besides the whole of site-packages it records what the fresh venv held before the install (pip, and setuptools on
-Python < 3.12: the venv's own tools, not the project's) and so what the install itself added.
+The venv is made without pip, and pip installs into it from outside (`pip --python VENV`): pip, and setuptools on
+Python < 3.12, are the venv's own tools, not the runtime's. A plain `python -m venv` is measured beside it, so the
+result also says what they would add.
 
-    python benchmarks/install_size.py --results-name install/serve
+    python benchmarks/install_size.py --results-name install/runtime
+    python benchmarks/install_size.py --extra serve --results-name install/serve
 
 Installs from the package index this machine reaches (the versions pinned in constraints.txt), into --workdir.
 """
@@ -46,7 +48,7 @@ def _tree_mb(root: Path) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="benchmarks/install_size.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--extra", default="serve", help="the extra to install. Default: %(default)s")
+    parser.add_argument("--extra", default=None, help="an extra to install with the runtime, e.g. serve")
     parser.add_argument("--workdir", type=Path, default=Path("runs/install-size"), help="where the venv is made")
     parser.add_argument("--results-name", default=None, help="write results/<group>/<name>.json, e.g. install/serve")
     args = parser.parse_args(argv)
@@ -61,46 +63,37 @@ def main(argv: list[str] | None = None) -> int:
         if args.workdir.exists():
             shutil.rmtree(args.workdir)
         env_dir, source = args.workdir / "venv", args.workdir / "src"
-        venv.EnvBuilder(with_pip=True).create(env_dir)
+        venv.EnvBuilder(with_pip=True).create(args.workdir / "plain-venv")
+        plain_venv = _tree_mb(next((args.workdir / "plain-venv" / "lib").glob("python3*/site-packages")))
+        venv.EnvBuilder(with_pip=False).create(env_dir)
         python = str(env_dir / "bin" / "python")
         site = next((env_dir / "lib").glob("python3*/site-packages"))
-        empty_venv = _tree_mb(site)
         ignore = shutil.ignore_patterns(".*", "runs", "build", "*.egg-info", "__pycache__", "results")
         shutil.copytree(REPO, source, ignore=ignore)
-        install = [
-            python,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "-c",
-            str(REPO / "constraints.txt"),
-            f"{source}[{args.extra}]",
-        ]
-        subprocess.run(install, check=True)
+        requirement = f"{source}[{args.extra}]" if args.extra else str(source)
+        install = [sys.executable, "-m", "pip", "--python", python, "install", "-q", "-c", str(REPO / "constraints.txt")]
+        subprocess.run([*install, requirement], check=True)
         has_torch = subprocess.run([python, "-c", "import torch"], capture_output=True).returncode == 0
         sizes = json.loads(subprocess.run([python, "-c", SIZES], check=True, capture_output=True, text=True).stdout)
         mb = {name: round(b / 1e6, 1) for name, b in sorted(sizes.items(), key=lambda kv: -kv[1])}
         total = _tree_mb(site)
         metrics = {
             "site_packages_mb": round(total, 1),
-            "without_pip_mb": round(total - mb.get("pip", 0.0), 1),
-            "empty_venv_mb": round(empty_venv, 1),
-            "added_by_install_mb": round(total - empty_venv, 1),
+            "plain_venv_mb": round(plain_venv, 1),
             "torch_importable": has_torch,
             "distributions_mb": mb,
         }
         for name, size in mb.items():
             print(f"{name:<28} {size:8.1f} MB")
         print(
-            f"site-packages: {total:.1f} MB, of which the empty venv's {empty_venv:.1f} MB (pip itself "
-            f"{mb.get('pip', 0.0)} MB); added by the install {total - empty_venv:.1f} MB; torch importable: {has_torch}"
+            f"site-packages: {total:.1f} MB (a plain venv's own pip and setuptools would add {plain_venv:.1f} MB); "
+            f"torch importable: {has_torch}"
         )
         if target is not None:
             write_result(
                 target,
                 metrics=metrics,
-                config={"extra": args.extra, "python": sys.version.split()[0]},
+                config={"extra": args.extra, "python": sys.version.split()[0], "pip_in_venv": False},
                 seed=None,
                 command="python benchmarks/install_size.py " + " ".join(sys.argv[1:] if argv is None else argv),
                 wall_s=time.perf_counter() - started,

@@ -14,6 +14,8 @@ def builtin_teacher_dir() -> Path:
     ):
         raise ConfigError(
             f"the builtin teacher's weights are missing from {BUILTIN_TEACHER_DIR}",
-            hint=f"train them with `refine-teacher -o {BUILTIN_TEACHER_DIR}` (about half an hour on 2 cores)",
+            hint="they ship with the source checkout, not with a wheel: install it editable (`pip install -e "
+            "'.[train]'`, as `make setup` does), give your own `--teacher DIR`, or train them with "
+            f"`refine-teacher -o {BUILTIN_TEACHER_DIR}` (about half an hour on 2 cores)",
         )
     return BUILTIN_TEACHER_DIR

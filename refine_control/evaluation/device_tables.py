@@ -141,15 +141,21 @@ def fixed_shapes_table(root: Path) -> Table:
 
 @register_table("device_install")
 def device_install_table(root: Path) -> Table:
-    result = _result(root, "install", "serve")
-    m = result["metrics"]
-    largest = sorted(m["distributions_mb"].items(), key=lambda kv: -kv[1])[:6]
-    rows = [[name, f"{mb:.1f}"] for name, mb in largest]
-    rows.append(["everything else", f"{m['site_packages_mb'] - sum(mb for _, mb in largest):.1f}"])
-    rows.append(["**site-packages in all**", f"**{m['site_packages_mb']:.1f}**"])
+    runtime, serve = _result(root, "install", "runtime"), _result(root, "install", "serve")
+    base, full = runtime["metrics"], serve["metrics"]
+    largest = [name for name, _ in sorted(full["distributions_mb"].items(), key=lambda kv: -kv[1])[:5]]
+
+    def column(m: dict) -> list[str]:
+        sizes = [m["distributions_mb"].get(name) for name in largest]
+        rest = m["site_packages_mb"] - sum(mb or 0.0 for mb in sizes)
+        return [*("–" if mb is None else f"{mb:.1f}" for mb in sizes), f"{rest:.1f}", f"**{m['site_packages_mb']:.1f}**"]
+
+    names = [*largest, "everything else", "**site-packages in all**"]
+    rows = [list(row) for row in zip(names, column(base), column(full), strict=True)]
     caption = (
-        f"A fresh venv with `pip install refine-control[{result['config']['extra']}]` (Python "
-        f"{result['config']['python']}); torch importable there: {m['torch_importable']}; without pip itself "
-        f"{m['without_pip_mb']:.1f} MB. " + provenance([result])
+        f"Fresh venvs (Python {runtime['config']['python']}) made without pip, with `pip install refine-control` "
+        f"and `pip install refine-control[serve]` run from outside them; torch importable there: "
+        f"{base['torch_importable'] or full['torch_importable']}. A plain `python -m venv` brings pip and setuptools "
+        f"of its own: {base['plain_venv_mb']:.1f} MB more. " + provenance([runtime, serve])
     )
-    return Table(markdown_table(["distribution", "MB"], rows), caption)
+    return Table(markdown_table(["distribution", "runtime MB", "runtime + serve MB"], rows), caption)

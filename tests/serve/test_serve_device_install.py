@@ -68,5 +68,8 @@ def test_serve_extra_alone_serves_without_torch(tiny_model_dir, tmp_path):
     finally:
         assert server.stop() == 0
     site = next((env_dir / "lib").glob("python3*/site-packages"))
+    # The wheel is the runtime: the built-in teacher's weights stay in the checkout (pyproject's package-data).
+    installed = site / "refine_control"
+    assert (installed / "runtime").is_dir() and not list(installed.rglob("*.safetensors"))
     size_mb = sum(f.stat().st_size for f in site.rglob("*") if f.is_file()) / 1e6
     print(f"device install (refine-control[serve], site-packages): {size_mb:.0f} MB")
