@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         ignore = shutil.ignore_patterns(".*", "runs", "build", "*.egg-info", "__pycache__", "results")
         shutil.copytree(REPO, source, ignore=ignore)
         requirement = f"{source}[{args.extra}]" if args.extra else str(source)
-        install = [sys.executable, "-m", "pip", "--python", python, "install", "-q", "-c", str(REPO / "constraints.txt")]
-        subprocess.run([*install, requirement], check=True)
+        pip = [sys.executable, "-m", "pip", "--python", python]
+        subprocess.run([*pip, "install", "-q", "-c", str(REPO / "constraints.txt"), requirement], check=True)
         has_torch = subprocess.run([python, "-c", "import torch"], capture_output=True).returncode == 0
         sizes = json.loads(subprocess.run([python, "-c", SIZES], check=True, capture_output=True, text=True).stdout)
         mb = {name: round(b / 1e6, 1) for name, b in sorted(sizes.items(), key=lambda kv: -kv[1])}

@@ -148,7 +148,11 @@ def device_install_table(root: Path) -> Table:
     def column(m: dict) -> list[str]:
         sizes = [m["distributions_mb"].get(name) for name in largest]
         rest = m["site_packages_mb"] - sum(mb or 0.0 for mb in sizes)
-        return [*("–" if mb is None else f"{mb:.1f}" for mb in sizes), f"{rest:.1f}", f"**{m['site_packages_mb']:.1f}**"]
+        return [
+            *("–" if mb is None else f"{mb:.1f}" for mb in sizes),
+            f"{rest:.1f}",
+            f"**{m['site_packages_mb']:.1f}**",
+        ]
 
     names = [*largest, "everything else", "**site-packages in all**"]
     rows = [list(row) for row in zip(names, column(base), column(full), strict=True)]
