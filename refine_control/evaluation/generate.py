@@ -20,6 +20,7 @@ class Sampling:
     steps: int = 20
     guidance_scale: float = 3.0
     batch_size: int = 32
+    timesteps: tuple[int, ...] | None = None  # descending; None: the scheduler's own choice for `steps`
 
 
 def recommended_sampling(pipeline_dir: str | Path) -> Sampling | None:
@@ -38,6 +39,10 @@ def initial_noise(pipeline: StableDiffusionControlNetPipeline, n: int, resolutio
     )
 
 
+def _step_noise(seed: int, index: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 100_003 + index + 50_000)  # apart from `initial_noise`'s seeds
+
+
 @torch.no_grad()
 def generate(
     pipeline: StableDiffusionControlNetPipeline,
@@ -45,8 +50,12 @@ def generate(
     controls: np.ndarray,
     latents: torch.Tensor,
     sampling: Sampling,
+    seed: int = 0,
 ) -> np.ndarray:
-    """Images (N, H, W, 3) uint8 for prompts, controls (N, H, W, 3) float32 in [0, 1] and fixed initial latents."""
+    """Images (N, H, W, 3) uint8 for prompts, controls (N, H, W, 3) float32 in [0, 1] and fixed initial latents.
+
+    The noise a scheduler draws between steps (LCM's, for one) comes from one seeded generator per sample too, so
+    an evaluation repeats exactly, whatever ran before it in the process and whatever the batch size."""
     if not len(prompts) == len(controls) == len(latents):
         raise ValueError(f"got {len(prompts)} prompts, {len(controls)} controls and {len(latents)} latents")
     height, width = controls.shape[1:3]
@@ -58,9 +67,14 @@ def generate(
             prompt=prompts[start:stop],
             image=control,
             latents=latents[start:stop].clone(),
+            generator=[_step_noise(seed, i) for i in range(start, min(stop, len(prompts)))],
             height=height,
             width=width,
-            num_inference_steps=sampling.steps,
+            **(
+                {"num_inference_steps": sampling.steps}
+                if sampling.timesteps is None
+                else {"timesteps": list(sampling.timesteps)}
+            ),
             guidance_scale=sampling.guidance_scale,
             output_type="np",
         )
