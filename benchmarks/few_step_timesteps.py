@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         from refine_control.builtin import builtin_teacher_dir
         from refine_control.builtin.shapes import BACKGROUND, make_sample, sample_specs
         from refine_control.evaluation import metrics as M
+        from refine_control.evaluation.bootstrap import ratio_interval
         from refine_control.evaluation.generate import Sampling, generate, initial_noise
         from refine_control.models.pipeline_dir import load_pipeline, read_recommendation
         from refine_control.results import git_state, write_result
@@ -74,14 +75,18 @@ def main(argv: list[str] | None = None) -> int:
         latents = initial_noise(student, len(samples), controls.shape[1], args.seed)
         teacher = load_pipeline(builtin_teacher_dir())
 
-        def scores(images: np.ndarray) -> dict[str, float]:
-            edges = M.edge_scores(images, controls[..., 0] > 0.5, strict=True)
+        def scores(images: np.ndarray) -> dict[str, np.ndarray]:
+            """Per-image values of each metric."""
+            out = M.edge_scores(images, controls[..., 0] > 0.5, strict=True)
             iou = [M.mask_iou(M.foreground_mask(i, BACKGROUND), m) for i, m in zip(images, masks, strict=True)]
             delta_e = [M.colour_error(i, t, m) for i, t, m in zip(images, truth, masks, strict=True)]
-            out = {name: float(np.mean(v)) for name, v in edges.items()}
-            return out | {"mask_iou": float(np.mean(iou)), "colour_delta_e": float(np.mean(delta_e))}
+            return out | {"mask_iou": np.array(iou), "colour_delta_e": np.array(delta_e)}
 
-        reference = scores(generate(teacher, prompts, controls, latents, Sampling(20, 3.0), seed=args.seed))
+        def means(values: dict[str, np.ndarray]) -> dict[str, float]:
+            return {name: float(np.mean(v)) for name, v in values.items()}
+
+        teacher_values = scores(generate(teacher, prompts, controls, latents, Sampling(20, 3.0), seed=args.seed))
+        reference = means(teacher_values)
         print(f"teacher (20 guided steps): strict F1 {reference['edge_f1_strict']:.3f}")
         rows = {}
         scheduler_config = dict(student.scheduler.config)
@@ -90,10 +95,12 @@ def main(argv: list[str] | None = None) -> int:
             clipping = {"clip_sample": clip is not None, "clip_sample_range": clip or 1.0}
             student.scheduler = type(student.scheduler).from_config({**scheduler_config, **clipping})
             chosen = Sampling(steps, guidance, timesteps=None if timesteps is None else tuple(timesteps))
-            images = generate(student, prompts, controls, latents, chosen, args.seed)
-            row = scores(images)
+            values = scores(generate(student, prompts, controls, latents, chosen, args.seed))
+            row: dict = means(values)
             row["timesteps"], row["clip_sample_range"] = [int(t) for t in student.scheduler.timesteps], clip
-            row["edge_f1_strict_kept"] = row["edge_f1_strict"] / reference["edge_f1_strict"]
+            for metric in ("edge_f1_strict", "mask_iou"):
+                row[f"{metric}_kept"] = row[metric] / reference[metric]
+                row[f"{metric}_kept_interval"] = list(ratio_interval(values[metric], teacher_values[metric]))
             rows[name] = row
             print(
                 f"{name:<27} t={row['timesteps']}  strict F1 {row['edge_f1_strict']:.3f} "
