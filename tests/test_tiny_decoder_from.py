@@ -161,3 +161,12 @@ def test_tiny_decoder_from_needs_from(taesd_dir, tmp_path, capsys):
     assert distill(["--tiny-decoder-from", str(taesd_dir), "-o", str(tmp_path / "out"), "-q"]) == 2
     assert "`--from RUN` goes with one of" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_dry_run_counts_no_training_steps_for_a_pretrained_decoder(tiny_run_dir, taesd_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert (
+        distill(["--from", str(tiny_run_dir), "--tiny-decoder-from", str(taesd_dir), "-o", str(out), "--dry-run"]) == 0
+    )
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip().startswith("tiny-decoder")]
+    assert len(rows) == 1 and rows[0][1] == "0" and not out.exists()
