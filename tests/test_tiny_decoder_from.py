@@ -170,3 +170,33 @@ def test_dry_run_counts_no_training_steps_for_a_pretrained_decoder(tiny_run_dir,
     )
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip().startswith("tiny-decoder")]
     assert len(rows) == 1 and rows[0][1] == "0" and not out.exists()
+
+
+def test_taesd_geometry_fits_the_sd15_vae_and_others_do_not(tmp_path):
+    """diffusers' `AutoencoderTiny()` defaults are TAESD's published SD1.x geometry (4 latents, 3 upsamplings):
+    random weights of that shape fit the SD1.5 VAE config; a 16-latent decoder (TAESD3 / TAEF1 shape) and one
+    with 4 pixels per latent do not."""
+    from sd15_configs import SD15_VAE
+
+    from refine_control.errors import ConfigError
+    from refine_control.models.tiny_decoder_dir import load_tiny_decoder
+
+    AutoencoderTiny().save_pretrained(tmp_path / "taesd")
+    vae = load_tiny_decoder(tmp_path / "taesd", SD15_VAE)
+    assert vae.config.scaling_factor == 1.0 and not any(p.requires_grad for p in vae.parameters())
+    wrong = {
+        "latent16": (AutoencoderTiny(latent_channels=16), "latent channels (16) do not match the teacher VAE's (4)"),
+        "x4": (
+            AutoencoderTiny(
+                encoder_block_out_channels=(8, 8, 8),
+                decoder_block_out_channels=(8, 8, 8),
+                num_encoder_blocks=(1, 1, 1),
+                num_decoder_blocks=(1, 1, 1),
+            ),
+            "pixels per latent (4) do not match the teacher VAE's (8)",
+        ),
+    }
+    for name, (model, message) in wrong.items():
+        model.save_pretrained(tmp_path / name)
+        with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            load_tiny_decoder(tmp_path / name, SD15_VAE)

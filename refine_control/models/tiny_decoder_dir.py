@@ -41,16 +41,19 @@ def read_tiny_decoder_config(path: str | Path) -> dict[str, Any]:
 
 def upsampling(config: Mapping[str, Any]) -> int:
     """Pixels per latent of a VAE config (`AutoencoderKL`, or `AutoencoderTiny` with its own upsampling factor)."""
-    levels = len(config.get("decoder_block_out_channels") or config["block_out_channels"]) - 1
+    levels = len(config.get("decoder_block_out_channels") or config.get("block_out_channels") or (64,)) - 1
     return int(config.get("upsampling_scaling_factor", 2)) ** levels
 
 
 def check_fits(path: str | Path, config: Mapping[str, Any], reference: Mapping[str, Any]) -> None:
-    """Refuse a decoder whose latents or image do not match the reference VAE's (the teacher's, or the student's)."""
-    checks = [
-        ("latent channels", config.get("latent_channels"), reference.get("latent_channels")),
+    """Refuse a decoder whose latents or image do not match the reference VAE's (the teacher's, or the student's).
+
+    Shapes only: TAESDXL has TAESD's shapes and passes, though it decodes SDXL's latent space; the PSNR against the
+    teacher's decoder that the training stage records (refine_control/training/tiny_decoder.py) tells them apart."""
+    checks = [  # a key left out of a config has the diffusers default of both classes (4 latents, 3 colours)
+        ("latent channels", config.get("latent_channels", 4), reference.get("latent_channels", 4)),
         ("pixels per latent", upsampling(config), upsampling(reference)),
-        ("image channels", config.get("out_channels"), reference.get("out_channels")),
+        ("image channels", config.get("out_channels", 3), reference.get("out_channels", 3)),
     ]
     for what, got, expected in checks:
         if got != expected:
