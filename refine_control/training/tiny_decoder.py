@@ -132,8 +132,10 @@ def score_pretrained_decoder(tiny: AutoencoderTiny, teacher_vae: AutoencoderKL, 
     teacher, own = teacher_vae.config, float(tiny.config.scaling_factor)
     other = float(teacher.scaling_factor) if own == 1.0 else 1.0
     shift = float(getattr(tiny.config, "shift_factor", None) or 0.0)
+    device = next(teacher_vae.parameters()).device
+    tiny.to(device)
     with torch.no_grad():
-        pixels = _pixels(images)
+        pixels = _pixels(images).to(device)
         raw = torch.cat([teacher_vae.encode(pixels[i : i + 8]).latent_dist.mode() for i in range(0, len(pixels), 8)])
         reference = torch.cat([teacher_vae.decode(raw[i : i + 8]).sample for i in range(0, len(raw), 8)])
         unet_latents = (raw - (getattr(teacher, "shift_factor", None) or 0.0)) * teacher.scaling_factor
@@ -165,18 +167,20 @@ def train_tiny_decoder(cfg: DistillConfig, device: torch.device) -> None:
     teacher = load_teacher(cfg.teacher, cfg.controlnet, torch.float32, device, teacher_config=cfg.teacher_config)
     labelled, unlabelled = load_training_data(cfg, run)
     size = cfg.resolution or teacher.resolution
-    images = np.stack([load_image(r.path, size) for r in labelled + unlabelled])
-    held_out = np.arange(len(images)) % 10 == 9  # every tenth image scores the decoder
-    write_json(run / "config.json", {**cfg.to_json(), "resolved": {"resolution": size, "images": len(images)}})
-    if cfg.tiny_decoder_from is not None:
+    rows = labelled + unlabelled
+    held_out = np.arange(len(rows)) % 10 == 9  # every tenth image scores the decoder
+    write_json(run / "config.json", {**cfg.to_json(), "resolved": {"resolution": size, "images": len(rows)}})
+    if cfg.tiny_decoder_from is not None:  # only the scored images are read: the dataset may be large
         tiny = load_tiny_decoder(cfg.tiny_decoder_from, teacher.vae.config)
-        scored = images[held_out][:PRETRAINED_SCORED_IMAGES] if held_out.any() else images[:PRETRAINED_SCORED_IMAGES]
+        picked = (np.flatnonzero(held_out) if held_out.any() else np.arange(len(rows)))[:PRETRAINED_SCORED_IMAGES]
+        scored = np.stack([load_image(rows[i].path, size) for i in picked])
         metrics = {**score_pretrained_decoder(tiny, teacher.vae, scored), "pretrained_from": cfg.tiny_decoder_from}
         logger.info(
             "pretrained tiny decoder: %.2f dB from the teacher decoder's images", metrics["decoder_psnr_vs_teacher_db"]
         )
         held_out_images = len(scored)
     else:
+        images = np.stack([load_image(r.path, size) for r in rows])
         settings = TinyVaeSettings(
             cfg.tiny_decoder_width, cfg.max_steps, cfg.batch_size, cfg.learning_rate, cfg.warmup_steps
         )
