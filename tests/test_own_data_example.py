@@ -75,3 +75,21 @@ def test_bad_sizes_are_one_error_line(example, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: --photos must be in 1..16") and "Traceback" not in err
     assert not (tmp_path / "w").exists()
+
+
+def test_export_samples_from_shards_say_to_pass_a_folder(example, tmp_path):
+    """A run trained on parquet: the export's samples need an image folder (`--data DIR`), and the error says so."""
+    from refine_control.errors import ConfigError
+    from refine_control.export.samples import load_samples
+
+    rows = example.write_photo_folder(tmp_path / "photos", 1, 2, 32)
+    shards = example.write_parquet(tmp_path / "photos", rows, tmp_path / "parquet")
+    with pytest.raises(ConfigError, match="holds parquet / webdataset shards") as info:
+        load_samples(shards, "canny", 64, 1)
+    assert "--data DIR" in info.value.hint
+    samples = load_samples(tmp_path / "photos", "canny", 64, 2)  # the folder itself works
+    assert [s.prompt for s in samples] == [example.PHOTOS["astronaut.png"]] * 2 and samples[0].control.shape == (
+        64,
+        64,
+        3,
+    )
