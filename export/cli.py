@@ -48,6 +48,7 @@ class ExportConfig:
     overwrite: bool = False
     allow_degraded: bool = False
     web: Path | None = None  # the static browser folder to write (export/web.py), or None
+    vae_decoder: Path | None = None  # a pretrained AutoencoderTiny dir exported instead of the student's decoder
 
     def __post_init__(self) -> None:
         checks = [
@@ -105,7 +106,7 @@ class ExportConfig:
 
     def to_json(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        for key in ("run", "output_dir", "data", "web"):
+        for key in ("run", "output_dir", "data", "web", "vae_decoder"):
             out[key] = None if out[key] is None else str(out[key])
         out["int8_op_types"] = None if self.int8_op_types is None else list(self.int8_op_types)
         return out
@@ -177,6 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write a static folder that runs the model in a browser, with no server; needs "
         "`npm ci --prefix web`. Default DIR: the model dir's name + '-web'",
     )
+    parser.add_argument(
+        "--vae-decoder",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="export this pretrained diffusers AutoencoderTiny dir (e.g. TAESD for SD1.x) as vae_decoder.onnx in "
+        "place of the student's decoder; its own latent scaling factor goes into the manifest",
+    )
     parser.add_argument("--exporter", choices=EXPORTERS, default="dynamo", help="torch.onnx exporter")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset. Default: %(default)s")
     parser.add_argument(
@@ -203,6 +212,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def body() -> int:
         cfg = ExportConfig.from_args(args)  # validate before the heavy imports
+        if cfg.vae_decoder is not None:
+            from refine_control.models.tiny_decoder_dir import read_tiny_decoder_config
+
+            read_tiny_decoder_config(cfg.vae_decoder)
         if cfg.web is not None:  # fail before the export when the browser folder cannot be written
             from refine_control.export.web import check_web_source, check_web_target
 

@@ -44,6 +44,7 @@ from refine_control.export.quantize import Int8Options, convert_fp16, count_ops,
 from refine_control.export.samples import Sample, load_samples, run_data_dir
 from refine_control.faults import fault_point
 from refine_control.models.pipeline_dir import read_recommendation
+from refine_control.models.tiny_decoder_dir import load_tiny_decoder
 from refine_control.runtime.cpu import cpu_info, decide_reduce_range
 from refine_control.runtime.layout import MANIFEST, PARITY, SCHEDULER, TOKENIZER, graph_file
 from refine_control.runtime.pipeline import PromptEncoder
@@ -180,6 +181,8 @@ def _export(cfg: "ExportConfig", config: dict[str, Any], data_dir: Path, threads
 
     # 2. The student and real inputs from its data (calibration and parity samples are disjoint).
     student = load_student(cfg.run, config)
+    if cfg.vae_decoder is not None:  # still before anything is written: a decoder that does not fit writes nothing
+        student.pipeline.vae = load_tiny_decoder(cfg.vae_decoder, student.pipeline.vae.config)
     n_cal = cfg.calibration_samples if cfg.int8 else 0
     samples = load_samples(data_dir, preprocessor, student.geometry.resolution, n_cal + cfg.parity_samples)
     calibration, parity_samples = samples[:n_cal], samples[n_cal:]
@@ -191,6 +194,11 @@ def _export(cfg: "ExportConfig", config: dict[str, Any], data_dir: Path, threads
     )
     source = source_run(cfg.run, config)
     export_info = {"config": cfg.to_json(), "exporter": cfg.exporter, "opset": cfg.opset}
+    export_info["vae_decoder"] = {
+        "class": type(student.pipeline.vae).__name__,
+        "from": "the student" if cfg.vae_decoder is None else str(cfg.vae_decoder),
+        "scaling_factor": facts["vae_scaling_factor"],
+    }
     details: dict[str, dict[str, Any]] = {}
 
     stages = ["graphs", *(["int8"] if cfg.int8 else []), *(["fp16"] if cfg.fp16 else [])]

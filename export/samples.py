@@ -56,6 +56,13 @@ def load_samples(data_dir: Path, preprocessor_name: str, resolution: int, count:
     """`count` samples spread evenly over the captioned images of `data_dir` (cycling if there are fewer)."""
     if not data_dir.is_dir():
         raise ConfigError(f"the run's data folder {data_dir} is missing", hint="pass the image folder with --data DIR")
+    shards = any(data_dir.rglob("*.parquet")) or any(data_dir.rglob("*.tar"))
+    if shards and not (data_dir / "metadata.jsonl").is_file():
+        raise ConfigError(
+            f"{data_dir} holds parquet / webdataset shards; the export's calibration and parity samples come from an "
+            "image folder",
+            hint="pass a few captioned photos as a folder (images + metadata.jsonl) with --data DIR",
+        )
     records = [r for r in read_image_folder(data_dir) if r.text is not None] or read_image_folder(data_dir)
     preprocessor = get_preprocessor(preprocessor_name)
     picks = np.linspace(0, len(records), num=count, endpoint=False).astype(int) if count <= len(records) else None

@@ -346,6 +346,13 @@ def build_parser() -> argparse.ArgumentParser:
     few.add_argument("--few-step", action="store_true", help="train the few-step student (needs --from)")
     few.add_argument("--tiny-decoder", action="store_true", help="distil a tiny VAE for the run's student")
     few.add_argument(
+        "--tiny-decoder-from",
+        metavar="DIR",
+        default=None,
+        help="use a pretrained diffusers AutoencoderTiny dir (e.g. TAESD for SD1.x) as the run's student's decoder "
+        "instead of distilling one (needs --from; its own latent scaling factor is kept)",
+    )
+    few.add_argument(
         "--tiny-decoder-width",
         type=int,
         default=_default("tiny_decoder_width"),
@@ -439,6 +446,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         scale, why = resolve_scale(args)
         cfg = config_from_args(argparse.Namespace(**{**vars(args), "scale": scale}))
+        if cfg.tiny_decoder_from is not None:  # checked before the run dir exists: a bad decoder dir writes nothing
+            from refine_control.models.tiny_decoder_dir import load_tiny_decoder, vae_config_of
+
+            load_tiny_decoder(cfg.tiny_decoder_from, vae_config_of(Path(str(cfg.from_run)) / "student"))
         if args.dry_run:
             print_plan(cfg, why)
             return 0

@@ -25,6 +25,7 @@ PARSERS = {
     "python -m refine_control.demo": "refine_control.demo",
     "python benchmarks/latency.py": "benchmarks.latency.cli",
     "python benchmarks/load.py": "benchmarks.load",
+    "python benchmarks/own_data_example.py": "benchmarks.own_data_example",
 }
 
 

@@ -153,3 +153,21 @@ def write_tar_shards(root, n: int, shards: int = 2, image_ext: str = "png"):
                     tar.addfile(info, io.BytesIO(payload))
     shutil.rmtree(root / "_src")
     return root
+
+
+def build_tiny_autoencoder_tiny(latent_channels: int = 4, scaling_factor: float = 1.0, seed: int = 0):
+    """A tiny random diffusers `AutoencoderTiny` (the TAESD architecture) for the tiny teacher's latent space: two
+    levels (2 px per latent) and, like TAESD for SD1.x, `scaling_factor` 1.0 (it decodes the UNet's latents as
+    they are, where the teacher's `AutoencoderKL` divides them by 0.18215 first)."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(seed)
+    return AutoencoderTiny(
+        encoder_block_out_channels=(8, 8),
+        decoder_block_out_channels=(8, 8),
+        num_encoder_blocks=(1, 1),
+        num_decoder_blocks=(1, 1),
+        latent_channels=latent_channels,
+        scaling_factor=scaling_factor,
+    )

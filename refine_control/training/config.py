@@ -85,6 +85,7 @@ class DistillConfig:
     few_step: bool = False
     tiny_decoder: bool = False  # distil a tiny VAE (AutoencoderTiny) from the teacher's for the run's student
     tiny_decoder_width: int = 32
+    tiny_decoder_from: str | None = None  # a pretrained AutoencoderTiny dir (e.g. TAESD) instead of distilling one
     few_step_steps: int | None = None  # the fast recipe's few-step stage; None: its objective's default (600)
     tiny_decoder_stage: str = "auto"  # the fast recipe's tiny decoder: auto (the MAC rule), always or never
     guidance_range: tuple[float, float] = (2.0, 5.0)  # guidance scales the student learns to take as input
@@ -101,6 +102,8 @@ class DistillConfig:
     allow_pickle_weights: bool = False  # teacher weights as pickle files (.bin, ...) when no safetensors exist
 
     def __post_init__(self) -> None:
+        if self.tiny_decoder_from is not None:  # a pretrained tiny decoder is the tiny-decoder stage, untrained
+            object.__setattr__(self, "tiny_decoder", True)
         # Defaults that depend on the teacher's size and the objective (frozen dataclass: set once, here).
         if self.scale not in SCALES:
             raise ConfigError(f"`--scale` must be one of {', '.join(SCALES)}, got {self.scale}")
@@ -198,7 +201,8 @@ class DistillConfig:
             self.few_step and self.tiny_decoder
         ):
             raise ConfigError(
-                "`--from RUN` goes with one of `--few-step` or `--tiny-decoder`: both start from a finished run",
+                "`--from RUN` goes with one of `--few-step` or `--tiny-decoder` (or `--tiny-decoder-from DIR`): each "
+                "starts from a finished run",
                 hint="refine-distill --from runs/demo --few-step -o runs/demo-4step, then "
                 "refine-distill --from runs/demo-4step --tiny-decoder -o runs/demo-4step-tiny",
             )

@@ -294,6 +294,8 @@ def estimate(cfg: DistillConfig, teacher: MetaTeacher, macs: bool = True) -> dic
         steps, rate = scale.objectives["tiny_decoder"]
         if cfg.tiny_decoder:
             steps, rate = cfg.max_steps, cfg.learning_rate
+        if cfg.tiny_decoder_from is not None:  # a pretrained decoder is scored, not trained
+            steps = 0
         stage = StageCost("tiny-decoder", steps, rate, cfg.batch_size, size, _count(tiny))
         stage.memory = memory(_count(tiny), 0, tiny_act + frozen_peak / act_scale)
         stage.step_macs = cfg.batch_size * 3 * (tiny_decode + tiny_encode)

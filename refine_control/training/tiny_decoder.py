@@ -5,7 +5,8 @@ width, trained to reproduce the teacher VAE in the teacher's own latent space: i
 teacher decoder makes of it, its encoder to the teacher encoder's posterior mean. It keeps the teacher's scaling
 factor, so it drops into the student pipeline in place of `AutoencoderKL` and the same latents decode either way.
 See madebyollin/taesd for the original and its caveat ("fudges fine details"): the PSNR of its images against the
-teacher decoder's is recorded in the run's `metrics.json`.
+teacher decoder's is recorded in the run's `metrics.json`. `--tiny-decoder-from DIR` takes a pretrained one instead
+(TAESD itself, refine_control/models/tiny_decoder_dir.py), with its own latent scaling factor.
 """
 
 import logging
@@ -25,12 +26,15 @@ from refine_control.losses.terms import high_pass
 from refine_control.models.pipeline_dir import read_recommendation
 from refine_control.models.presets import count_params
 from refine_control.models.teacher import load_teacher
+from refine_control.models.tiny_decoder_dir import load_tiny_decoder
 from refine_control.progress import progress_bar
 from refine_control.runtime.sampling import GUIDED_DEFAULT
 from refine_control.training.config import DistillConfig
 from refine_control.training.run_dir import load_run_student, save_student
 
 logger = logging.getLogger(__name__)
+
+PRETRAINED_SCORED_IMAGES = 16  # images a pretrained decoder is scored on (teacher decodes at SD size are slow)
 
 
 @dataclass(frozen=True)
@@ -121,19 +125,67 @@ def distil_tiny_vae(
     return tiny, metrics
 
 
+def score_pretrained_decoder(tiny: AutoencoderTiny, teacher_vae: AutoencoderKL, images: np.ndarray) -> dict:
+    """PSNR of a pretrained tiny decoder's images against the teacher decoder's, both from the UNet's latents of
+    `images` (N, H, W, 3) uint8: read with the decoder's own scaling factor, and with the other convention (1.0
+    against the teacher's), so a config whose factor is wrong shows up as the other reading scoring higher."""
+    teacher, own = teacher_vae.config, float(tiny.config.scaling_factor)
+    other = float(teacher.scaling_factor) if own == 1.0 else 1.0
+    shift = float(getattr(tiny.config, "shift_factor", None) or 0.0)
+    device = next(teacher_vae.parameters()).device
+    tiny.to(device)
+    with torch.no_grad():
+        pixels = _pixels(images).to(device)
+        raw = torch.cat([teacher_vae.encode(pixels[i : i + 8]).latent_dist.mode() for i in range(0, len(pixels), 8)])
+        reference = torch.cat([teacher_vae.decode(raw[i : i + 8]).sample for i in range(0, len(raw), 8)])
+        unet_latents = (raw - (getattr(teacher, "shift_factor", None) or 0.0)) * teacher.scaling_factor
+        decoded = {f: tiny.decode(unet_latents / f + shift).sample for f in (own, other)}
+    metrics = {
+        "decoder_psnr_vs_teacher_db": psnr_db(decoded[own], reference),
+        "decoder_psnr_vs_teacher_other_scaling_db": psnr_db(decoded[other], reference),
+        "teacher_decoder_psnr_vs_image_db": psnr_db(reference, pixels),
+        "tiny_decoder_psnr_vs_image_db": psnr_db(decoded[own], pixels),
+        "scaling_factor": own,
+        "other_scaling_factor": other,
+    }
+    if metrics["decoder_psnr_vs_teacher_other_scaling_db"] > metrics["decoder_psnr_vs_teacher_db"] + 3.0:
+        logger.warning(
+            "the tiny decoder's images are closer to the teacher decoder's with scaling factor %g than with its "
+            "config's %g (%.1f vs %.1f dB): is scaling_factor in its config.json right? (TAESD for SD1.x: 1.0)",
+            other,
+            own,
+            metrics["decoder_psnr_vs_teacher_other_scaling_db"],
+            metrics["decoder_psnr_vs_teacher_db"],
+        )
+    return metrics
+
+
 def train_tiny_decoder(cfg: DistillConfig, device: torch.device) -> None:
-    """`--from RUN --tiny-decoder`: the run's student with a tiny VAE distilled from the teacher's."""
+    """`--from RUN --tiny-decoder`: the run's student with a tiny VAE distilled from the teacher's; with
+    `--tiny-decoder-from DIR`, with that pretrained one instead (scored against the teacher's decoder, not trained)."""
     run, source = cfg.output_dir, Path(cfg.from_run)
     teacher = load_teacher(cfg.teacher, cfg.controlnet, torch.float32, device, teacher_config=cfg.teacher_config)
     labelled, unlabelled = load_training_data(cfg, run)
     size = cfg.resolution or teacher.resolution
-    images = np.stack([load_image(r.path, size) for r in labelled + unlabelled])
-    held_out = np.arange(len(images)) % 10 == 9  # every tenth image scores the decoder
-    settings = TinyVaeSettings(
-        cfg.tiny_decoder_width, cfg.max_steps, cfg.batch_size, cfg.learning_rate, cfg.warmup_steps
-    )
-    write_json(run / "config.json", {**cfg.to_json(), "resolved": {"resolution": size, "images": len(images)}})
-    tiny, metrics = distil_tiny_vae(teacher.vae, images[~held_out], images[held_out], settings, cfg.seed)
+    rows = labelled + unlabelled
+    held_out = np.arange(len(rows)) % 10 == 9  # every tenth image scores the decoder
+    write_json(run / "config.json", {**cfg.to_json(), "resolved": {"resolution": size, "images": len(rows)}})
+    if cfg.tiny_decoder_from is not None:  # only the scored images are read: the dataset may be large
+        tiny = load_tiny_decoder(cfg.tiny_decoder_from, teacher.vae.config)
+        picked = (np.flatnonzero(held_out) if held_out.any() else np.arange(len(rows)))[:PRETRAINED_SCORED_IMAGES]
+        scored = np.stack([load_image(rows[i].path, size) for i in picked])
+        metrics = {**score_pretrained_decoder(tiny, teacher.vae, scored), "pretrained_from": cfg.tiny_decoder_from}
+        logger.info(
+            "pretrained tiny decoder: %.2f dB from the teacher decoder's images", metrics["decoder_psnr_vs_teacher_db"]
+        )
+        held_out_images = len(scored)
+    else:
+        images = np.stack([load_image(r.path, size) for r in rows])
+        settings = TinyVaeSettings(
+            cfg.tiny_decoder_width, cfg.max_steps, cfg.batch_size, cfg.learning_rate, cfg.warmup_steps
+        )
+        tiny, metrics = distil_tiny_vae(teacher.vae, images[~held_out], images[held_out], settings, cfg.seed)
+        held_out_images = int(held_out.sum())
     student = load_run_student(source, device)
     sampling = read_recommendation(source / "student") or GUIDED_DEFAULT  # a run older than recommendations: guided
     save_student(run / "student", teacher, student, sampling, vae=tiny)
@@ -143,6 +195,6 @@ def train_tiny_decoder(cfg: DistillConfig, device: torch.device) -> None:
             **metrics,
             "tiny_vae_params": count_params(tiny),
             "teacher_vae_params": count_params(teacher.vae),
-            "held_out_images": int(held_out.sum()),
+            "held_out_images": held_out_images,
         },
     )
