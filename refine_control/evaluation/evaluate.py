@@ -312,7 +312,9 @@ def evaluate(cfg: EvalConfig, teacher_images: np.ndarray | None = None) -> EvalR
     elif target.teacher_dir is not None:
         teacher = load_pipeline(target.teacher_dir, target.teacher_controlnet)
         logger.info("generating %d images with the teacher", cfg.num_samples)
-        generated["teacher"] = generate(teacher, bench.prompts, bench.controls, latents, cfg.teacher_sampling, cfg.seed)
+        generated["teacher"] = generate(
+            teacher, bench.prompts, bench.controls, latents, cfg.teacher_sampling, cfg.seed
+        )
         del teacher
 
     # 2. Score every model, and the real images as the ceiling/floor of each metric.
