@@ -3,6 +3,7 @@ ONNX Runtime on the same machine, same sample (the folder's self-test: prompt, c
 
     python benchmarks/web_latency.py MODEL-web --threads 2 --runs 7 --results-name web/builtin-few-step
     python benchmarks/web_latency.py MODEL-web --compare dynamic=?fixed=0 --compare t1=?threads=1 --runs 7
+    python benchmarks/web_latency.py MODEL-web --teacher TEACHER-web --results-name web/builtin-few-step
 
 The browser side is the page's own self-test (`index.html?selftest=1&runs=0&threads=T&precision=P`), served on
 127.0.0.1 with the COOP/COEP headers (so WASM threads are on), one tab per case in one Chromium; its first image is
@@ -14,6 +15,9 @@ variant), so the drifts of a shared machine land on every case alike; median, IQ
 FP32 case is timed a second time as a separate tab (A-vs-A), and the worst ratio between the two is the run's noise
 floor; the 1-min load average is recorded at the start. `--compare NAME=[DIR][?QUERY]` adds a browser case for an
 A/B test (another web folder and/or other page parameters, e.g. `?fixed=0`, `?threads=1`, `?opt=basic`).
+`--teacher DIR` adds the teacher's web folder (its FP32 image at its own sampling, browser and native) to the same
+rounds: `refine-export` takes any run dir whose `student/` is a diffusers ControlNet pipeline, so a run dir whose
+student is a copy of the teacher (with its `sampling.json`) exports the teacher as it is evaluated.
 WebGPU is reported as the page finds it ("not available" in a headless Chromium without a GPU).
 Needs Chromium and the browser test's helpers (tests/serve/cdp.py, tests/web/static_server.py).
 """
@@ -47,6 +51,7 @@ TARGET_MS = 100.0  # issue 27: the few-step student's image in the browser under
 TARGET_RATIO = 3.0  # ... and within 3× of native ONNX Runtime on the same machine
 PAGE_TIMEOUT_S = 900.0
 COPY = "fp32 copy"
+TEACHER = "fp32 teacher"  # the key of the teacher's cases (`--teacher`)
 
 
 @dataclass
@@ -310,6 +315,10 @@ def build_cases(args: argparse.Namespace, precisions: list[str]) -> list[Case]:
         if "int8" not in check_folder(Path(folder))["references"]:
             raise ConfigError(f"--also {text!r}: {folder} has no INT8 denoiser")
         pairs.append((f"int8 {name}", "int8", Path(folder)))
+    if args.teacher is not None:
+        if "fp32" not in check_folder(args.teacher)["references"]:
+            raise ConfigError(f"--teacher {args.teacher}: no FP32 reference in that web folder")
+        pairs.append((TEACHER, "fp32", args.teacher))
     cases = []
     for key, precision, folder in pairs:
         query = {**base, "precision": precision, **args.page}
@@ -390,6 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--also", action="append", default=[], metavar="NAME=DIR", help="another web folder's INT8, browser and native"
     )
+    parser.add_argument(
+        "--teacher", type=Path, default=None, help="the teacher's web folder: its FP32 image, browser and native"
+    )
     parser.add_argument("--no-copy", dest="copy", action="store_false", help="skip the A-vs-A browser FP32 copy")
     parser.add_argument("--results-name", default=None, help="write results/<group>/<name>.json")
     parser.add_argument("--json", type=Path, default=None, help="also write the metrics to this file")
@@ -425,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
                 if case.side == "browser":
                     browser.open(case)
                 else:
-                    native.open(case, sample, args.threads)
+                    native.open(case, check_folder(case.folder), args.threads)
             settled_s = browser.settle()
             browser.match_priority()
             for round_index in range(args.runs):
@@ -458,6 +470,10 @@ def main(argv: list[str] | None = None) -> int:
             "page": args.page,
             "compare": args.compare,
             "also": args.also,
+            "teacher": None
+            if args.teacher is None
+            else {key: check_folder(args.teacher)[key] for key in ("steps", "guidance_scale", "scheduler")}
+            | {"folder": str(args.teacher)},
             "cases": [c.name for c in cases],
             "folder": str(args.web),
         }

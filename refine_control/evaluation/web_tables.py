@@ -21,9 +21,12 @@ def _ms(summary: dict[str, Any]) -> str:
     return f"{1000 * summary['median_s']:.0f} ({1000 * summary['q1_s']:.0f}–{1000 * summary['q3_s']:.0f})"
 
 
-def _label(key: str, browser: dict[str, Any]) -> str:
+def _label(key: str, browser: dict[str, Any], config: dict[str, Any]) -> str:
     if key == "fp32":
         return "FP32"
+    if key == "fp32 teacher":
+        teacher = config["teacher"]
+        return f"teacher, FP32 ({teacher['steps']} steps, guidance pair {teacher['guidance_scale']:g})"
     types = browser.get("int8_op_types")
     chosen = "every " + " and ".join(types) if isinstance(types, list) else "the export's per-node choice"
     return f"INT8, {chosen} ({browser.get('quantized_weights', '?')} weights)"
@@ -60,6 +63,19 @@ def _variants(metrics: dict[str, Any], config: dict[str, Any]) -> str:
     return ("A/B cases of the same run: " + "; ".join(parts) + ". ") if parts else ""
 
 
+def _teacher(metrics: dict[str, Any], config: dict[str, Any]) -> str:
+    if "fp32 teacher" not in metrics["browser"]:
+        return ""
+    browser, native = metrics["browser"], metrics["native"]
+    best = min(browser[key]["median_s"] for key in ("fp32", "int8") if key in browser)
+    return (
+        f"The teacher row: the built-in teacher exported the same way (`--teacher {config['teacher']['folder']}`), "
+        f"as it is evaluated ({config['teacher']['scheduler']}); in the same rounds the student's best image is "
+        f"{browser['fp32 teacher']['median_s'] / best:.1f}× faster than the teacher's in the browser and "
+        f"{native['fp32 teacher']['median_s'] / native['fp32']['median_s']:.1f}× natively (FP32). "
+    )
+
+
 @register_table("web_latency")
 def web_latency_table(root: Path) -> Table:
     result = _result(root, *WEB_RESULT)
@@ -69,7 +85,7 @@ def web_latency_table(root: Path) -> Table:
         native = m["native"][key]
         rows.append(
             [
-                _label(key, browser), _ms(browser), _ms(native), f"{m['browser_over_native'][key]:.1f}×",
+                _label(key, browser, config), _ms(browser), _ms(native), f"{m['browser_over_native'][key]:.1f}×",
                 _parity(browser), _vs_fp32(browser),
             ]
         )  # fmt: skip
@@ -101,6 +117,7 @@ def web_latency_table(root: Path) -> Table:
         f"{targets['browser_over_native_under']:.0f}× of native), for the denoisers the export ships: best browser "
         f"image {best_ms:.0f} ms ({'met' if best_ms < targets['browser_ms_per_image_under'] else 'not met'}), best "
         f"ratio {best_ratio:.2f}× ({'met' if best_ratio < targets['browser_over_native_under'] else 'not met'}). "
+        + _teacher(m, config)
         + _variants(m, config)
         + floor_text
         + f"One run of `{_command(result)}` on {machine.get('cpu', 'this machine')} "

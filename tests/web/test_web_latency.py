@@ -1,5 +1,5 @@
 """benchmarks/web_latency.py end to end on the tiny model's web folder: one interleaved round of browser (headless
-Chromium, WASM) and native ONNX Runtime, FP32 and INT8, an `--also` folder and an A/B variant; the result file's
+Chromium, WASM) and native ONNX Runtime, FP32 and INT8, an `--also` folder, a `--teacher` folder and an A/B variant; the result file's
 shape, and the README table rendered from it. Needs Chromium and web/node_modules, like test_web_browser.py."""
 
 import json
@@ -24,10 +24,16 @@ def test_web_latency_writes_result_and_table(
     web = str(web_export["web"])
     monkeypatch.chdir(tmp_path)  # write_result's default root is ./results
     args = [web, "--runs", "1", "--threads", "1", "--also", f"same={web}", "--compare", "dynamic=?fixed=0"]
+    args += ["--teacher", web]  # the tiny model stands in for a teacher: a folder timed at its own sampling
     assert main([*args, "--results-name", "web/builtin-few-step", "--json", str(tmp_path / "m.json")]) == 0
     result = json.loads((tmp_path / "results" / "web" / "builtin-few-step.json").read_text())
     m = result["metrics"]
-    assert set(m["browser"]) == set(m["native"]) == set(m["browser_over_native"]) == {"fp32", "int8", "int8 same"}
+    assert (
+        set(m["browser"])
+        == set(m["native"])
+        == set(m["browser_over_native"])
+        == {"fp32", "int8", "int8 same", "fp32 teacher"}
+    )
     for key, browser in m["browser"].items():
         native = m["native"][key]
         assert browser["n"] == native["n"] == 1 and browser["median_s"] > 0 and native["median_s"] > 0
@@ -55,8 +61,9 @@ def test_web_latency_writes_result_and_table(
     from refine_control.evaluation.web_tables import web_latency_table
 
     table = web_latency_table(tmp_path / "results")
-    assert len(table.markdown.splitlines()) == 2 + 3  # header, rule, one row per case
-    assert "WebGPU" in table.caption and "dynamic (" in table.caption
+    assert len(table.markdown.splitlines()) == 2 + 4  # header, rule, one row per case
+    assert "WebGPU" in table.caption and "dynamic (" in table.caption and "The teacher row" in table.caption
+    assert result["config"]["teacher"]["steps"] == sample["steps"]
 
 
 def test_web_latency_refuses_a_folder_that_is_not_a_web_folder(tmp_path: Path, capsys) -> None:
