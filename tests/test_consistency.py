@@ -120,3 +120,53 @@ def test_a_guidance_embedded_denoiser_costs_one_pass_and_a_little_more(tiny_pipe
     plain = denoiser_macs(pipe.unet, pipe.controlnet, 16, 2)
     guided = denoiser_macs(with_guidance_input(pipe.unet, 16), pipe.controlnet, 16, 2)
     assert guided == plain + 16 * pipe.unet.config.block_out_channels[0]  # the 16 → 16 guidance projection
+
+
+def test_the_guided_teacher_step_in_one_batch_matches_two_passes(tiny_pipeline_dir):
+    """`consistency_batch` runs the teacher's conditional and unconditional passes as one batch: the target equals
+    the one from two separate passes up to float rounding."""
+    import copy
+
+    from refine_control.models.denoiser import ControlledDenoiser, with_guidance_input
+    from refine_control.training.consistency import (
+        consistency_batch,
+        consistency_output,
+        predicted_noise,
+        predicted_x0,
+    )
+
+    pipe = StableDiffusionControlNetPipeline.from_pretrained(tiny_pipeline_dir)
+    teacher = ControlledDenoiser(pipe.unet, pipe.controlnet).requires_grad_(False).eval()
+    target = ControlledDenoiser(with_guidance_input(copy.deepcopy(pipe.unet), 16), copy.deepcopy(pipe.controlnet))
+    target.requires_grad_(False).eval()
+    solver = DDIMSolver(DDIMScheduler().alphas_cumprod, steps=10)
+    gen = torch.Generator().manual_seed(3)
+    latents, text, empty = (
+        torch.randn(3, 4, 8, 8, generator=gen),
+        torch.randn(3, 5, 32, generator=gen),
+        torch.zeros(5, 32),
+    )
+    control = torch.rand(3, 3, 16, 16, generator=gen)
+    batch = consistency_batch(
+        teacher, target, solver, "epsilon", latents, text, empty, control, (2.0, 5.0), torch.Generator().manual_seed(0)
+    )
+    # The same draws, in the same order, with two teacher passes.
+    g = torch.Generator().manual_seed(0)
+    grid = solver.timesteps()
+    t = grid[torch.randint(0, len(grid), (3,), generator=g)]
+    noise = torch.randn(latents.shape, generator=g)
+    scale = torch.rand(3, generator=g) * 3.0 + 2.0
+    a = solver.alphas[t].view(-1, 1, 1, 1)
+    noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
+    with torch.no_grad():
+        cond, uncond = teacher(noisy, t, text, control), teacher(noisy, t, empty.expand_as(text), control)
+        w = (scale - 1).view(-1, 1, 1, 1)
+        x0c, x0u = (predicted_x0(e, t, noisy, solver.alphas, "epsilon") for e in (cond, uncond))
+        ec, eu = (predicted_noise(e, t, noisy, solver.alphas, "epsilon") for e in (cond, uncond))
+        previous = solver.step(x0c + w * (x0c - x0u), ec + w * (ec - eu), t)
+        expected = consistency_output(
+            target, previous, solver.previous(t), text, control, scale, solver.alphas, "epsilon"
+        )
+    torch.testing.assert_close(batch.sample, noisy)
+    torch.testing.assert_close(batch.target, expected, rtol=1e-4, atol=1e-5)
+    assert batch.target.abs().max() > 0
