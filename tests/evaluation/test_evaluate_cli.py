@@ -235,15 +235,21 @@ def test_a_model_is_sampled_with_its_own_recommendation_and_the_teacher_with_its
         EvalConfig(str(fake_run)).model_sampling(student)
 
 
-def test_shapes_oracle_is_trained_once_per_machine(fake_run, tmp_path, monkeypatch):
+def test_shapes_oracle_is_trained_once_per_machine(tiny64_dir, tmp_path, monkeypatch):
     """The shapes oracle depends on nothing of a run: a second run dir reuses it from the judge cache, and the
     cached oracle judges exactly as the one trained (same report)."""
     import refine_control.evaluation.evaluate as evaluate_module
     from refine_control.evaluation.oracle import shapes_oracle_digest
 
     monkeypatch.setenv("REFINE_CONTROL_CACHE", str(tmp_path / "cache"))
-    first = tmp_path / "first"
-    shutil.copytree(fake_run, first, ignore=shutil.ignore_patterns("eval"))
+
+    def new_run(name: str):
+        run = tmp_path / name
+        shutil.copytree(tiny64_dir, run / "student")
+        (run / "config.json").write_text(json.dumps({"teacher": str(tiny64_dir), "preprocessor": "canny"}))
+        return run
+
+    first = new_run("first")
     assert main([str(first), *FAST]) == 0
     cached = list((tmp_path / "cache" / "judges").glob("shapes-oracle-seed0-steps3-*.safetensors"))
     assert [p.name for p in cached] == [f"shapes-oracle-seed0-steps3-{shapes_oracle_digest()}.safetensors"]
@@ -252,8 +258,7 @@ def test_shapes_oracle_is_trained_once_per_machine(fake_run, tmp_path, monkeypat
         raise AssertionError("the oracle was trained again")
 
     monkeypatch.setattr(evaluate_module, "train_shapes_oracle", no_training)
-    second = tmp_path / "second"
-    shutil.copytree(fake_run, second, ignore=shutil.ignore_patterns("eval"))
+    second = new_run("second")
     assert main([str(second), *FAST]) == 0
     assert list((second / "eval").glob("shapes-oracle-*.safetensors")), "the run dir keeps its copy"
     reports = [json.loads((run / "eval" / "metrics.json").read_text()) for run in (first, second)]
