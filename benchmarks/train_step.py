@@ -14,7 +14,9 @@ two cases counts only beyond it.
 - `teacher channels_last`: the frozen teacher in NHWC (what `build_setup` does now);
 - `teacher + student channels_last`: the trained student too (measured; the trainer keeps trained weights
   contiguous, they are checkpointed and saved);
-- few-step: the teacher's conditional and unconditional passes as one batch-32 call.
+- few-step: the teacher's conditional and unconditional passes as one batch-32 call (what `consistency_batch` does
+  now);
+- the teacher's forward alone, contiguous vs channels_last, with three times the rounds.
 
 Usage: python benchmarks/train_step.py [--rounds 8] [--results-name recipe/train-step]
 """
@@ -94,7 +96,6 @@ def main(argv: list[str] | None = None) -> int:
 
         from refine_control.losses import TriLevelLoss
         from refine_control.models.denoiser import ControlledDenoiser, with_guidance_input
-        from refine_control.models.layout import to_channels_last
         from refine_control.models.presets import STUDENT_PRESETS, build_student
         from refine_control.models.teacher import load_teacher
         from refine_control.results import split_results_name, write_result
@@ -265,9 +266,36 @@ def main(argv: list[str] | None = None) -> int:
             },
             args.rounds,
         )
+
+        # The frozen teacher's forward alone (the only part its layout changes), more rounds: a tighter A/B.
+        def teacher_case(fmt: torch.memory_format) -> Case:
+            return lambda: t_den.to(memory_format=fmt), lambda: teacher_forward(True)
+
+        teacher_only = interleaved(
+            {
+                "contiguous": teacher_case(contiguous),
+                f"contiguous {BASELINE_COPY}": teacher_case(contiguous),
+                "channels_last": teacher_case(cl),
+            },
+            3 * args.rounds,
+        )
+
+        def shares(parts_s: dict[str, float], teacher_keys: tuple[str, ...]) -> dict[str, float]:
+            step = sum(v for k, v in parts_s.items() if k not in ("teacher_forward_s", "vae_encode_first_use_s"))
+            return {"teacher_share_of_step": sum(parts_s[k] for k in teacher_keys) / step}
+
         metrics: dict[str, Any] = {
-            "compact_stage": {**with_floor(compact, BATCH), "parts_s": compact_breakdown},
-            "few_step_stage": {**with_floor(few_cases, BATCH), "parts_s": few_breakdown},
+            "compact_stage": {
+                **with_floor(compact, BATCH),
+                "parts_s": compact_breakdown,
+                **shares(compact_breakdown, ("teacher_forward_with_taps_s",)),
+            },
+            "few_step_stage": {
+                **with_floor(few_cases, BATCH),
+                "parts_s": few_breakdown,
+                **shares(few_breakdown, ("teacher_two_passes_s",)),
+            },
+            "teacher_forward_batch16": with_floor(teacher_only, BATCH),
             "load_average_1min_start": load_at_start,
         }
         for stage in ("compact_stage", "few_step_stage"):
@@ -279,6 +307,8 @@ def main(argv: list[str] | None = None) -> int:
                     + ("" if m["beyond_noise_floor"] else "  (within the noise floor)")
                 )
             print(f"  noise floor ±{100 * (metrics[stage]['noise_floor']['factor'] - 1):.0f}% (A vs A)")
+        for name, m in metrics["teacher_forward_batch16"]["cases"].items():
+            print(f"teacher forward {name:30s} {m['median_s']:.3f} s  {m['speedup_vs_baseline']:.2f}x")
         if target is not None:
             path = write_result(
                 target,
@@ -299,7 +329,10 @@ NOTES = (
     "Built-in teacher, compact-wide student, batch 16 at 64 px, 2 threads. parts_s: one step's parts timed alone "
     "(median over rounds, baseline layout); data_s: the trainer's loader for one batch (0 workers); "
     "vae_encode_first_use_s: the VAE encode of a batch of images seen for the first time (each image is encoded once "
-    "per run, then cached: 500 images per run on the built-in data). cases: whole steps, interleaved."
+    "per run, then cached: 500 images per run on the built-in data). cases: whole steps, interleaved. "
+    "teacher_share_of_step: the teacher's forward (compact: with feature taps; few-step: its two guided passes) over "
+    "the sum of a step's parts (data included): what a fixed pool of precomputed teacher outputs could save at most, "
+    "a change of training dynamics (fewer distinct noise/timestep draws) that needs a quality A/B of the recipe."
 )
 
 
