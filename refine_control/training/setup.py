@@ -15,7 +15,6 @@ from refine_control.errors import ConfigError
 from refine_control.losses import TriLevelLoss
 from refine_control.models.denoiser import ControlledDenoiser, with_guidance_input
 from refine_control.models.initialise import initialise_student
-from refine_control.models.layout import to_channels_last
 from refine_control.models.presets import STUDENT_PRESETS, build_student, count_params
 from refine_control.models.teacher import Teacher, load_teacher
 from refine_control.training.config import DistillConfig
@@ -99,8 +98,6 @@ def build_setup(cfg: DistillConfig, accelerator: Accelerator, weight_dtype: torc
         init_report = initialise_student(cfg.init, {"controlnet": teacher.controlnet, "unet": teacher.unet}, trained)
     for part in trained.values():
         part.train().requires_grad_(True)
-    # The frozen teacher only runs forward: NHWC once here (benchmarks/train_step.py: results/recipe/train-step.json).
-    to_channels_last(teacher.controlnet, *([] if shares_unet else [teacher.unet]))
 
     # 4. Loss: the tri-level loss over the feature taps both models have (with student→teacher projectors), or
     # the consistency loss against a target network.
