@@ -10,13 +10,15 @@ Then whole steps are timed A/B interleaved round by round (median and IQR over r
 baseline as a case of its own: the A-vs-A ratio is the run's noise floor (the machine is shared), and a ratio between
 two cases counts only beyond it.
 
-- `contiguous`: every model in the default (NCHW) layout, the trainer before this benchmark;
-- `teacher channels_last`: the frozen teacher in NHWC (what `build_setup` does now);
-- `teacher + student channels_last`: the trained student too (measured; the trainer keeps trained weights
-  contiguous, they are checkpointed and saved);
-- few-step: the teacher's conditional and unconditional passes as one batch-32 call (what `consistency_batch` does
-  now);
+- `contiguous`: every model in the default (NCHW) layout: what the trainer does;
+- `teacher channels_last`: the frozen teacher in NHWC (models/layout.py);
+- `teacher + student channels_last`: the trained student too (the trainer would have to keep checkpointed and saved
+  weights contiguous);
+- few-step: the teacher's conditional and unconditional passes as one batch-32 call instead of two of 16;
 - the teacher's forward alone, contiguous vs channels_last, with three times the rounds.
+
+The trainer adopts an option only when its speed-up is beyond the noise floor, in the same direction, run after run
+(none has so far: see the notes of results/recipe/train-step*.json).
 
 Usage: python benchmarks/train_step.py [--rounds 8] [--results-name recipe/train-step]
 """
