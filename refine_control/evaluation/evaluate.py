@@ -331,14 +331,16 @@ def evaluate(cfg: EvalConfig, teacher_images: np.ndarray | None = None) -> EvalR
     # initial noise.
     sampling = cfg.model_sampling(target.model_dir)
     logger.info("generating %d images with the %s (%d steps)", cfg.num_samples, target.label, sampling.steps)
-    generated = {target.label: generate(model, bench.prompts, bench.controls, latents, sampling)}
+    generated = {target.label: generate(model, bench.prompts, bench.controls, latents, sampling, cfg.seed)}
     del model
     if target.teacher_dir is not None and teacher_images is not None:
         generated["teacher"] = teacher_images
     elif target.teacher_dir is not None:
         teacher = _sampling_pipeline(target.teacher_dir, target.teacher_controlnet)
         logger.info("generating %d images with the teacher", cfg.num_samples)
-        generated["teacher"] = generate(teacher, bench.prompts, bench.controls, latents, cfg.teacher_sampling)
+        generated["teacher"] = generate(
+            teacher, bench.prompts, bench.controls, latents, cfg.teacher_sampling, cfg.seed
+        )
         del teacher
 
     # 2. Score every model, and the real images as the ceiling/floor of each metric.

@@ -38,6 +38,14 @@ def initial_noise(pipeline: StableDiffusionControlNetPipeline, n: int, resolutio
     )
 
 
+def step_noise_generators(seed: int, start: int, stop: int) -> list[torch.Generator]:
+    """One generator per sample for the noise a sampler draws between steps (LCM's multistep sampling does; DDIM
+    with eta 0 draws none): sample i's draws depend on the seed and i only, never on the global generator or the
+    batch. A stream of its own, apart from the initial noise's."""
+    states = [np.random.SeedSequence([seed, i, 1]).generate_state(1)[0] for i in range(start, stop)]
+    return [torch.Generator().manual_seed(int(state)) for state in states]
+
+
 @torch.no_grad()
 def generate(
     pipeline: StableDiffusionControlNetPipeline,
@@ -45,8 +53,10 @@ def generate(
     controls: np.ndarray,
     latents: torch.Tensor,
     sampling: Sampling,
+    seed: int = 0,
 ) -> np.ndarray:
-    """Images (N, H, W, 3) uint8 for prompts, controls (N, H, W, 3) float32 in [0, 1] and fixed initial latents."""
+    """Images (N, H, W, 3) uint8 for prompts, controls (N, H, W, 3) float32 in [0, 1] and fixed initial latents;
+    whatever the sampler draws between steps comes from `seed` (`step_noise_generators`)."""
     if not len(prompts) == len(controls) == len(latents):
         raise ValueError(f"got {len(prompts)} prompts, {len(controls)} controls and {len(latents)} latents")
     height, width = controls.shape[1:3]
@@ -58,6 +68,7 @@ def generate(
             prompt=prompts[start:stop],
             image=control,
             latents=latents[start:stop].clone(),
+            generator=step_noise_generators(seed, start, min(stop, len(prompts))),
             height=height,
             width=width,
             num_inference_steps=sampling.steps,
