@@ -43,6 +43,7 @@ from refine_control.evaluation.oracle import (
     train_shapes_oracle,
 )
 from refine_control.evaluation.targets import Target, resolve_target
+from refine_control.evaluation.teacher_cache import load_teacher_images, save_teacher_images, teacher_images_key
 from refine_control.models.control_cache import cache_control_embedding
 from refine_control.models.layout import to_channels_last
 from refine_control.models.pipeline_dir import load_pipeline
@@ -316,6 +317,25 @@ class EvalResult:
     controls: np.ndarray | None = None  # the control images (N, H, W, 3) uint8 they were generated from
 
 
+def _teacher_images(cfg: EvalConfig, target: Target, bench: Benchmark, latents: torch.Tensor) -> np.ndarray:
+    """The teacher's images: from the judge cache when this very set was sampled before, else sampled (and kept)."""
+    assert target.teacher_dir is not None
+    cache = judge_cache_dir()
+    folder = None if cache is None else cache.parent / "teacher-images"
+    key = teacher_images_key(
+        target.teacher_dir, target.teacher_controlnet, bench.prompts, bench.controls, latents, cfg.teacher_sampling,
+        cfg.seed,
+    )  # fmt: skip
+    if folder is not None and (images := load_teacher_images(folder, key, len(bench.prompts))) is not None:
+        return images
+    teacher = _sampling_pipeline(target.teacher_dir, target.teacher_controlnet)
+    logger.info("generating %d images with the teacher", cfg.num_samples)
+    images = generate(teacher, bench.prompts, bench.controls, latents, cfg.teacher_sampling, cfg.seed)
+    if folder is not None:
+        save_teacher_images(folder, key, images)
+    return images
+
+
 def evaluate(cfg: EvalConfig, teacher_images: np.ndarray | None = None) -> EvalResult:
     """Generate with the model (and its teacher) and score every model on the same benchmark.
 
@@ -336,12 +356,7 @@ def evaluate(cfg: EvalConfig, teacher_images: np.ndarray | None = None) -> EvalR
     if target.teacher_dir is not None and teacher_images is not None:
         generated["teacher"] = teacher_images
     elif target.teacher_dir is not None:
-        teacher = _sampling_pipeline(target.teacher_dir, target.teacher_controlnet)
-        logger.info("generating %d images with the teacher", cfg.num_samples)
-        generated["teacher"] = generate(
-            teacher, bench.prompts, bench.controls, latents, cfg.teacher_sampling, cfg.seed
-        )
-        del teacher
+        generated["teacher"] = _teacher_images(cfg, target, bench, latents)
 
     # 2. Score every model, and the real images as the ceiling/floor of each metric.
     per_image = {label: per_image_scores(images, bench) for label, images in generated.items()}

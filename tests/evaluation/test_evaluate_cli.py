@@ -235,9 +235,9 @@ def test_a_model_is_sampled_with_its_own_recommendation_and_the_teacher_with_its
         EvalConfig(str(fake_run)).model_sampling(student)
 
 
-def test_shapes_oracle_is_trained_once_per_machine(tiny64_dir, tmp_path, monkeypatch):
-    """The shapes oracle depends on nothing of a run: a second run dir reuses it from the judge cache, and the
-    cached oracle judges exactly as the one trained (same report)."""
+def test_shapes_oracle_and_teacher_images_are_made_once_per_machine(tiny64_dir, tmp_path, monkeypatch):
+    """The shapes oracle and the teacher's images depend on nothing of a run: a second run dir reuses them from the
+    cache, and the report is exactly the one made with them fresh."""
     import refine_control.evaluation.evaluate as evaluate_module
     from refine_control.evaluation.oracle import shapes_oracle_digest
 
@@ -258,11 +258,16 @@ def test_shapes_oracle_is_trained_once_per_machine(tiny64_dir, tmp_path, monkeyp
         raise AssertionError("the oracle was trained again")
 
     monkeypatch.setattr(evaluate_module, "train_shapes_oracle", no_training)
+    sampled = []
+    real_generate = evaluate_module.generate
+    monkeypatch.setattr(evaluate_module, "generate", lambda *a, **k: sampled.append(a[4]) or real_generate(*a, **k))
     second = new_run("second")
     assert main([str(second), *FAST]) == 0
     assert list((second / "eval").glob("shapes-oracle-*.safetensors")), "the run dir keeps its copy"
     reports = [json.loads((run / "eval" / "metrics.json").read_text()) for run in (first, second)]
     assert reports[0]["columns"] == reports[1]["columns"]
+    assert len(sampled) == 1, "only the student was sampled; the teacher's images came from the cache"
+    assert len(list((tmp_path / "cache" / "teacher-images").glob("*.npy"))) == 1
     # Another oracle (other steps) is not the cached one.
     with pytest.raises(AssertionError, match="trained again"):
         main([str(second), *[a if a != "3" else "4" for a in FAST]])
