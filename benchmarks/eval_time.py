@@ -19,6 +19,7 @@ Usage: python benchmarks/eval_time.py --run RUN [--images 32] [--rounds 3] [--re
 import argparse
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -85,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
             to_batch,
         )
         from refine_control.evaluation.targets import resolve_target
+        from refine_control.evaluation.teacher_cache import (
+            load_teacher_images,
+            save_teacher_images,
+            teacher_images_key,
+        )
         from refine_control.models.control_cache import cache_control_embedding, remove_control_cache
         from refine_control.models.pipeline_dir import load_pipeline
         from refine_control.results import split_results_name, write_result
@@ -215,6 +221,21 @@ def main(argv: list[str] | None = None) -> int:
             "oracle_predict": _timed(lambda: predict(judge, generated))[1],
             "domain_fid_kid": _timed(lambda: domain_fid_kid(judge, reference, generated, 0))[1],
         }
+        # The teacher's images from the cache: the key's digest (the teacher's files included) and the .npy read.
+        with tempfile.TemporaryDirectory() as tmp:
+            folder, demo_images = Path(tmp), np.repeat(generated, DEMO_IMAGES // n + 1, axis=0)[:DEMO_IMAGES]
+
+            def from_cache() -> None:
+                key = teacher_images_key(
+                    target.teacher_dir, target.teacher_controlnet, prompts, controls, latents, sampling["teacher"], 0
+                )
+                assert load_teacher_images(folder, key, DEMO_IMAGES) is not None
+
+            key = teacher_images_key(
+                target.teacher_dir, target.teacher_controlnet, prompts, controls, latents, sampling["teacher"], 0
+            )
+            save_teacher_images(folder, key, demo_images)
+            teacher_cache_s = min(_timed(from_cache)[1] for _ in range(3))
         scores = np.random.default_rng(0).random((2, DEMO_IMAGES)) + 0.5
         bootstrap_s = _timed(lambda: ratio_interval(scores[0], scores[1]))[1]
 
@@ -238,12 +259,18 @@ def main(argv: list[str] | None = None) -> int:
             "per_metric_s": {"images": n, **per_metric},
             "oracle_render_batch_s": render_s,
             "bootstrap_interval_s": bootstrap_s,
+            "teacher_images_from_cache_s": teacher_cache_s,
             "demo_estimate": {
                 "before (contiguous)": demo_seconds("contiguous"),
                 "after (channels_last + control embedding once; oracle trained)": demo_seconds(AFTER),
                 "after, oracle from the judge cache (any later evaluation on this machine)": {
                     **demo_seconds(AFTER),
                     "oracle_training_s": 0.0,
+                },
+                "after, oracle and teacher images from the cache (a later evaluation with the same settings)": {
+                    **demo_seconds(AFTER),
+                    "oracle_training_s": 0.0,
+                    "teacher_sampling_s": teacher_cache_s,
                 },
             },
             "load_average_1min_start": load_at_start,
@@ -280,7 +307,9 @@ def main(argv: list[str] | None = None) -> int:
 NOTES = (
     "demo_estimate: each part timed here on `images` images (sampling: median of the A/B rounds), scaled linearly to "
     "the demo's 256 images and the oracle's 600 steps; metrics are counted three times (student, teacher, ground "
-    "truth columns). The oracle is trained once per seed and steps and then reused (run dir, and the judge cache)."
+    "truth columns). The oracle is trained once per seed and steps and then reused (run dir, and the judge cache); "
+    "the teacher's images once per teacher and settings (teacher_images_from_cache_s: the key's digest and the read "
+    "of 256 images). The student's (few-step, LCM) images use a fixed seed for the noise drawn between steps."
 )
 
 
