@@ -321,17 +321,19 @@ def _teacher_images(cfg: EvalConfig, target: Target, bench: Benchmark, latents: 
     """The teacher's images: from the judge cache when this very set was sampled before, else sampled (and kept)."""
     assert target.teacher_dir is not None
     cache = judge_cache_dir()
-    folder = None if cache is None else cache.parent / "teacher-images"
-    key = teacher_images_key(
-        target.teacher_dir, target.teacher_controlnet, bench.prompts, bench.controls, latents, cfg.teacher_sampling,
-        cfg.seed,
-    )  # fmt: skip
-    if folder is not None and (images := load_teacher_images(folder, key, len(bench.prompts))) is not None:
-        return images
+    folder = key = None
+    if cache is not None:
+        folder = cache.parent / "teacher-images"
+        key = teacher_images_key(
+            target.teacher_dir, target.teacher_controlnet, bench.prompts, bench.controls, latents,
+            cfg.teacher_sampling, cfg.seed,
+        )  # fmt: skip
+        if (images := load_teacher_images(folder, key, len(bench.prompts))) is not None:
+            return images
     teacher = _sampling_pipeline(target.teacher_dir, target.teacher_controlnet)
     logger.info("generating %d images with the teacher", cfg.num_samples)
     images = generate(teacher, bench.prompts, bench.controls, latents, cfg.teacher_sampling, cfg.seed)
-    if folder is not None:
+    if folder is not None and key is not None:
         save_teacher_images(folder, key, images)
     return images
 
