@@ -12,6 +12,8 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 # Two pytest-xdist workers share the cores: one OpenMP thread each, and idle threads sleep instead of spinning.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Tests train their own judges and never read or write a judge cache of the user's (a test that needs one sets its own).
+os.environ.pop("REFINE_CONTROL_CACHE", None)
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 

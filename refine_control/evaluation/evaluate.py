@@ -32,15 +32,20 @@ from refine_control.evaluation.oracle import (
     SHAPE_TASKS,
     FeatureNet,
     caption_classes,
+    judge_cache_dir,
     load_net,
     predict,
     save_net,
+    shapes_oracle_digest,
     spec_labels,
     to_batch,
     train_folder_net,
     train_shapes_oracle,
 )
 from refine_control.evaluation.targets import Target, resolve_target
+from refine_control.evaluation.teacher_cache import load_teacher_images, save_teacher_images, teacher_images_key
+from refine_control.models.control_cache import cache_control_embedding
+from refine_control.models.layout import to_channels_last
 from refine_control.models.pipeline_dir import load_pipeline
 
 logger = logging.getLogger(__name__)
@@ -116,24 +121,37 @@ class Benchmark:
     strict_edges: bool = True  # the controls are Canny maps: the pixel-exact (ControlNet++) scores apply
 
 
-def _cached_net(target: Target, name: str, train: Any, tasks: dict[str, int]) -> FeatureNet:
-    """Train a judge, or reuse the one cached (safetensors) in the run dir's eval/ folder."""
-    path = target.run_dir / "eval" / f"{name}.safetensors" if target.run_dir else None
-    if path is not None and (net := load_net(path, tasks)) is not None:
-        logger.info("reusing the cached judge %s", path)
-        return net
-    net = train()
-    if path is not None:
-        save_net(net, path)
+def _cached_net(
+    target: Target, name: str, train: Any, tasks: dict[str, int], shared: Path | None = None
+) -> FeatureNet:
+    """Train a judge, or reuse the one cached (safetensors) in the run dir's eval/ folder or at `shared` (the judge
+    cache, for judges that depend on nothing of the run); a judge trained or found is kept in both."""
+    own = target.run_dir / "eval" / f"{name}.safetensors" if target.run_dir else None
+    places = [p for p in (own, shared) if p is not None]
+    net = None
+    for path in places:
+        if (net := load_net(path, tasks)) is not None:
+            logger.info("reusing the cached judge %s", path)
+            break
+    if net is None:
+        net = train()
+    for path in places:
+        if not path.is_file():
+            try:
+                save_net(net, path)
+            except OSError as err:  # a read-only cache costs only time
+                logger.warning("could not cache the judge at %s (%s)", path, err)
     return net
 
 
 def shapes_benchmark(cfg: EvalConfig, target: Target) -> Benchmark:
     specs = sample_specs(cfg.split, 2 * cfg.num_samples, cfg.seed)
     samples = [make_sample(s) for s in specs[: cfg.num_samples]]
+    name = f"shapes-oracle-seed{cfg.seed}-steps{cfg.oracle_steps}"
+    cache = judge_cache_dir()
     oracle = _cached_net(
-        target, f"shapes-oracle-seed{cfg.seed}-steps{cfg.oracle_steps}",
-        lambda: train_shapes_oracle(cfg.seed, cfg.oracle_steps), SHAPE_TASKS,
+        target, name, lambda: train_shapes_oracle(cfg.seed, cfg.oracle_steps), SHAPE_TASKS,
+        None if cache is None else cache / f"{name}-{shapes_oracle_digest()}.safetensors",
     )  # fmt: skip
     return Benchmark(
         mode="shapes",
@@ -264,6 +282,15 @@ def kept_ratios(
         }
 
 
+def _sampling_pipeline(path: Path, controlnet: Path | None = None) -> Any:
+    """A pipeline that only samples here: its convolutional models in NHWC, and its ControlNet embedding each
+    control image once per sampling run rather than at every step (benchmarks/eval_time.py)."""
+    pipeline = load_pipeline(path, controlnet)
+    to_channels_last(pipeline.unet, pipeline.controlnet, pipeline.vae)
+    cache_control_embedding(pipeline.controlnet)
+    return pipeline
+
+
 def _resolution(pipeline: Any, target: Target) -> int:
     native = int(pipeline.unet.config.sample_size) * int(pipeline.vae_scale_factor)
     return int(target.run_config.get("resolution") or native)
@@ -290,13 +317,34 @@ class EvalResult:
     controls: np.ndarray | None = None  # the control images (N, H, W, 3) uint8 they were generated from
 
 
+def _teacher_images(cfg: EvalConfig, target: Target, bench: Benchmark, latents: torch.Tensor) -> np.ndarray:
+    """The teacher's images: from the judge cache when this very set was sampled before, else sampled (and kept)."""
+    assert target.teacher_dir is not None
+    cache = judge_cache_dir()
+    folder = key = None
+    if cache is not None:
+        folder = cache.parent / "teacher-images"
+        key = teacher_images_key(
+            target.teacher_dir, target.teacher_controlnet, bench.prompts, bench.controls, latents,
+            cfg.teacher_sampling, cfg.seed,
+        )  # fmt: skip
+        if (images := load_teacher_images(folder, key, len(bench.prompts))) is not None:
+            return images
+    teacher = _sampling_pipeline(target.teacher_dir, target.teacher_controlnet)
+    logger.info("generating %d images with the teacher", cfg.num_samples)
+    images = generate(teacher, bench.prompts, bench.controls, latents, cfg.teacher_sampling, cfg.seed)
+    if folder is not None and key is not None:
+        save_teacher_images(folder, key, images)
+    return images
+
+
 def evaluate(cfg: EvalConfig, teacher_images: np.ndarray | None = None) -> EvalResult:
     """Generate with the model (and its teacher) and score every model on the same benchmark.
 
     `teacher_images`: the teacher's images for exactly these settings from an earlier call (`EvalResult.images`),
     to skip generating them again (sweeps score many students against one teacher)."""
     target = resolve_target(cfg.target, cfg.teacher)
-    model = load_pipeline(target.model_dir)
+    model = _sampling_pipeline(target.model_dir)
     resolution = _resolution(model, target)
     bench = _benchmark(cfg, target, resolution)
     latents = initial_noise(model, cfg.num_samples, resolution, cfg.seed)
@@ -310,12 +358,7 @@ def evaluate(cfg: EvalConfig, teacher_images: np.ndarray | None = None) -> EvalR
     if target.teacher_dir is not None and teacher_images is not None:
         generated["teacher"] = teacher_images
     elif target.teacher_dir is not None:
-        teacher = load_pipeline(target.teacher_dir, target.teacher_controlnet)
-        logger.info("generating %d images with the teacher", cfg.num_samples)
-        generated["teacher"] = generate(
-            teacher, bench.prompts, bench.controls, latents, cfg.teacher_sampling, cfg.seed
-        )
-        del teacher
+        generated["teacher"] = _teacher_images(cfg, target, bench, latents)
 
     # 2. Score every model, and the real images as the ceiling/floor of each metric.
     per_image = {label: per_image_scores(images, bench) for label, images in generated.items()}

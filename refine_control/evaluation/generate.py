@@ -39,8 +39,12 @@ def initial_noise(pipeline: StableDiffusionControlNetPipeline, n: int, resolutio
     )
 
 
-def _step_noise(seed: int, index: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 100_003 + index + 50_000)  # apart from `initial_noise`'s seeds
+def step_noise_generators(seed: int, start: int, stop: int) -> list[torch.Generator]:
+    """One generator per sample for the noise a sampler draws between steps (LCM's multistep sampling does; DDIM
+    with eta 0 draws none): sample i's draws depend on the seed and i only, never on the global generator or the
+    batch. A stream of its own, apart from the initial noise's."""
+    states = [np.random.SeedSequence([seed, i, 1]).generate_state(1)[0] for i in range(start, stop)]
+    return [torch.Generator().manual_seed(int(state)) for state in states]
 
 
 @torch.no_grad()
@@ -52,10 +56,8 @@ def generate(
     sampling: Sampling,
     seed: int = 0,
 ) -> np.ndarray:
-    """Images (N, H, W, 3) uint8 for prompts, controls (N, H, W, 3) float32 in [0, 1] and fixed initial latents.
-
-    The noise a scheduler draws between steps (LCM's, for one) comes from one seeded generator per sample too, so
-    an evaluation repeats exactly, whatever ran before it in the process and whatever the batch size."""
+    """Images (N, H, W, 3) uint8 for prompts, controls (N, H, W, 3) float32 in [0, 1] and fixed initial latents;
+    whatever the sampler draws between steps comes from `seed` (`step_noise_generators`)."""
     if not len(prompts) == len(controls) == len(latents):
         raise ValueError(f"got {len(prompts)} prompts, {len(controls)} controls and {len(latents)} latents")
     height, width = controls.shape[1:3]
@@ -67,7 +69,7 @@ def generate(
             prompt=prompts[start:stop],
             image=control,
             latents=latents[start:stop].clone(),
-            generator=[_step_noise(seed, i) for i in range(start, min(stop, len(prompts)))],
+            generator=step_noise_generators(seed, start, min(stop, len(prompts))),
             height=height,
             width=width,
             **(

@@ -5,7 +5,9 @@ head per task. Training is seeded and runs in well under a minute on 2 cores; th
 safetensors next to a run (never pickle).
 """
 
+import hashlib
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -138,6 +140,27 @@ def load_net(path: Path, tasks: dict[str, int]) -> FeatureNet | None:
 
 
 SHAPE_TASKS = {"shape": len(SHAPES), "colour": len(COLOURS), "texture": len(TEXTURES)}
+CACHE_ENV = "REFINE_CONTROL_CACHE"  # a folder kept across runs and evaluations; unset or empty: none
+
+
+def judge_cache_dir() -> Path | None:
+    """Where judges that depend on nothing of a run (the shapes oracle) are kept across runs and evaluations:
+    `$REFINE_CONTROL_CACHE/judges`, or None when the variable is unset or empty (the default: nothing is written
+    outside the paths a command is given). Training the shapes oracle is most of an evaluation's time on 2 cores
+    (benchmarks/eval_time.py), and every run dir would otherwise train the same one again."""
+    value = os.environ.get(CACHE_ENV)
+    return Path(value) / "judges" if value else None
+
+
+def shapes_oracle_digest() -> str:
+    """A digest of what the shapes oracle is trained from (this module, the shapes renderer, the torch version), so
+    that a cached oracle is never reused after either changes."""
+    from refine_control.builtin import shapes
+
+    digest = hashlib.sha256(torch.__version__.encode())
+    for source in (__file__, shapes.__file__):
+        digest.update(Path(source).read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def spec_labels(specs: list[ShapeSpec]) -> dict[str, np.ndarray]:

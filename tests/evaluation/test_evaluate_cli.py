@@ -233,3 +233,41 @@ def test_a_model_is_sampled_with_its_own_recommendation_and_the_teacher_with_its
     (student / "sampling.json").write_text("{}")
     with pytest.raises(ConfigError, match="not a valid sampling file"):
         EvalConfig(str(fake_run)).model_sampling(student)
+
+
+def test_shapes_oracle_and_teacher_images_are_made_once_per_machine(tiny64_dir, tmp_path, monkeypatch):
+    """The shapes oracle and the teacher's images depend on nothing of a run: a second run dir reuses them from the
+    cache, and the report is exactly the one made with them fresh."""
+    import refine_control.evaluation.evaluate as evaluate_module
+    from refine_control.evaluation.oracle import shapes_oracle_digest
+
+    monkeypatch.setenv("REFINE_CONTROL_CACHE", str(tmp_path / "cache"))
+
+    def new_run(name: str):
+        run = tmp_path / name
+        shutil.copytree(tiny64_dir, run / "student")
+        (run / "config.json").write_text(json.dumps({"teacher": str(tiny64_dir), "preprocessor": "canny"}))
+        return run
+
+    first = new_run("first")
+    assert main([str(first), *FAST]) == 0
+    cached = list((tmp_path / "cache" / "judges").glob("shapes-oracle-seed0-steps3-*.safetensors"))
+    assert [p.name for p in cached] == [f"shapes-oracle-seed0-steps3-{shapes_oracle_digest()}.safetensors"]
+
+    def no_training(*_args, **_kwargs):
+        raise AssertionError("the oracle was trained again")
+
+    monkeypatch.setattr(evaluate_module, "train_shapes_oracle", no_training)
+    sampled = []
+    real_generate = evaluate_module.generate
+    monkeypatch.setattr(evaluate_module, "generate", lambda *a, **k: sampled.append(a[4]) or real_generate(*a, **k))
+    second = new_run("second")
+    assert main([str(second), *FAST]) == 0
+    assert list((second / "eval").glob("shapes-oracle-*.safetensors")), "the run dir keeps its copy"
+    reports = [json.loads((run / "eval" / "metrics.json").read_text()) for run in (first, second)]
+    assert reports[0]["columns"] == reports[1]["columns"]
+    assert len(sampled) == 1, "only the student was sampled; the teacher's images came from the cache"
+    assert len(list((tmp_path / "cache" / "teacher-images").glob("*.npy"))) == 1
+    # Another oracle (other steps) is not the cached one.
+    with pytest.raises(AssertionError, match="trained again"):
+        main([str(second), *[a if a != "3" else "4" for a in FAST]])
