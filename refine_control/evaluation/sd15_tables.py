@@ -49,6 +49,33 @@ def _rows(result: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
+def _bf16(result: dict[str, Any]) -> str:
+    stages = result["metrics"].get("stages", {})
+    fp32, bf16 = stages.get("compact_fp32", {}), stages.get("compact_bf16", {})
+    if not (fp32.get("sec_per_step_median") and bf16.get("sec_per_step_median")):
+        return ""
+    ratio = bf16["sec_per_step_median"] / fp32["sec_per_step_median"]
+    return (
+        f"At {result['config']['size']}², bf16 autocast took {ratio:.1f}× the fp32 time per step on this CPU, for a "
+        f"memory estimate of {bf16['memory_estimate_gib']:.1f} instead of {fp32['memory_estimate_gib']:.1f} GiB "
+        f"(peak RSS {_num(bf16.get('peak_rss_gib'))} vs {_num(fp32.get('peak_rss_gib'))} GiB). "
+    )
+
+
+def _estimate(result: dict[str, Any]) -> str:
+    """How the measured peak RSS of each training command compares with its `--dry-run` estimate."""
+    stages = [
+        s for s in result["metrics"].get("stages", {}).values() if s.get("peak_rss_gib") and s.get("exit_code") == 0
+    ]
+    if not stages:
+        return ""
+    ratios = [s["peak_rss_gib"] / s["memory_estimate_gib"] for s in stages]
+    return (
+        f"At {result['config']['size']}², the training commands' peak RSS was {min(ratios):.2f}–{max(ratios):.2f}× "
+        "their `--dry-run` memory estimate, which the check before a run relies on: it is low by that much. "
+    )
+
+
 def _decoders(result: dict[str, Any]) -> str:
     t = result["metrics"].get("image_time")
     if not t:
@@ -74,13 +101,13 @@ def sd15_rehearsal_table(root: Path) -> Table:
     first = results[0]
     config = first["config"]
     caption = (
-        "**Random weights**: SD1.5's UNet, CLIP ViT-L/14 text encoder, VAE and a canny ControlNet built from their "
+        "Random weights: SD1.5's UNet, CLIP ViT-L/14 text encoder, VAE and a canny ControlNet built from their "
         "published configs (nothing can be downloaded here), saved as a diffusers dir and as single-file "
         "checkpoints; this proves the code path, the memory and the time per step, not image quality. Batch 1, "
         f"{config['steps']} compact and {config['few_step_steps']} few-step steps (the first includes warm-up), the "
         "compact-wide student; peak RSS is the kernel's maximum resident set of each command; estimate: the "
         "command's own `--dry-run` memory estimate, checked against the memory available before it started. "
-        + "".join(_decoders(r) for r in results)
+        + "".join(_estimate(r) + _bf16(r) + _decoders(r) for r in results)
         + "Commands: "
         + "; ".join(f"`{r['command']}`" for r in results)
         + f". On {first['machine'].get('cpu', '?')} ({first['machine'].get('logical_cpus', '?')} logical CPUs, "
