@@ -104,7 +104,7 @@ def sd15_rehearsal_table(root: Path) -> Table:
         "Random weights: SD1.5's UNet, CLIP ViT-L/14 text encoder, VAE and a canny ControlNet built from their "
         "published configs (nothing can be downloaded here), saved as a diffusers dir and as single-file "
         "checkpoints; this proves the code path, the memory and the time per step, not image quality. Batch 1, "
-        f"{config['steps']} compact and {config['few_step_steps']} few-step steps (the first includes warm-up), the "
+        f"{config['steps']} compact (1 from single files) and {config['few_step_steps']} few-step steps (the first includes warm-up), the "
         "compact-wide student; peak RSS is the kernel's maximum resident set of each command; estimate: the "
         "command's own `--dry-run` memory estimate, checked against the memory available before it started. "
         + "".join(_estimate(r) + _bf16(r) + _decoders(r) for r in results)
