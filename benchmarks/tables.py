@@ -35,6 +35,7 @@ TABLE_MODULES: tuple[str, ...] = (
     "refine_control.evaluation.latency_tables",
     "refine_control.evaluation.device_tables",
     "refine_control.evaluation.web_tables",
+    "refine_control.evaluation.sd15_tables",
     "refine_control.weaklabel.tables",
 )
 

@@ -120,8 +120,17 @@ def _preprocess(fp32: Path, out: Path) -> tuple[Any, dict[str, list[str]]]:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     # Symbolic shape inference fails on these graphs ("Incomplete symbolic shape inference"); ONNX's is enough.
+    # A graph with external data (over 2 GiB) keeps it external through ORT's temporary files, else they point to
+    # a data file that is not beside them.
+    graph = onnx.load(str(fp32), load_external_data=False).graph
+    external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer)
+    options = {
+        "save_as_external_data": True,
+        "all_tensors_to_one_file": True,
+        "external_data_location": out.name + ".data",
+    }
     with _quiet_root_logger():
-        quant_pre_process(str(fp32), str(out), skip_symbolic_shape=True)
+        quant_pre_process(str(fp32), str(out), skip_symbolic_shape=True, **(options if external else {}))
     model = onnx.load(str(out))
     initializers = {t.name for t in model.graph.initializer}
     groups: dict[str, list[str]] = {op: [] for op in INT8_OP_TYPES}
