@@ -8,6 +8,7 @@ import torch
 from sd15_configs import SD15_UNET, write_sd15_config_dir
 
 from refine_control.cli import build_parser, config_from_args, main, resolve_scale
+from refine_control.errors import ConfigError
 from refine_control.training.config import DistillConfig
 from refine_control.training.recipe import few_step_config, tiny_decoder_config
 from refine_control.training.scale import SCALES, pick_scale
@@ -129,3 +130,17 @@ def test_a_run_whose_memory_estimate_exceeds_the_machine_refuses_to_start(capsys
     # Overridden, the run goes on and stops at the next problem: this teacher has configs but no weights.
     assert main([*argv, "--recipe", "guided", "--batch-size", "4096", "--ignore-memory-estimate", "-q"]) == 2
     assert "memory estimate" not in capsys.readouterr().err
+
+
+def test_the_check_plans_for_the_measured_margin_over_the_formula(monkeypatch, sd15_dir, tmp_path):
+    from refine_control.training import plan
+    from refine_control.training.estimate import GIB, MEASURED_MARGIN
+
+    cfg = config_from_args(_args("--teacher", str(sd15_dir), "--labelled", "data", "-o", str(tmp_path / "r")))
+    formula = max(s.memory_total for s in plan._report(cfg, macs=False)["stages"])
+    monkeypatch.setattr(plan, "_margin", lambda: MEASURED_MARGIN)  # a CPU run, as measured in the rehearsal
+    monkeypatch.setattr(plan, "machine_memory", lambda: (int(formula * 1.3), "RAM"))
+    with pytest.raises(ConfigError, match=f"{formula / GIB:.1f} GiB by the formula x {MEASURED_MARGIN:g}"):
+        plan.check_memory(cfg)  # the formula alone would fit
+    monkeypatch.setattr(plan, "machine_memory", lambda: (int(formula * MEASURED_MARGIN) + 1, "RAM"))
+    plan.check_memory(cfg)
