@@ -174,7 +174,8 @@ def _changed(config: dict[str, Any], reference: dict[str, Any]) -> str:
 
 @register_table("recipe")
 def recipe_table(root: Path) -> Table:
-    results = {r["name"]: r for r in read_results("recipe", root)}
+    timings = ("train-step", "eval-time")  # benchmarks/train_step.py and eval_time.py share the group
+    results = {r["name"]: r for r in read_results("recipe", root) if not r["name"].startswith(timings)}
     default = results["default"]
     keys = ["edge_f1", "mask_iou", "colour_acc", "shape_acc", "teacher_psnr_db", "domain_fid"]
     header = ["variant", "what differs from the default", *(QUALITY[k][0] for k in keys), "meets the bar"]
