@@ -39,9 +39,14 @@ SCHEDULES: dict[str, tuple[int, list[int] | None, float | None]] = {
     "2 steps, t=639,259": (2, [639, 259], None),
     "3 steps": (3, None, None),
     "3 steps, t=759,499,259": (3, [759, 499, 259], None),
+    "3 steps, t=759,519,259": (3, [759, 519, 259], None),
     "4 steps": (4, None, None),
     "4 steps, t=759,499,259,139": (4, [759, 499, 259, 139], None),
+    "4 steps, t=759,579,379,199": (4, [759, 579, 379, 199], None),
 }
+# What a few-step student now recommends (runtime/schedulers.py `lcm_start_timestep`: LCM's spacing over the grid
+# timesteps at or below 759 on the built-in schedule) is one of these at every step count: 759 | 759,379 |
+# 759,519,259 | 759,579,379,199.
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,6 +32,7 @@ from refine_control.evaluation.metrics import edge_prf, edges, psnr, ssim
 from refine_control.export.onnx_export import Student
 from refine_control.export.samples import Sample
 from refine_control.export.spec import SPECS
+from refine_control.models.pipeline_dir import schedule_kwargs
 from refine_control.runtime import OnnxControlNetPipeline
 from refine_control.runtime.layout import GRAPHS, graph_file
 from refine_control.runtime.schedulers import SCHEDULERS
@@ -120,6 +121,8 @@ def torch_images(
     scheduler_cls = getattr(diffusers, SCHEDULERS[runtime.scheduler_name].name)
     pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
+    lcm = runtime.scheduler_name == "lcm"
+    custom = runtime.sampling.timesteps(runtime.scheduler_config, settings.steps) if lcm else None
     images = []
     for s in samples:
         height, width = s.control.shape[:2]
@@ -132,7 +135,7 @@ def torch_images(
                 image=control,
                 height=height,
                 width=width,
-                num_inference_steps=settings.steps,
+                **schedule_kwargs(settings.steps, custom),
                 guidance_scale=settings.guidance_scale,
                 controlnet_conditioning_scale=settings.controlnet_scale,
                 latents=torch.from_numpy(noise),

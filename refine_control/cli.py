@@ -382,13 +382,23 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="steps recommended to samplers (student/sampling.json, the export manifest, refine-eval, refine-serve). "
-        "Default: 4 for a few-step student, 20 for a guided one",
+        "Default: 2 for a few-step student (from its first timestep, see --sampling-first-timestep), 20 for a "
+        "guided one",
     )
     few.add_argument(
         "--sampling-guidance",
         type=float,
         default=_default("sampling_guidance"),
         help="guidance scale recommended to samplers. Default: %(default)s",
+    )
+    few.add_argument(
+        "--sampling-first-timestep",
+        type=int,
+        default=None,
+        metavar="T",
+        help="the timestep a few-step student's sampling starts from (its steps spaced over the LCM grid at or "
+        "below T). Default: the highest grid timestep whose signal √ᾱ is >= 0.05 on the teacher's noise schedule "
+        "(759 on the built-in teacher, 999 on SD1.5's)",
     )
     p("--checkpoint-every", type=int, default=_default("checkpoint_every"), help="optimizer steps between checkpoints")
     p("--keep-checkpoints", type=int, default=_default("keep_checkpoints"), help="newest checkpoints kept on disk")

@@ -81,7 +81,8 @@ def tiny_run_dir(tiny_pipeline_dir, tiny_data, tmp_path_factory: pytest.TempPath
 
 @pytest.fixture(scope="session")
 def few_step_model(tiny_run_dir, tmp_path_factory: pytest.TempPathFactory):
-    """(run, model): the tiny run made a 2-step, guidance-distilled student with a tiny VAE, exported with the
+    """(run, model): the tiny run made a 2-step, guidance-distilled student (sampling from t = 759) with a tiny VAE,
+    exported with the
     default (dynamo) exporter and --int8. Under pytest-xdist the workers share one, made under a file lock (the
     manifest is written last, so a present manifest means a complete model dir)."""
     import fcntl
@@ -98,7 +99,7 @@ def few_step_model(tiny_run_dir, tmp_path_factory: pytest.TempPathFactory):
         if not (model / "manifest.json").is_file():
             common = ["--batch-size", "2", "--max-steps", "3", "--overwrite", "-q"]
             assert distill(["--from", str(tiny_run_dir), "--few-step", "-o", str(fs), "--sampling-steps", "2",
-                            *common]) == 0  # fmt: skip
+                            "--sampling-first-timestep", "759", *common]) == 0  # fmt: skip
             assert distill(["--from", str(fs), "--tiny-decoder", "-o", str(tiny), *common]) == 0
             args = ["--int8", "--int8-anyway", "--calibration-samples", "2", "--parity-samples", "2", "--threads", "1"]
             args.append("-q")

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from refine_control.cli import main
 from refine_control.errors import ConfigError
 from refine_control.faults import FAULT_ENV
-from refine_control.training.config import DistillConfig
+from refine_control.training.config import FEW_STEP_SAMPLING_STEPS, DistillConfig
 
 
 def recipe_args(teacher, data, run, *extra):
@@ -39,7 +39,13 @@ def test_fast_recipe_runs_its_stages_and_the_run_holds_the_last_ones_student(tin
     final, few = weights(run), weights(run / "stages" / "few-step")
     assert all(torch.equal(final[p][k], few[p][k]) for p in final for k in final[p])
     sampling = json.loads((run / "student" / "sampling.json").read_text())
-    assert sampling == {"steps": 4, "guidance_scale": 3.0, "scheduler": "LCMScheduler", "guidance_range": [2.0, 5.0]}
+    assert sampling == {
+        "steps": FEW_STEP_SAMPLING_STEPS,
+        "guidance_scale": 3.0,
+        "scheduler": "LCMScheduler",
+        "guidance_range": [2.0, 5.0],
+        "first_timestep": 999,
+    }
     compact = json.loads((run / "stages" / "compact" / "student" / "sampling.json").read_text())
     assert compact["steps"] == 20 and compact["guidance_range"] is None
     # refine-eval and refine-export read the run like any other: teacher, resolution and a finished student.

@@ -92,9 +92,9 @@ def sampling_of(spec: ModelSpec, geometry: Any, cfg: BenchConfig) -> Sampling:
     if not geometry.guidance_embedded:
         return Sampling(cfg.steps, 2, cfg.guidance_scale)
     if spec.kind == "run":
-        from refine_control.evaluation.generate import recommended_sampling
+        from refine_control.models.pipeline_dir import read_recommendation
 
-        recommended = recommended_sampling(Path(spec.source) / "student")
+        recommended = read_recommendation(Path(spec.source) / "student")
         if recommended is not None:
             return Sampling(recommended.steps, 1, recommended.guidance_scale)
     return Sampling(cfg.few_step_steps, 1, cfg.guidance_scale)

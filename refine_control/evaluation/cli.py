@@ -43,6 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="the model's guidance scale (classifier-free, or the embedded scale of a guidance-distilled student). "
         "Default: its own recommendation, else the teacher's",
     )
+    parser.add_argument(
+        "--first-timestep",
+        type=int,
+        default=None,
+        metavar="T",
+        help="a few-step (LCM) student's first timestep: its steps are spaced over the training grid at or below T. "
+        "Default: its own recommendation, else LCM's own (from T - 1)",
+    )
     parser.add_argument("--teacher-steps", type=int, default=20, help="the teacher's steps. Default: %(default)s")
     parser.add_argument(
         "--teacher-guidance-scale", type=float, default=3.0, help="the teacher's guidance. Default: %(default)s"

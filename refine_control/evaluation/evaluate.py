@@ -27,7 +27,7 @@ from refine_control.builtin.shapes import BACKGROUND, RESOLUTION, make_sample, r
 from refine_control.errors import ConfigError
 from refine_control.evaluation import metrics as M
 from refine_control.evaluation.bootstrap import LEVEL, RESAMPLES, ratio_interval
-from refine_control.evaluation.generate import Sampling, generate, initial_noise, recommended_sampling
+from refine_control.evaluation.generate import Sampling, generate, initial_noise, model_sampling
 from refine_control.evaluation.oracle import (
     SHAPE_TASKS,
     FeatureNet,
@@ -54,7 +54,7 @@ MIN_FID_SAMPLES = 64  # covariances of the 64-d features need at least as many s
 EDGE_PREPROCESSORS = ("canny", "lineart")
 FOLDER_NET_IMAGES = 10_000  # at most this many folder images train the feature net
 # Metrics reported as model / teacher ("kept"); the strict edge F1 is the headline one (issue 28).
-KEPT = ("edge_f1_strict", "edge_f1", "colour_acc", "texture_acc")
+KEPT = ("edge_f1_strict", "edge_f1", "mask_iou", "colour_acc", "shape_acc", "texture_acc")
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,7 @@ class EvalConfig:
     teacher: str | None = None
     steps: int | None = None  # the model's; None: its own recommendation (student/sampling.json), else 20
     guidance_scale: float | None = None  # the model's; None: its own recommendation, else 3.0
+    first_timestep: int | None = None  # a few-step student's; None: its own recommendation
     teacher_steps: int = 20
     teacher_guidance_scale: float = 3.0
     batch_size: int = 32
@@ -92,12 +93,7 @@ class EvalConfig:
 
     def model_sampling(self, model_dir: Path) -> Sampling:
         """The model's settings: the options given, else its recommendation, else the teacher's defaults."""
-        own = recommended_sampling(model_dir)
-        steps = self.steps or (own.steps if own else self.teacher_steps)
-        guidance = self.guidance_scale
-        if guidance is None:
-            guidance = own.guidance_scale if own else self.teacher_guidance_scale
-        return Sampling(steps, guidance, self.batch_size)
+        return model_sampling(model_dir, self.steps, self.guidance_scale, self.first_timestep, self.teacher_sampling)
 
     @property
     def teacher_sampling(self) -> Sampling:
@@ -379,6 +375,7 @@ def evaluate(cfg: EvalConfig, teacher_images: np.ndarray | None = None) -> EvalR
         "seed": cfg.seed,
         "sampling": {
             "steps": sampling.steps,
+            "timesteps": None if sampling.timesteps is None else list(sampling.timesteps),
             "guidance_scale": sampling.guidance_scale,
             "scheduler": "the pipeline's own",
             "teacher_steps": cfg.teacher_steps,

@@ -1,14 +1,16 @@
 """Sampling for evaluation: every model gets the same prompts, controls and initial noise."""
 
+import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from diffusers import StableDiffusionControlNetPipeline
 
-from refine_control.models.pipeline_dir import read_recommendation
+from refine_control.errors import ConfigError
+from refine_control.models.pipeline_dir import read_recommendation, schedule_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -23,10 +25,40 @@ class Sampling:
     timesteps: tuple[int, ...] | None = None  # descending; None: the scheduler's own choice for `steps`
 
 
-def recommended_sampling(pipeline_dir: str | Path) -> Sampling | None:
-    """The steps and guidance scale a pipeline dir recommends (`sampling.json`), or None."""
+def model_sampling(
+    pipeline_dir: str | Path,
+    steps: int | None,
+    guidance_scale: float | None,
+    first_timestep: int | None,
+    fallback: Sampling,
+) -> Sampling:
+    """How to sample a pipeline dir: the steps, scale and (LCM) first timestep given, else its recommendation
+    (`sampling.json`), else `fallback`'s."""
     own = read_recommendation(pipeline_dir)
-    return None if own is None else Sampling(own.steps, own.guidance_scale)
+    if first_timestep is not None:
+        if own is None or own.scheduler != "LCMScheduler":
+            raise ConfigError(f"`--first-timestep` applies to a few-step (LCM) student; {pipeline_dir} is not one")
+        try:
+            own = replace(own, first_timestep=first_timestep)
+        except ValueError as err:
+            raise ConfigError(f"`--first-timestep`: {err}") from err
+    if own is None:
+        return replace(
+            fallback,
+            steps=steps or fallback.steps,
+            guidance_scale=fallback.guidance_scale if guidance_scale is None else guidance_scale,
+        )
+    steps = steps or own.steps
+    timesteps = None
+    if own.first_timestep is not None:  # ConfigError: more steps than the grid has below the start
+        config = json.loads((Path(pipeline_dir) / "scheduler" / "scheduler_config.json").read_text())
+        timesteps = own.timesteps(config, steps)
+    return Sampling(
+        steps,
+        own.guidance_scale if guidance_scale is None else guidance_scale,
+        fallback.batch_size,
+        None if timesteps is None else tuple(timesteps),
+    )
 
 
 def initial_noise(pipeline: StableDiffusionControlNetPipeline, n: int, resolution: int, seed: int) -> torch.Tensor:
@@ -72,11 +104,7 @@ def generate(
             generator=step_noise_generators(seed, start, min(stop, len(prompts))),
             height=height,
             width=width,
-            **(
-                {"num_inference_steps": sampling.steps}
-                if sampling.timesteps is None
-                else {"timesteps": list(sampling.timesteps)}
-            ),
+            **schedule_kwargs(sampling.steps, sampling.timesteps),
             guidance_scale=sampling.guidance_scale,
             output_type="np",
         )

@@ -34,7 +34,9 @@ METRICS = {
     "teacher_ssim": "SSIM vs teacher, same noise ↑",
     "edge_f1_strict_kept": "pixel-exact edge F1 kept (model / teacher) ↑",
     "edge_f1_kept": "edge F1 (1 px) kept ↑",
+    "mask_iou_kept": "mask IoU kept ↑",
     "colour_acc_kept": "colour accuracy kept ↑",
+    "shape_acc_kept": "shape accuracy kept ↑",
     "texture_acc_kept": "texture accuracy kept ↑",
 }
 

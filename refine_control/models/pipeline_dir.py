@@ -26,6 +26,15 @@ def read_recommendation(pipeline_dir: str | Path) -> SamplingRecommendation | No
         raise ConfigError(f"{path} is not a valid sampling file ({err})") from err
 
 
+def schedule_kwargs(steps: int, timesteps: list[int] | None) -> dict[str, object]:
+    """A diffusers pipeline call's schedule: `num_inference_steps`, or the recommended `timesteps` of a few-step
+    student (whose start below T - 1 is on purpose: diffusers' LCMScheduler warning about it is silenced)."""
+    if timesteps is None:
+        return {"num_inference_steps": steps}
+    logging.getLogger("diffusers.schedulers.scheduling_lcm").setLevel(logging.ERROR)
+    return {"timesteps": list(timesteps)}
+
+
 def load_pipeline(path: str | Path, controlnet: str | Path | None = None) -> StableDiffusionControlNetPipeline:
     """A `StableDiffusionControlNetPipeline` in fp32 from a local directory (optionally with another ControlNet)."""
     # A student's model_index.json names this module as its ControlNet's library; diffusers looks the class up in

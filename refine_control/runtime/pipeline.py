@@ -30,7 +30,7 @@ from refine_control.runtime.layout import (
 )
 from refine_control.runtime.model_dir import ModelDir, ModelDirError, VerifiedGraph
 from refine_control.runtime.sampling import recommendation_or_default
-from refine_control.runtime.schedulers import SCHEDULERS, NumpyScheduler, make_scheduler, scheduler_key
+from refine_control.runtime.schedulers import LCM, SCHEDULERS, NumpyScheduler, make_scheduler, scheduler_key
 from refine_control.runtime.session import default_threads, ort_session
 
 logger = logging.getLogger(__name__)
@@ -259,8 +259,14 @@ class OnnxControlNetPipeline:
     def available_precisions(self) -> list[str]:
         return self.model.precisions(self.model_format)
 
-    def new_scheduler(self) -> NumpyScheduler:
-        return make_scheduler(self.scheduler_config, self.scheduler_name)
+    def new_scheduler(self, steps: int) -> NumpyScheduler:
+        """A fresh scheduler with the timesteps of `steps` steps (an LCM one from the recommended first timestep)."""
+        scheduler = make_scheduler(self.scheduler_config, self.scheduler_name)
+        if isinstance(scheduler, LCM):
+            scheduler.set_timesteps(steps, self.sampling.first_timestep)
+        else:
+            scheduler.set_timesteps(steps)
+        return scheduler
 
     # ----------------------------------------------------------------------------------------- running
     def run_graph(self, graph: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
@@ -323,8 +329,7 @@ class OnnxControlNetPipeline:
         if not isinstance(prompt, str) or not isinstance(negative_prompt, str):
             raise ConfigError("`prompt` and `negative_prompt` must be strings")
 
-        scheduler = self.new_scheduler()
-        scheduler.set_timesteps(steps)
+        scheduler = self.new_scheduler(steps)
         # A guidance-distilled student reads the scale as an input: one pass, no pair (as diffusers decides).
         guided = guidance_scale > 1.0 and not self.geometry.guidance_embedded
         embeddings = self.encode_prompts([negative_prompt, prompt] if guided else [prompt])

@@ -1,5 +1,5 @@
-"""The one recommendation of how a model samples: steps, scheduler, guidance scale and the guidance range it was
-trained for.
+"""The one recommendation of how a model samples: steps, scheduler, guidance scale, the guidance range it was
+trained for and, for a few-step (LCM) student, the timestep sampling starts from.
 
 Training writes it beside the student (`student/sampling.json`), the export copies it into `manifest.json`
 (`pipeline.recommended_sampling`), and it is the default of every consumer: `refine-eval`, the export's calibration
@@ -11,6 +11,8 @@ import logging
 import math
 from dataclasses import dataclass
 from typing import Any
+
+from refine_control.runtime.schedulers import LCM
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +27,9 @@ class SamplingRecommendation:
     # The scales a guidance-distilled student was trained to take as input; None: any scale (classifier-free
     # guidance as a batch of 2 extrapolates to any scale, with the usual loss of quality far from the trained one).
     guidance_range: tuple[float, float] | None = None
+    # LCM only: sampling spaces its steps over the grid timesteps at or below this one (`lcm_start_timestep`);
+    # None: the whole grid, from t = T - 1, as diffusers' LCMScheduler.
+    first_timestep: int | None = None
 
     def __post_init__(self) -> None:
         if not 1 <= self.steps <= 1000:
@@ -39,6 +44,11 @@ class SamplingRecommendation:
                 raise ValueError(
                     f"guidance_scale {self.guidance_scale} lies outside guidance_range {self.guidance_range}"
                 )
+        if self.first_timestep is not None:
+            if self.scheduler != "LCMScheduler":
+                raise ValueError(f"first_timestep applies to the LCMScheduler only, not to {self.scheduler}")
+            if not 0 <= self.first_timestep < 1000:
+                raise ValueError(f"first_timestep must be in 0..999, got {self.first_timestep}")
 
     def guidance_error(self, scale: float) -> str | None:
         """Why `scale` cannot be used with this model (outside its trained range), or None."""
@@ -54,6 +64,8 @@ class SamplingRecommendation:
         if self.scheduler is not None:
             out["scheduler"] = self.scheduler
         out["guidance_range"] = None if self.guidance_range is None else list(self.guidance_range)
+        if self.first_timestep is not None:
+            out["first_timestep"] = self.first_timestep
         return out
 
     @classmethod
@@ -64,14 +76,25 @@ class SamplingRecommendation:
         try:
             span = data.get("guidance_range")
             scheduler = data.get("scheduler")
+            first = data.get("first_timestep")
             return cls(
                 steps=int(data["steps"]),
                 guidance_scale=float(data["guidance_scale"]),
                 scheduler=None if scheduler is None else str(scheduler),
                 guidance_range=None if span is None else (float(span[0]), float(span[1])),
+                first_timestep=None if first is None else int(first),
             )
         except (KeyError, TypeError, IndexError) as err:
             raise ValueError(f"malformed sampling recommendation ({err!r})") from err
+
+    def timesteps(self, scheduler_config: dict[str, Any], steps: int) -> list[int] | None:
+        """The timesteps of `steps` steps from `first_timestep` on this noise schedule (what a diffusers pipeline
+        takes as `timesteps=`); None when the scheduler's own spacing applies."""
+        if self.first_timestep is None:
+            return None
+        scheduler = LCM(scheduler_config)
+        scheduler.set_timesteps(steps, self.first_timestep)
+        return [int(t) for t in scheduler.timesteps]
 
 
 # What a guided (20-step, classifier-free guidance) student or teacher is evaluated at on the built-in benchmark, and

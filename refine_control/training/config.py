@@ -28,7 +28,9 @@ RESUME_FREE_FIELDS = (
 
 RECIPES = ("fast", "guided")
 TINY_DECODER_STAGES = ("auto", "always", "never")
-FEW_STEP_SAMPLING_STEPS = 4  # a few-step student's recommended steps unless --sampling-steps says otherwise
+# A few-step student's recommended steps unless --sampling-steps says otherwise: the fewest whose validation scores
+# kept the targets (docs/method.md, "Few-step stage").
+FEW_STEP_SAMPLING_STEPS = 2
 
 # (steps, learning rate) by objective at the built-in teacher's size: stage 1, the few-step stage, the tiny decoder.
 # Other teacher sizes: refine_control/training/scale.py.
@@ -91,8 +93,11 @@ class DistillConfig:
     guidance_range: tuple[float, float] = (2.0, 5.0)  # guidance scales the student learns to take as input
     solver_steps: int = 50  # the teacher's DDIM grid; each target is one step on it
     target_decay: float = 0.95  # EMA decay of the target network
-    sampling_steps: int | None = None  # recommended to samplers (student/sampling.json); None: 4 few-step, else 20
+    sampling_steps: int | None = None  # recommended to samplers (student/sampling.json); None: 2 few-step, else 20
     sampling_guidance: float = 3.0
+    # A few-step student's recommended LCM start (sampling.json `first_timestep`); None: `lcm_start_timestep`'s
+    # pick for the teacher's noise schedule.
+    sampling_first_timestep: int | None = None
     checkpoint_every: int = 250
     keep_checkpoints: int = 2
     log_every: int = 10
@@ -181,6 +186,12 @@ class DistillConfig:
                 "in 1..50",
             ),
             (self.sampling_guidance >= 1, "--sampling-guidance", self.sampling_guidance, ">= 1"),
+            (
+                self.sampling_first_timestep is None or 0 <= self.sampling_first_timestep <= 999,
+                "--sampling-first-timestep",
+                self.sampling_first_timestep,
+                "in 0..999",
+            ),
             (self.tiny_decoder_width >= 4, "--tiny-decoder-width", self.tiny_decoder_width, ">= 4"),
         ]
         if self.few_step:
@@ -236,6 +247,7 @@ class DistillConfig:
                 self.sampling_guidance,
                 "LCMScheduler",
                 tuple(self.guidance_range),
+                self.sampling_first_timestep,
             )
         return dataclasses.replace(
             GUIDED_DEFAULT, steps=self.sampling_steps or GUIDED_DEFAULT.steps, guidance_scale=self.sampling_guidance

@@ -18,6 +18,7 @@ from refine_control.errors import ConfigError, write_error
 from refine_control.models.denoiser import ControlledDenoiser
 from refine_control.models.teacher import Teacher
 from refine_control.runtime.sampling import SAMPLING_FILE, SamplingRecommendation
+from refine_control.runtime.schedulers import lcm_start_timestep
 from refine_control.training.checkpoint import list_checkpoints, whole
 from refine_control.training.config import DistillConfig
 
@@ -93,12 +94,16 @@ def save_student(
     `model_index.json` its sampling recommendation (`sampling.json`), which every consumer defaults to.
 
     A few-step student (recommended scheduler `LCMScheduler`) gets diffusers' `LCMScheduler` on the teacher's noise
+    schedule and, unless its recommendation names one, the start timestep `lcm_start_timestep` picks for that
     schedule; a guided one keeps the teacher's scheduler."""
     scheduler = teacher.scheduler
     if sampling.scheduler == "LCMScheduler":
         from diffusers import LCMScheduler
 
         scheduler = LCMScheduler.from_config(teacher.scheduler.config)
+        if sampling.first_timestep is None:
+            start = lcm_start_timestep(dict(scheduler.config))
+            sampling = dataclasses.replace(sampling, first_timestep=start)
     sampling = dataclasses.replace(sampling, scheduler=type(scheduler).__name__)
     pipeline = StableDiffusionControlNetPipeline(
         vae=vae if vae is not None else teacher.vae,

@@ -230,6 +230,21 @@ def test_a_model_is_sampled_with_its_own_recommendation_and_the_teacher_with_its
     given = EvalConfig(str(fake_run), steps=8, guidance_scale=1.0).model_sampling(student)
     assert (given.steps, given.guidance_scale) == (8, 1.0)
     assert EvalConfig(str(fake_run)).teacher_sampling.steps == 20
+    assert own.timesteps is None and given.timesteps is None  # the pipeline's own spacing
+    with pytest.raises(ConfigError, match="applies to a few-step"):
+        EvalConfig(str(fake_run), first_timestep=759).model_sampling(student)
+    # A few-step student's timesteps start where it recommends, or where --first-timestep says.
+    (student / "scheduler").mkdir(exist_ok=True)
+    linear = {"_class_name": "LCMScheduler", "beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02}
+    (student / "scheduler" / "scheduler_config.json").write_text(json.dumps(linear))
+    lcm = {"steps": 2, "guidance_scale": 3.0, "scheduler": "LCMScheduler", "guidance_range": [2, 5]}
+    (student / "sampling.json").write_text(json.dumps({**lcm, "first_timestep": 759}))
+    assert EvalConfig(str(fake_run)).model_sampling(student).timesteps == (759, 379)
+    assert EvalConfig(str(fake_run), steps=3).model_sampling(student).timesteps == (759, 519, 259)
+    assert EvalConfig(str(fake_run), first_timestep=639).model_sampling(student).timesteps == (639, 319)
+    (student / "sampling.json").write_text(json.dumps(lcm))  # an older few-step student: LCM's own, from 999
+    assert EvalConfig(str(fake_run)).model_sampling(student).timesteps is None
+    assert EvalConfig(str(fake_run), first_timestep=759).model_sampling(student).timesteps == (759, 379)
     (student / "sampling.json").write_text("{}")
     with pytest.raises(ConfigError, match="not a valid sampling file"):
         EvalConfig(str(fake_run)).model_sampling(student)

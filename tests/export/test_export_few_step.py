@@ -24,6 +24,7 @@ def test_manifest_records_guidance_input_and_recommended_steps(few_step_model):
         "guidance_scale": 3.0,
         "scheduler": "LCMScheduler",
         "guidance_range": [2.0, 5.0],
+        "first_timestep": 759,
     }
     assert facts["scheduler"] == "LCMScheduler"
     for precision in ("fp32", "int8"):
@@ -31,7 +32,8 @@ def test_manifest_records_guidance_input_and_recommended_steps(few_step_model):
         assert [i["name"] for i in inputs][-1] == "guidance_scale" and len(inputs) == 6
         assert isinstance(inputs[-1]["shape"][0], str)  # a dynamic batch axis
     parity = json.loads((model / "parity.json").read_text())
-    assert parity["passed"] and parity["settings"]["steps"] == 2  # the recommendation drove parity too
+    # The recommendation drove parity too: PyTorch sampled diffusers' LCMScheduler from t = 759 (`timesteps=`).
+    assert parity["passed"] and parity["settings"]["steps"] == 2
     assert manifest["export"]["exporter"] == "dynamo"
 
 
@@ -59,6 +61,8 @@ def test_runtime_samples_in_one_batch1_pass_per_step(few_step_model):
     _, model = few_step_model
     pipe = OnnxControlNetPipeline(model, num_threads=1)
     assert pipe.scheduler_name == "lcm" and pipe.default_steps == 2 and pipe.info()["guidance_embedded"]
+    assert pipe.new_scheduler(2).timesteps.tolist() == [759, 379]  # from the recommended first timestep
+    assert pipe.new_scheduler(4).timesteps.tolist() == [759, 579, 379, 199]
     seen: list[dict[str, np.ndarray]] = []
     run_graph = pipe.run_graph
 

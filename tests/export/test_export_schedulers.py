@@ -14,7 +14,8 @@ from diffusers import (
 )
 
 from refine_control.errors import ConfigError
-from refine_control.runtime.schedulers import SCHEDULERS, make_scheduler, scheduler_key
+from refine_control.runtime.sampling import SamplingRecommendation
+from refine_control.runtime.schedulers import SCHEDULERS, lcm_start_timestep, make_scheduler, scheduler_key
 
 CASES = [
     (DDIMScheduler, "ddim"),
@@ -24,12 +25,14 @@ CASES = [
 ]
 
 
-def _compare(ref, mine, steps: int, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch) -> float:
-    """Run both schedulers over the same model outputs and noise; the worst error relative to the sample scale."""
+def _compare(ref, mine, steps: int | None, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch) -> float:
+    """Run both schedulers over the same model outputs and noise; the worst error relative to the sample scale.
+    `steps=None`: both have their timesteps set already."""
     import sys
 
-    ref.set_timesteps(steps)
-    mine.set_timesteps(steps)
+    if steps is not None:
+        ref.set_timesteps(steps)
+        mine.set_timesteps(steps)
     np.testing.assert_allclose(mine.timesteps, ref.timesteps.numpy().astype(np.float32), rtol=1e-6, atol=1e-4)
     assert mine.init_noise_sigma == pytest.approx(float(ref.init_noise_sigma), rel=1e-5)
     x0 = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
@@ -71,6 +74,39 @@ def test_ddim_cosine_schedule_and_clipping(monkeypatch: pytest.MonkeyPatch):
     mine = make_scheduler({"_class_name": "DDIMScheduler", **dict(ref.config)})
     assert mine.name == "DDIMScheduler"
     assert _compare(ref, mine, 5, np.random.default_rng(1), monkeypatch) < 1e-4
+
+
+@pytest.mark.parametrize("schedule", ["linear", "scaled_linear"])
+def test_lcm_from_a_recommended_first_timestep_equals_diffusers_custom_timesteps(schedule, monkeypatch):
+    """What the runtime samples from a few-step student's `first_timestep` is what evaluation and the parity run
+    hand diffusers as `timesteps=`."""
+    betas = {"linear": (0.0001, 0.02), "scaled_linear": (0.00085, 0.012)}[schedule]  # the built-in's; SD1.5's
+    ref = LCMScheduler(
+        beta_schedule=schedule, beta_start=betas[0], beta_end=betas[1], clip_sample=False, set_alpha_to_one=False
+    )
+    config = {"_class_name": "LCMScheduler", **dict(ref.config)}
+    start = lcm_start_timestep(config)
+    assert start == {"linear": 759, "scaled_linear": 999}[schedule]  # √ᾱ ≥ 0.05: 0.054 at 759; SD's 999 has 0.068
+    rec = SamplingRecommendation(2, 3.0, "LCMScheduler", (2.0, 5.0), first_timestep=start)
+    assert SamplingRecommendation.from_json(rec.to_json()) == rec
+    for steps in (1, 2, 3, 4):
+        timesteps = rec.timesteps(config, steps)
+        assert timesteps[0] == start and timesteps == sorted(timesteps, reverse=True) and len(timesteps) == steps
+        ref.set_timesteps(timesteps=timesteps)
+        mine = make_scheduler(config)
+        mine.set_timesteps(steps, start)
+        assert _compare(ref, mine, None, np.random.default_rng(steps), monkeypatch) < 1e-4
+    assert rec.timesteps(config, 2) == ([759, 379] if schedule == "linear" else [999, 499])
+    assert SamplingRecommendation(4, 3.0, "LCMScheduler").timesteps(config, 4) is None  # LCM's own spacing
+    with pytest.raises(ConfigError, match="steps"):
+        mine.set_timesteps(51, start)  # more steps than grid timesteps at or below the start
+
+
+def test_a_first_timestep_belongs_to_an_lcm_recommendation():
+    with pytest.raises(ValueError, match="LCMScheduler only"):
+        SamplingRecommendation(20, 3.0, "DDIMScheduler", first_timestep=759)
+    with pytest.raises(ValueError, match=r"0\.\.999"):
+        SamplingRecommendation(2, 3.0, "LCMScheduler", first_timestep=1000)
 
 
 def test_every_scheduler_maps_to_its_diffusers_class():

@@ -86,8 +86,9 @@ def web_few_step(tiny_run_dir, tmp_path_factory: pytest.TempPathFactory) -> dict
     try:
         common = ["--batch-size", "2", "--max-steps", "3", "-q"]
         assert (
-            distill(["--from", str(tiny_run_dir), "--few-step", "-o", str(few), "--sampling-steps", "2", *common]) == 0
-        )
+            distill(["--from", str(tiny_run_dir), "--few-step", "-o", str(few), "--sampling-steps", "2",
+                     "--sampling-first-timestep", "759", *common]) == 0
+        )  # fmt: skip
         args = ["--exporter", "torchscript", "--parity-samples", "1", "--threads", "1", "--web", str(web), "-q"]
         with contextlib.redirect_stdout(io.StringIO()):
             code = export([str(few), "-o", str(model), *args])

@@ -17,7 +17,8 @@ import numpy as np
 from refine_control.runtime.schedulers import make_scheduler
 
 SD = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
-CASES: list[tuple[str, dict[str, Any], int]] = [
+# (name, config, steps[, LCM first timestep as a model recommends it])
+CASES: list[tuple[Any, ...]] = [
     ("ddim-sd-leading", {"_class_name": "DDIMScheduler", **SD, "steps_offset": 1, "set_alpha_to_one": False}, 7),
     (
         "ddim-linear-trailing-v",
@@ -43,6 +44,8 @@ CASES: list[tuple[str, dict[str, Any], int]] = [
     ("lcm-sd", {"_class_name": "LCMScheduler", **SD, "original_inference_steps": 50}, 4),
     ("lcm-sd-1", {"_class_name": "LCMScheduler", **SD}, 1),
     ("lcm-linear-v", {"_class_name": "LCMScheduler", "prediction_type": "v_prediction"}, 6),
+    ("lcm-linear-from-759", {"_class_name": "LCMScheduler"}, 2, 759),
+    ("lcm-sd-from-500", {"_class_name": "LCMScheduler", **SD}, 3, 500),
     ("euler-sd", {"_class_name": "EulerDiscreteScheduler", **SD}, 5),
     (
         "euler-trailing-min",
@@ -73,10 +76,13 @@ def _floats(x: np.ndarray) -> list[float]:
     return [float(v) for v in np.asarray(x).ravel()]
 
 
-def case(name: str, config: dict[str, Any], steps: int, seed: int = 0) -> dict[str, Any]:
+def case(name: str, config: dict[str, Any], steps: int, first_timestep: int | None = None) -> dict[str, Any]:
     scheduler = make_scheduler(config)
-    scheduler.set_timesteps(steps)
-    rng = np.random.default_rng(seed)
+    if first_timestep is None:
+        scheduler.set_timesteps(steps)
+    else:
+        scheduler.set_timesteps(steps, first_timestep)
+    rng = np.random.default_rng(0)
     shape = (1, 2, 3, 4)
     sample = rng.standard_normal(shape, dtype=np.float32) * np.float32(scheduler.init_noise_sigma)
     trajectory = []
@@ -99,6 +105,7 @@ def case(name: str, config: dict[str, Any], steps: int, seed: int = 0) -> dict[s
         "name": name,
         "config": config,
         "steps": steps,
+        "first_timestep": first_timestep,
         "key": type(scheduler).__name__,
         "alphas_cumprod": _floats(scheduler.alphas_cumprod),
         "timesteps": _floats(scheduler.timesteps),
@@ -109,9 +116,9 @@ def case(name: str, config: dict[str, Any], steps: int, seed: int = 0) -> dict[s
     }
 
 
-def write_fixtures(path: Path, extra: list[tuple[str, dict[str, Any], int]] = ()) -> Path:
+def write_fixtures(path: Path, extra: list[tuple[Any, ...]] = ()) -> Path:
     """Write every case (and `extra` ones, e.g. an exported model's own scheduler.json) as JSON to `path`."""
-    cases = [case(name, config, steps) for name, config, steps in [*CASES, *extra]]
+    cases = [case(*spec) for spec in [*CASES, *extra]]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"cases": cases}))
     return path

@@ -136,6 +136,7 @@ def test_few_step_student_with_embedded_guidance_and_fresh_noise(web_few_step: d
     assert sample["scheduler"] == "lcm" and sample["steps"] == 2 and sample["noise_draws"] == 1
     manifest = json.loads((web_few_step["web"] / "model" / "manifest.json").read_text())
     assert manifest["pipeline"]["guidance_embedding_dim"] is not None
+    assert manifest["pipeline"]["recommended_sampling"]["first_timestep"] == 759  # JS must start there too
     browser = Browser(CHROMIUM, tmp_path / "profile")
     try:
         page = Page(browser)

@@ -3,7 +3,7 @@
 // batch-1 pass reading the scale), VAE decode and post-processing, all driven by the manifest's pipeline facts.
 // Every file is checked against the manifest's sha256 and size before it is used.
 import { PromptEncoder } from "./tokenizer.js";
-import { makeScheduler } from "./schedulers.js";
+import { LCM, makeScheduler } from "./schedulers.js";
 import { sha256 } from "./sha256.js";
 
 const f = Math.fround;
@@ -106,6 +106,7 @@ export class WebPipeline {
     this.defaultSteps = recommended.steps;
     this.defaultGuidanceScale = recommended.guidance_scale;
     this.guidanceRange = recommended.guidance_range ?? null;
+    this.firstTimestep = recommended.first_timestep ?? null; // LCM only: where sampling starts
     const text = (bytes) => new TextDecoder().decode(bytes);
     this.loadTimings = {}; // ms per phase: fetching + hashing each file, building the tokenizer, each session
     const timed = async (key, work) => {
@@ -226,7 +227,8 @@ export class WebPipeline {
     if (control.length !== 3 * width * height) throw new ModelError("the control image has the wrong size");
     this.graphMs = {};
     const scheduler = makeScheduler(this.schedulerConfig, this.schedulerName);
-    scheduler.setTimesteps(steps);
+    if (scheduler instanceof LCM) scheduler.setTimesteps(steps, this.firstTimestep);
+    else scheduler.setTimesteps(steps);
     const guided = guidanceScale > 1 && !this.guidanceEmbedded;
     const prompts = guided ? [negativePrompt, prompt] : [prompt];
     const batch = prompts.length;

@@ -305,12 +305,16 @@ export class LCM extends Scheduler {
     return true;
   }
 
-  setTimesteps(steps) {
+  // LCM's spacing over its grid, or over the grid's part at or below firstTimestep (a few-step model's
+  // recommended start, refine_control/runtime/schedulers.py lcm_start_timestep).
+  setTimesteps(steps, firstTimestep = null) {
     const k = Math.floor(this.numTrainTimesteps / this.originalSteps);
     const origin = [];
-    for (let i = this.originalSteps; i >= 1; i--) origin.push(i * k - 1);
-    if (!(Number.isInteger(steps) && steps >= 1 && steps <= Math.min(this.originalSteps, origin.length))) {
-      throw new SchedulerError(`steps must be in 1..${this.originalSteps} for the LCM scheduler, got ${steps}`);
+    for (let i = this.originalSteps; i >= 1; i--) {
+      if (firstTimestep == null || i * k - 1 <= firstTimestep) origin.push(i * k - 1);
+    }
+    if (!(Number.isInteger(steps) && steps >= 1 && steps <= origin.length)) {
+      throw new SchedulerError(`steps must be in 1..${origin.length} for this model's LCM schedule, got ${steps}`);
     }
     this.numInferenceSteps = steps;
     const idx = numpyLinspace(0, origin.length, steps, false).map(Math.floor);

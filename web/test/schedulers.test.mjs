@@ -32,7 +32,7 @@ for (const c of cases) {
     assert.equal(s.constructor.name, c.key);
     assert.equal(schedulerKey(c.config._class_name) !== null, true);
     close(s.alphasCumprod, c.alphas_cumprod, 0, 2.4e-7, "alphas_cumprod");
-    s.setTimesteps(c.steps);
+    s.setTimesteps(c.steps, c.first_timestep);
     close(s.timesteps, c.timesteps, 0, 0, "timesteps");
     if (c.sigmas) close(s.sigmas, c.sigmas, 0, 2.4e-7, "sigmas");
     close([s.initNoiseSigma], [c.init_noise_sigma], 0, 1e-12, "init_noise_sigma");
