@@ -49,6 +49,7 @@ class Engine(Protocol):
     size_multiple: int
     default_preprocessor: str
     default_steps: int  # the model's recommendation: what a request without `steps` gets
+    max_steps: int  # the most steps its scheduler takes (a few-step student's: its grid below the start)
     default_guidance_scale: float
     guidance_range: tuple[float, float] | None  # the scales a guidance-distilled student was trained on; None: any
 
@@ -98,6 +99,7 @@ class OnnxEngine:
         self.size_multiple = int(self.pipeline.size_multiple)
         self.precision = self.pipeline.precision  # what "auto" resolved to
         self.default_steps = self.pipeline.sampling.steps
+        self.max_steps = self.pipeline.max_steps
         self.default_guidance_scale = self.pipeline.sampling.guidance_scale
         self.guidance_range = self.pipeline.sampling.guidance_range
         preprocessor = self.pipeline.model.pipeline.get("preprocessor")

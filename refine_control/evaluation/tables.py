@@ -429,6 +429,34 @@ def few_step_schedule_table(root: Path) -> Table:
     return Table(markdown_table(header, rows), caption)
 
 
+@register_table("few_step_steps")
+def few_step_steps_table(root: Path) -> Table:
+    """The few-step student's recommended steps chosen on validation shapes by a written rule
+    (benchmarks/few_step_steps.py)."""
+    (result,) = [r for r in read_results("few_step", root) if r["name"] == "steps-val"]
+    metrics, config = result["metrics"], result["config"]
+    keys = [key.removesuffix("_kept") for key in config["rule"]]
+    names = {"edge_f1_strict": "strict edge F1", "mask_iou": "mask IoU", "colour_acc": "colour accuracy",
+             "shape_acc": "shape accuracy"}  # fmt: skip
+    header = ["steps", "timesteps", *(f"{names[k]} kept" for k in keys)]
+    rows = []
+    for steps, row in metrics["steps"].items():
+        cells = []
+        for key in keys:
+            low, high = row[f"{key}_kept_interval"]
+            cells.append(f"{100 * row[f'{key}_kept']:.0f}% [{100 * low:.0f}–{100 * high:.0f}%]")
+        rows.append([steps, ", ".join(map(str, row["timesteps"])), *cells])
+    bars = ", ".join(f"{names[k.removesuffix('_kept')]} {100 * bar:.0f}%" for k, bar in config["rule"].items())
+    caption = (
+        f"`refine-eval {config['run']} --split val --steps N --first-timestep {config['first_timestep']}` on "
+        f"{config['samples']} validation shapes against the teacher's 20 guided steps (same prompts, controls and "
+        "noise); paired bootstrap 95% intervals over the images. The rule, fixed before the run: the fewest steps "
+        f"whose point estimates keep at least {bars} of the teacher's. It picks **{metrics['chosen_steps']}**, the "
+        "default of `--sampling-steps` for a few-step student. " + provenance([result])
+    )
+    return Table(markdown_table(header, rows), caption)
+
+
 @register_table("few_step")
 def few_step_table(root: Path) -> Table:
     """The few-step student at 1, 2, 4, 8 steps (no guidance pair) against the teacher's 20 guided steps."""

@@ -259,6 +259,14 @@ class OnnxControlNetPipeline:
     def available_precisions(self) -> list[str]:
         return self.model.precisions(self.model_format)
 
+    @property
+    def max_steps(self) -> int:
+        """The most steps the scheduler can take (an LCM one: its grid timesteps at or below the start)."""
+        scheduler = make_scheduler(self.scheduler_config, self.scheduler_name)
+        if isinstance(scheduler, LCM):
+            return len(scheduler.grid(self.sampling.first_timestep))
+        return scheduler.num_train_timesteps
+
     def new_scheduler(self, steps: int) -> NumpyScheduler:
         """A fresh scheduler with the timesteps of `steps` steps (an LCM one from the recommended first timestep)."""
         scheduler = make_scheduler(self.scheduler_config, self.scheduler_name)

@@ -251,17 +251,16 @@ class LCM(NumpyScheduler):
         self.original_steps = int(self.config.get("original_inference_steps", 50))
         self.timestep_scaling = float(self.config.get("timestep_scaling", 10.0))
 
-    def grid(self) -> np.ndarray:
-        """The timesteps the student was distilled on (diffusers' `lcm_origin_timesteps`), descending."""
+    def grid(self, first_timestep: int | None = None) -> np.ndarray:
+        """The timesteps the student was distilled on (diffusers' `lcm_origin_timesteps`), descending; those at or
+        below `first_timestep` when given (a model recommends one: `lcm_start_timestep`)."""
         k = self.num_train_timesteps // self.original_steps
-        return (np.arange(1, self.original_steps + 1) * k - 1)[::-1].copy()
+        grid = (np.arange(1, self.original_steps + 1) * k - 1)[::-1].copy()
+        return grid if first_timestep is None else grid[grid <= first_timestep]
 
     def set_timesteps(self, steps: int, first_timestep: int | None = None) -> None:
-        """LCM's spacing (every len/steps-th grid timestep) over the grid, or over its part at or below
-        `first_timestep` (a model recommends one: `lcm_start_timestep`)."""
-        origin = self.grid()
-        if first_timestep is not None:
-            origin = origin[origin <= first_timestep]
+        """LCM's spacing (every len/steps-th timestep) over `grid(first_timestep)`."""
+        origin = self.grid(first_timestep)
         if not 1 <= steps <= len(origin):
             raise ConfigError(f"`steps` must be in 1..{len(origin)} for this model's LCM schedule, got {steps}")
         self.num_inference_steps = steps

@@ -50,9 +50,10 @@ def resolve_params(req: GenerateRequest, engine: Engine, settings: ServeSettings
                 "invalid_size",
                 f"`{name}` must be a multiple of {engine.size_multiple} between {low} and {high}",
             )
-    steps = req.steps if req.steps is not None else min(engine.default_steps, settings.max_steps)
-    if steps > settings.max_steps:
-        raise ApiError(422, "invalid_request", f"steps: must be at most {settings.max_steps}")
+    limit = min(settings.max_steps, engine.max_steps)
+    steps = req.steps if req.steps is not None else min(engine.default_steps, limit)
+    if steps > limit:
+        raise ApiError(422, "invalid_request", f"steps: must be at most {limit}")
     guidance = req.guidance_scale if req.guidance_scale is not None else engine.default_guidance_scale
     if engine.guidance_range is not None and not engine.guidance_range[0] <= guidance <= engine.guidance_range[1]:
         low, high = engine.guidance_range

@@ -22,7 +22,7 @@ async def list_models(request: Request, engine: EngineDep, settings: SettingsDep
     low, high = output_limits(engine, settings)
     limits = Limits(
         max_prompt_chars=MAX_PROMPT_CHARS,
-        max_steps=settings.max_steps,
+        max_steps=min(settings.max_steps, engine.max_steps),
         max_guidance_scale=MAX_GUIDANCE_SCALE,
         max_controlnet_scale=MAX_CONTROLNET_SCALE,
         max_seed=MAX_SEED,

@@ -63,6 +63,7 @@ def test_runtime_samples_in_one_batch1_pass_per_step(few_step_model):
     assert pipe.scheduler_name == "lcm" and pipe.default_steps == 2 and pipe.info()["guidance_embedded"]
     assert pipe.new_scheduler(2).timesteps.tolist() == [759, 379]  # from the recommended first timestep
     assert pipe.new_scheduler(4).timesteps.tolist() == [759, 579, 379, 199]
+    assert pipe.max_steps == 38  # the grid 759, 739, ..., 19
     seen: list[dict[str, np.ndarray]] = []
     run_graph = pipe.run_graph
 

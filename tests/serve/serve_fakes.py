@@ -17,6 +17,7 @@ class FakeEngine:
         self.size_multiple = size_multiple
         self.default_preprocessor = "canny"
         self.default_steps, self.default_guidance_scale = 20, 3.0
+        self.max_steps = 1000
         self.guidance_range: tuple[float, float] | None = None
         self.step_s = step_s
         self.gate: threading.Event | None = None

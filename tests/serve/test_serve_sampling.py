@@ -68,3 +68,20 @@ def test_guidance_outside_the_trained_range_is_422_naming_it():
         bad = client.post("/v1/generate", json={**body, "guidance_scale": 7.5})
         assert bad.status_code == 422 and "between 2 and 5" in bad.json()["detail"]
         assert client.post("/v1/generate", json={**body, "guidance_scale": 3.0}).status_code == 200
+
+
+def test_more_steps_than_the_models_schedule_has_is_422_and_the_limit_is_published():
+    """A few-step student starting at t = 759 has 38 grid timesteps at or below it: the server's own limit (50)
+    shrinks to the model's, in `GET /v1/models` and in the 422."""
+    from serve_client import make_client
+    from serve_fakes import FakeEngine
+    from serve_helpers import b64, png_bytes
+
+    engine = FakeEngine()
+    engine.max_steps = 38
+    with make_client(engine) as client:
+        assert client.get("/v1/models").json()["limits"]["max_steps"] == 38
+        body = {"prompt": "a red circle", "control_image": b64(png_bytes())}
+        bad = client.post("/v1/generate", json={**body, "steps": 39})
+        assert bad.status_code == 422 and "at most 38" in bad.json()["detail"]
+        assert client.post("/v1/generate", json={**body, "steps": 2}).status_code == 200
