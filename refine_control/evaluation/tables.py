@@ -2,6 +2,7 @@
 `results/recipe/` (`benchmarks/recipe.py`), `results/ablation/` (`benchmarks/ablation.py`) and `results/few_step/`
 (`benchmarks/few_step.py`)."""
 
+import re
 import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -435,9 +436,9 @@ def few_step_steps_table(root: Path) -> Table:
     (benchmarks/few_step_steps.py)."""
     (result,) = [r for r in read_results("few_step", root) if r["name"] == "steps-val"]
     metrics, config = result["metrics"], result["config"]
-    keys = [key.removesuffix("_kept") for key in config["rule"]]
     names = {"edge_f1_strict": "strict edge F1", "mask_iou": "mask IoU", "colour_acc": "colour accuracy",
              "shape_acc": "shape accuracy"}  # fmt: skip
+    keys = [key for key in names if f"{key}_kept" in config["rule"]]
     header = ["steps", "timesteps", *(f"{names[k]} kept" for k in keys)]
     rows = []
     for steps, row in metrics["steps"].items():
@@ -446,7 +447,7 @@ def few_step_steps_table(root: Path) -> Table:
             low, high = row[f"{key}_kept_interval"]
             cells.append(f"{100 * row[f'{key}_kept']:.0f}% [{100 * low:.0f}–{100 * high:.0f}%]")
         rows.append([steps, ", ".join(map(str, row["timesteps"])), *cells])
-    bars = ", ".join(f"{names[k.removesuffix('_kept')]} {100 * bar:.0f}%" for k, bar in config["rule"].items())
+    bars = ", ".join(f"{names[key]} {100 * config['rule'][f'{key}_kept']:.0f}%" for key in keys)
     caption = (
         f"`refine-eval {config['run']} --split val --steps N --first-timestep {config['first_timestep']}` on "
         f"{config['samples']} validation shapes against the teacher's 20 guided steps (same prompts, controls and "
@@ -460,7 +461,8 @@ def few_step_steps_table(root: Path) -> Table:
 @register_table("few_step")
 def few_step_table(root: Path) -> Table:
     """The few-step student at 1, 2, 4, 8 steps (no guidance pair) against the teacher's 20 guided steps."""
-    scored = [r for r in read_results("few_step", root) if r["name"].startswith("steps")]  # not the schedule probe
+    # steps1, steps4-tiny-decoder, ...: not the schedule probe (timesteps-*) nor the choice of steps (steps-val)
+    scored = [r for r in read_results("few_step", root) if re.match(r"steps\d", r["name"])]
     runs = sorted(scored, key=lambda r: r["config"]["eval"]["steps"])
     keys = ["edge_f1", "mask_iou", "colour_acc", "shape_acc"]
     header = ["model", "steps", "passes per step", *(QUALITY[k][0] for k in keys), "PSNR vs teacher ↑", "domain FID ↓"]
