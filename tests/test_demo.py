@@ -3,6 +3,7 @@ import json
 import pytest
 
 from refine_control.demo import main
+from refine_control.training.config import FEW_STEP_SAMPLING_STEPS
 
 
 def test_bad_demo_arguments_give_one_line_and_exit_code_2(tmp_path, capsys):
@@ -36,7 +37,7 @@ def test_the_demo_succeeds_end_to_end_at_its_smallest(tmp_path, capsys):
         assert summary["teacher"][key] == evaluated["columns"]["teacher"][key]
     assert (out / "student" / "model_index.json").is_file()
     # The demo shows the default recipe's student: few-step, one pass per step, against the teacher's guided 20.
-    assert summary["student"]["steps"] == 4 and summary["student"]["guidance"] == "embedded"
+    assert summary["student"]["steps"] == FEW_STEP_SAMPLING_STEPS and summary["student"]["guidance"] == "embedded"
     assert summary["teacher"]["steps"] == 20 and summary["teacher"]["guidance"] == "pair"
     stages = json.loads((out / "demo_stages.json").read_text())
     # Rerunning with --reuse keeps the finished stages and reports the seconds they recorded; only the measurement

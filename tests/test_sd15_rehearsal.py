@@ -13,6 +13,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks.sd15_rehearsal import main, sd15_configs  # noqa: E402
+from refine_control.training.config import FEW_STEP_SAMPLING_STEPS  # noqa: E402
 
 
 def test_the_reduced_configs_keep_sd15s_structure_and_only_narrow_it():
@@ -48,6 +49,6 @@ def test_the_rehearsal_runs_every_command_end_to_end_at_reduced_size(tmp_path):
     assert serve["http_status"] == 200 and serve["image_size"] == [64, 64] and serve["exit_code"] == 0, serve
     assert (tmp_path / "work" / "served.png").is_file()
     images = m["image_time"]
-    assert images["resolution"] == 64 and images["steps"] == 4  # the few-step student's recommendation
+    assert images["resolution"] == 64 and images["steps"] == FEW_STEP_SAMPLING_STEPS  # the student's recommendation
     for decoder in ("sd_vae", "tiny_random"):
         assert images[decoder]["decode_s"] > 0 and images[decoder]["image_s"] > 0
