@@ -61,8 +61,8 @@ def few_step_config(cfg: DistillConfig) -> DistillConfig:
         "batch_size", "grad_accum", "mixed_precision", "num_workers", "checkpoint_every", "keep_checkpoints",
         "log_every", "seed", "allow_pickle_weights", "guidance_range", "solver_steps", "target_decay",
         "sampling_steps", "sampling_guidance", "sampling_first_timestep", "warmup_steps", "lr_schedule",
-        "weight_decay", "max_grad_norm", "streaming", "caption_column", "image_column", "shuffle_buffer", "validate", "max_bad_fraction",
-        "builtin_labelled", "scale",
+        "weight_decay", "max_grad_norm", "streaming", "caption_column", "image_column", "shuffle_buffer", "validate",
+        "max_bad_fraction", "builtin_labelled", "scale",
     )  # fmt: skip
     few = DistillConfig(
         output_dir=path,
