@@ -20,7 +20,7 @@ if str(REPO) not in sys.path:  # run as a script from a checkout without install
     sys.path.insert(0, str(REPO))
 
 from refine_control.cli_utils import offline_env, run_cli  # noqa: E402
-from refine_control.results import split_results_name  # noqa: E402
+from refine_control.results import script_command, split_results_name  # noqa: E402
 
 # metric -> the share of the teacher's value it must keep
 RULE = {"edge_f1_strict": 0.90, "mask_iou": 0.90, "colour_acc": 0.95, "shape_acc": 0.95}
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                     "rule": {f"{k}_kept": bar for k, bar in RULE.items()},
                 },
                 seed=args.seed,
-                command="python benchmarks/few_step_steps.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                command=script_command("benchmarks/few_step_steps.py", argv),
                 wall_s=time.perf_counter() - started,
                 commit=commit,
             )

@@ -21,7 +21,7 @@ if str(REPO) not in sys.path:  # run as a script from a checkout without install
     sys.path.insert(0, str(REPO))
 
 from refine_control.cli_utils import offline_env, run_cli  # noqa: E402
-from refine_control.results import split_results_name  # noqa: E402
+from refine_control.results import script_command, split_results_name  # noqa: E402
 
 # name -> (steps, timesteps or None for the scheduler's own, x̂₀ clip range or None). The timesteps lie on the
 # consistency stage's grid; the clip is LCMScheduler's `clip_sample` on the predicted x̂₀ (latent units).
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                     "guidance_scale": guidance,
                 },
                 seed=args.seed,
-                command="python benchmarks/few_step_timesteps.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                command=script_command("benchmarks/few_step_timesteps.py", argv),
                 wall_s=time.perf_counter() - started,
                 commit=commit,
             )

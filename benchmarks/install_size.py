@@ -25,7 +25,7 @@ if str(REPO) not in sys.path:  # run as a script from a checkout without install
     sys.path.insert(0, str(REPO))
 
 from refine_control.cli_utils import run_cli  # noqa: E402
-from refine_control.results import split_results_name  # noqa: E402
+from refine_control.results import script_command, split_results_name  # noqa: E402
 
 # Run inside the new venv: bytes per distribution, from each one's RECORD.
 SIZES = """
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                 metrics=metrics,
                 config={"extra": args.extra, "python": sys.version.split()[0], "pip_in_venv": False},
                 seed=None,
-                command="python benchmarks/install_size.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                command=script_command("benchmarks/install_size.py", argv),
                 wall_s=time.perf_counter() - started,
                 commit=commit,
             )

@@ -21,7 +21,7 @@ if str(REPO) not in sys.path:  # run as a script from a checkout without install
     sys.path.insert(0, str(REPO))
 
 from refine_control.cli_utils import offline_env, run_cli, setup_logging  # noqa: E402
-from refine_control.results import split_results_name  # noqa: E402
+from refine_control.results import script_command, split_results_name  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                 metrics=metrics,
                 config={**cfg.to_json(), "source_run": str(args.run)},
                 seed=0,
-                command="python benchmarks/int8.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                command=script_command("benchmarks/int8.py", argv),
                 wall_s=time.perf_counter() - started,
                 machine=machine_info(cfg.threads),
                 commit=commit,

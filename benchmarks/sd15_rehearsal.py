@@ -439,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     def body() -> int:
-        from refine_control.results import git_state, machine_info, split_results_name, write_result
+        from refine_control.results import git_state, machine_info, script_command, split_results_name, write_result
 
         target = split_results_name(args.results_name) if args.results_name else None
         commit, start = git_state(), time.perf_counter()
@@ -456,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         if target:
             path = write_result(
                 target, metrics=record, config=config, seed=0, wall_s=wall, commit=commit, root=args.results_root,
-                command="python benchmarks/sd15_rehearsal.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                command=script_command("benchmarks/sd15_rehearsal.py", argv),
                 machine=machine_info(threads=os.cpu_count()),
                 notes="random weights: proves the code path, memory and time per step, not image quality",
             )  # fmt: skip

@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 
 from refine_control.atomic import write_text  # noqa: E402
 from refine_control.cli_utils import check_output, offline_env, run_cli  # noqa: E402
-from refine_control.results import split_results_name  # noqa: E402
+from refine_control.results import script_command, split_results_name  # noqa: E402
 
 
 def feeds_at_resolution(pipe: Any, batch: int) -> dict[str, dict[str, np.ndarray]]:
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                 metrics=report,
                 config={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                 seed=0,
-                command="python benchmarks/shapes.py " + " ".join(sys.argv[1:] if argv is None else argv),
+                command=script_command("benchmarks/shapes.py", argv),
                 wall_s=time.perf_counter() - started,
                 machine=machine_info(args.threads),
                 commit=commit,

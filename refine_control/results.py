@@ -23,6 +23,7 @@ import os
 import platform
 import re
 import subprocess
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,12 @@ def result_path(group: str, name: str, root: str | os.PathLike[str] = DEFAULT_RO
     check_group(group)
     _check_segment(name, "result name")
     return Path(root) / group / f"{name}.json"
+
+
+def script_command(script: str, argv: Sequence[str] | None) -> str:
+    """The command line a result file records for a script run as `python SCRIPT ARGS` (`argv` None: this
+    process's own arguments)."""
+    return f"python {script} " + " ".join(sys.argv[1:] if argv is None else argv)
 
 
 def split_results_name(text: str) -> tuple[str, str]:
