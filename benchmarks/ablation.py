@@ -12,7 +12,8 @@ and, for label scarcity, scratch (a) and the default recipe (d) with 25 labelled
 (`--variants scratch-labelled25,default-labelled25`; README's label-scarcity table), and the semi-supervised stage
 there: stage 2 on unlabelled shapes added after the same labelled steps, against as many more labelled steps
 (`--variants stage2-labelled25,longer-labelled25`; README's semi-supervised table), and stage 2's schedule on
-labelled samples only (`replay-labelled25`); `*-labelled10`, `-labelled50` and `-labelled200` are the same arms with
+labelled samples only (`replay-labelled25`), and stage 2 on the same unlabelled images without the teacher's targets
+on them (`stage2task-labelled25`: what the images alone add); `*-labelled10`, `-labelled50` and `-labelled200` are the same arms with
 10, 50 and 200 labelled shapes, and `fashion-<arm>-labelled<N>` the same on Fashion-MNIST image folders (written once
 under RUNS_DIR/data; scored on 256 images of the official test split).
 
@@ -32,7 +33,7 @@ if str(REPO) not in sys.path:  # run as a script from a checkout without install
 
 from refine_control.cli_utils import offline_env, run_cli  # noqa: E402
 from refine_control.errors import ConfigError  # noqa: E402
-from refine_control.evaluation.sweep import Cell, Scoring, run_cell  # noqa: E402
+from refine_control.evaluation.sweep import COMPACT_ONLY, Cell, Scoring, run_cell  # noqa: E402
 
 # name → (row label, refine-distill options on top of the defaults)
 VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -59,6 +60,12 @@ SEMI_SUPERVISED_ARMS = {  # arm → (row label after "<N> labelled", options; UN
     "replay": (
         " + stage 2's 800 steps on labelled samples only",
         ("UNLABELLED", "--stage2-steps", "800", "--replay-ratio", "1"),
+    ),
+    # Stage 2 attributed: the same unlabelled images and schedule without the teacher's targets on them (the task
+    # loss alone; labelled replay keeps the tri-level loss), so any gain left is the images', not the teacher's.
+    "stage2task": (
+        " + stage 2 on 1,000 unlabelled, task loss only on them (800 steps)",
+        ("UNLABELLED", "--stage2-steps", "800", "--unlabelled-loss", "task"),
     ),
 }
 FASHION_UNLABELLED, FASHION_TEST = 1000, 512  # test: 256 scored images + 256 as the domain FID's real side
@@ -129,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             fashion = Scoring(num_samples=args.eval_samples, data=str(fashion_folders(args.runs_dir / "data")["test"]))
         for name in names:
             for seed in args.seeds:
-                cell = Cell("ablation", f"{name}-seed{seed}", variants[name][1], seed)
+                cell = Cell("ablation", f"{name}-seed{seed}", (*COMPACT_ONLY, *variants[name][1]), seed)
                 command = f"python benchmarks/ablation.py --variants {name} --seeds {seed}"
                 command += f" --eval-samples {args.eval_samples}"
                 scoring = fashion if name.startswith("fashion-") else shapes

@@ -18,7 +18,7 @@ if str(REPO) not in sys.path:  # run as a script from a checkout without install
 
 from refine_control.cli_utils import offline_env, run_cli  # noqa: E402
 from refine_control.errors import ConfigError  # noqa: E402
-from refine_control.evaluation.sweep import Cell, Scoring, run_cell  # noqa: E402
+from refine_control.evaluation.sweep import COMPACT_ONLY, Cell, Scoring, run_cell  # noqa: E402
 from refine_control.models.presets import STUDENT_PRESETS  # noqa: E402
 
 
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         scoring = Scoring(split="test", num_samples=args.eval_samples)
         for preset in presets:
             for seed in args.seeds:
-                cell = Cell("presets", f"{preset}-seed{seed}", ("--student", preset), seed)
+                cell = Cell("presets", f"{preset}-seed{seed}", (*COMPACT_ONLY, "--student", preset), seed)
                 command = f"python benchmarks/presets.py --presets {preset} --seeds {seed}"
                 command += f" --eval-samples {args.eval_samples}"
                 run_cell(cell, scoring, args.runs_dir, args.results_dir, command, args.force)

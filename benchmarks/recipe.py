@@ -18,7 +18,7 @@ if str(REPO) not in sys.path:  # run as a script from a checkout without install
 
 from refine_control.cli_utils import offline_env, run_cli  # noqa: E402
 from refine_control.errors import ConfigError  # noqa: E402
-from refine_control.evaluation.sweep import Cell, Scoring, run_cell  # noqa: E402
+from refine_control.evaluation.sweep import COMPACT_ONLY, Cell, Scoring, run_cell  # noqa: E402
 
 # name → (what it changes, refine-distill options on top of the defaults)
 VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"unknown variant(s) {unknown or 'none given'}; choose from {', '.join(VARIANTS)}")
         scoring = Scoring(split="val", num_samples=args.eval_samples)
         for name in names:
-            cell = Cell("recipe", name, VARIANTS[name][1], seed=0)
+            cell = Cell("recipe", name, (*COMPACT_ONLY, *VARIANTS[name][1]), seed=0)
             command = f"python benchmarks/recipe.py --variants {name} --eval-samples {args.eval_samples}"
             run_cell(cell, scoring, args.runs_dir, args.results_dir, command, args.force)
         return 0

@@ -11,7 +11,7 @@ from refine_control.cli_parser import add_output, add_verbosity, new_parser, ver
 from refine_control.cli_utils import offline_env, run_cli, setup_logging
 from refine_control.models.presets import INIT_METHODS, STUDENT_PRESETS
 from refine_control.preprocess import PREPROCESSORS
-from refine_control.training.config import DistillConfig, read_run_config, with_run_settings
+from refine_control.training.config import UNLABELLED_LOSSES, DistillConfig, read_run_config, with_run_settings
 from refine_control.training.scale import SCALES, Scale
 
 logger = logging.getLogger(__name__)
@@ -306,6 +306,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=_default("replay_ratio"),
         help="share of labelled samples replayed in each stage-2 batch (1: stage 2's schedule on labelled samples "
         "only, a control for what the unlabelled images add). Default: %(default)s",
+    )
+    p(
+        "--unlabelled-loss",
+        choices=UNLABELLED_LOSSES,
+        default=_default("unlabelled_loss"),
+        help="the loss on stage 2's unlabelled samples: tri-level (the teacher's outputs and features as targets) or "
+        "task (the denoising loss on the image alone, a control for what the teacher's targets add; labelled replay "
+        "keeps the tri-level loss). Default: %(default)s",
     )
     p(
         "--ema-decay",

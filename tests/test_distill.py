@@ -118,6 +118,21 @@ def test_scratch_baseline_trains_on_the_task_term_only(tiny_pipeline_dir, tiny_d
     assert all(set(r) & {"task", "output", "feature"} == {"task"} for r in rows(run))
 
 
+def test_unlabelled_task_loss_changes_stage_2_only(tiny_pipeline_dir, tiny_data, tmp_path):
+    """The attribution control (`--unlabelled-loss task`): stage 1 is the recipe's, bit for bit; stage 2 drops the
+    teacher's targets on the unlabelled samples, so its output and feature terms shrink (replay keeps them)."""
+    common = ("--student", "compact-small", "--max-steps", "2", "--stage2-steps", "2", "--log-every", "1")
+    logs = {}
+    for loss in ("tri-level", "task"):
+        run = tmp_path / loss
+        assert main(distill_args(tiny_pipeline_dir, tiny_data, run, *common, "--unlabelled-loss", loss)) == 0
+        logs[loss] = rows(run)
+        assert json.loads((run / "config.json").read_text())["unlabelled_loss"] == loss
+    recipe, control = logs["tri-level"], logs["task"]
+    assert recipe[:2] == [{**r, "sec_per_step": recipe[i]["sec_per_step"]} for i, r in enumerate(control[:2])]
+    assert control[2]["feature"] < recipe[2]["feature"] and control[2]["output"] < recipe[2]["output"]
+
+
 def test_transfer_init_reports_what_was_copied(tiny_pipeline_dir, tiny_data, tmp_path):
     run = tmp_path / "run"
     assert (

@@ -113,3 +113,24 @@ def test_zero_weight_terms_are_not_built_and_scratch_needs_no_teacher():
     result = scratch(out(torch.zeros(1, 1, 1, 1)), None, torch.ones(1, 1, 1, 1))
     assert result.total.item() == pytest.approx(1.0)
     assert TriLevelLoss((1.0, 1.0, 0.0), {}).needs_teacher
+
+
+def test_teacher_terms_score_only_the_selected_samples_at_their_full_batch_share():
+    fusion = TriLevelLoss((1.0, 1.0, 1.0), {"a": (1, 1)})
+    student = out(torch.zeros(2, 1, 2, 2), a=torch.zeros(2, 1, 2, 2))
+    # Sample 0 (unlabelled) would be far off the teacher; sample 1 (replay) is 1 off in output, 2 in features.
+    teacher = out(
+        torch.stack([torch.full((1, 2, 2), 10.0), torch.ones(1, 2, 2)]),
+        a=torch.stack([torch.full((1, 2, 2), 10.0), torch.full((1, 2, 2), 2.0)]),
+    )
+    target = torch.full((2, 1, 2, 2), 3.0)
+    full = fusion(student, teacher, target)
+    masked = fusion(student, teacher, target, teacher_samples=torch.tensor([False, True]))
+    assert masked.terms["task"].item() == pytest.approx(full.terms["task"].item()) == pytest.approx(9.0)
+    # Sample 1's part of the full-batch mean, the unlabelled sample contributing nothing.
+    assert masked.terms["output"].item() == pytest.approx(1.0 / 2)
+    assert masked.terms["feature"].item() == pytest.approx(4.0 / 2)
+    assert full.terms["output"].item() == pytest.approx((100.0 + 1.0) / 2)
+    none = fusion(student, teacher, target, teacher_samples=torch.tensor([False, False]))
+    assert none.terms["output"].item() == none.terms["feature"].item() == 0.0
+    assert none.total.item() == pytest.approx(9.0)

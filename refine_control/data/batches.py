@@ -42,6 +42,7 @@ class MicroBatch:
     controls: np.ndarray
     keys: list[str]
     seeds: list[int]
+    streams: list[int] = field(default_factory=list)  # each sample's stream (LABELLED, UNLABELLED, REPLAY)
     drawn: int = 0  # samples drawn at their own position (the bad-data fraction's denominator)
     bad: list[tuple[str, str]] = field(default_factory=list)  # (key, reason) of those that failed to decode
 
@@ -86,6 +87,7 @@ class Batches:
                 controls.append(self.preprocessor(image, rng))
                 out.keys.append(raw.key)
                 out.seeds.append(seed)
+                out.streams.append(stream)
         out.images, out.controls = np.stack(images), np.stack(controls)
         return out
 

@@ -17,6 +17,10 @@ from typing import Any
 from refine_control.atomic import write_bytes
 from refine_control.results import git_state, result_path, write_result
 
+# The compact-student sweeps (presets, recipe choices, ablation) study the recipe's first stages alone; every result
+# they recorded before the fast recipe became the default was made this way.
+COMPACT_ONLY = ("--recipe", "guided")
+
 
 @dataclass(frozen=True)
 class Cell:

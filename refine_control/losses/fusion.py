@@ -41,11 +41,34 @@ class TriLevelLoss(nn.Module):
         teacher: DenoiserOutput | None,
         target: torch.Tensor,
         weight: torch.Tensor | None = None,
+        teacher_samples: torch.Tensor | None = None,
     ) -> LossOutput:
-        """`weight` (B,): per-sample timestep weights of the task and output terms (None: equal)."""
-        values = {name: term(student, teacher, target, weight) for name, term in self.terms.items()}
+        """`weight` (B,): per-sample timestep weights of the task and output terms (None: equal).
+        `teacher_samples` (B,) bool: the samples the teacher-level terms (output, feature) score (None: all); the
+        others get the task term only. A scored sample keeps the share of a term it has in a full batch."""
+        values = {}
+        for name, term in self.terms.items():
+            if name == "task" or teacher_samples is None:
+                values[name] = term(student, teacher, target, weight)
+            elif not bool(teacher_samples.any()):
+                values[name] = torch.zeros((), device=target.device)
+            else:
+                keep = teacher_samples
+                scored = term(_samples(student, keep), _samples(teacher, keep), target[keep], _select(weight, keep))
+                values[name] = scored * keep.float().mean()
         total = sum((self.weights[name] * value for name, value in values.items()), torch.zeros(()))
         return LossOutput(total, {name: value.detach() for name, value in values.items()})
 
     def extra_repr(self) -> str:
         return " + ".join(f"{w:g}·L_{name}" for name, w in self.weights.items() if w > 0)
+
+
+def _select(x: torch.Tensor | None, keep: torch.Tensor) -> torch.Tensor | None:
+    return None if x is None else x[keep]
+
+
+def _samples(out: DenoiserOutput | None, keep: torch.Tensor) -> DenoiserOutput | None:
+    """The output of the samples in `keep` only."""
+    if out is None:
+        return None
+    return DenoiserOutput(out.noise_pred[keep], {name: f[keep] for name, f in out.features.items()})

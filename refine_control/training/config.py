@@ -28,6 +28,7 @@ RESUME_FREE_FIELDS = (
 
 RECIPES = ("fast", "guided")
 TINY_DECODER_STAGES = ("auto", "always", "never")
+UNLABELLED_LOSSES = ("tri-level", "task")
 # A few-step student's recommended steps unless --sampling-steps says otherwise: the fewest whose validation scores
 # kept the targets (docs/method.md, "Few-step stage").
 FEW_STEP_SAMPLING_STEPS = 2
@@ -81,6 +82,9 @@ class DistillConfig:
     mixed_precision: str = "no"
     prompt_dropout: float = 0.1
     replay_ratio: float = 0.5
+    # The loss on stage 2's unlabelled samples: "tri-level" (the recipe: the teacher's outputs and features are their
+    # targets) or "task" (the denoising loss on the image alone; the control that attributes stage 2's gain).
+    unlabelled_loss: str = "tri-level"
     ema_decay: float | None = None
     # The few-step stage: latent consistency distillation of a finished run's student (`from_run`).
     from_run: str | None = None
@@ -148,6 +152,12 @@ class DistillConfig:
             ),
             (0 <= self.prompt_dropout <= 1, "--prompt-dropout", self.prompt_dropout, "in [0, 1]"),
             (0 <= self.replay_ratio <= 1, "--replay-ratio", self.replay_ratio, "in [0, 1]"),
+            (
+                self.unlabelled_loss in UNLABELLED_LOSSES,
+                "--unlabelled-loss",
+                self.unlabelled_loss,
+                "tri-level or task",
+            ),
             (self.ema_decay is None or 0 < self.ema_decay < 1, "--ema-decay", self.ema_decay, "in (0, 1)"),
             (self.checkpoint_every >= 1, "--checkpoint-every", self.checkpoint_every, ">= 1"),
             (self.keep_checkpoints >= 1, "--keep-checkpoints", self.keep_checkpoints, ">= 1"),

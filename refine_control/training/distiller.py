@@ -192,8 +192,11 @@ class DistillationModule(nn.Module):
         self.loss = loss
         self.taps = taps
 
-    def forward(self, inputs: DenoiserInputs, teacher_out: DenoiserOutput | None) -> LossOutput:
+    def forward(
+        self, inputs: DenoiserInputs, teacher_out: DenoiserOutput | None, teacher_samples: torch.Tensor | None = None
+    ) -> LossOutput:
+        """`teacher_samples` (B,) bool: the samples the teacher's outputs and features score (None: all)."""
         student_out = self.student.forward_features(
             inputs.sample, inputs.timestep, inputs.encoder_hidden_states, inputs.controlnet_cond, self.taps
         )
-        return self.loss(student_out, teacher_out, inputs.target, inputs.weight)
+        return self.loss(student_out, teacher_out, inputs.target, inputs.weight, teacher_samples)

@@ -24,7 +24,7 @@ from diffusers.training_utils import EMAModel
 
 from refine_control.atomic import write_json
 from refine_control.data.bad_data import BadDataPolicy
-from refine_control.data.batches import MicroBatch
+from refine_control.data.batches import UNLABELLED, MicroBatch
 from refine_control.data.folders import derive_seed
 from refine_control.data.loader import micro_batches
 from refine_control.errors import ConfigError, RefineError
@@ -89,11 +89,15 @@ def _train_step(
             if setup.solver is not None:
                 out = module(targets)
             else:
-                teacher_out = None
+                teacher_out, teacher_samples = None, None
                 if cfg.uses_teacher_signals:
                     with accelerator.autocast():
                         teacher_out = run_teacher(setup.teacher_denoiser, inputs, setup.taps)
-                out = module(inputs, teacher_out)
+                if cfg.unlabelled_loss == "task":  # the control arm: no teacher targets for unlabelled samples
+                    teacher_samples = torch.tensor(
+                        [s != UNLABELLED for s in batch.streams], device=inputs.sample.device
+                    )
+                out = module(inputs, teacher_out, teacher_samples)
             if not torch.isfinite(out.total):
                 values = {k: float(v) for k, v in out.terms.items()}
                 raise RefineError(
