@@ -20,10 +20,8 @@ if str(REPO) not in sys.path:  # run as a script from a checkout without install
     sys.path.insert(0, str(REPO))
 
 from refine_control.cli_utils import offline_env, run_cli  # noqa: E402
+from refine_control.evaluation.tables import FAST_TARGETS as RULE  # noqa: E402
 from refine_control.results import script_command, split_results_name  # noqa: E402
-
-# metric -> the share of the teacher's value it must keep
-RULE = {"edge_f1_strict": 0.90, "mask_iou": 0.90, "colour_acc": 0.95, "shape_acc": 0.95}
 
 
 def chosen_steps(rows: dict[int, dict[str, float]]) -> int | None:

@@ -100,7 +100,7 @@ def _newer_than_student(path: Path, run: Path) -> bool:
     return path.is_file() and student.is_file() and path.stat().st_mtime >= student.stat().st_mtime
 
 
-def _reusable(stage: str, cfg: DemoConfig, web: bool) -> bool:
+def reusable(stage: str, cfg: DemoConfig, web: bool) -> bool:
     """Whether `--reuse` keeps a stage: its outputs exist, were made from the current student and with the demo's
     settings."""
     run = cfg.output_dir
@@ -121,6 +121,23 @@ def _reusable(stage: str, cfg: DemoConfig, web: bool) -> bool:
     return False
 
 
+def distill_argv(cfg: DemoConfig) -> list[str]:
+    """The demo's `refine-distill` command line: the defaults on the built-in teacher, with the demo's seed."""
+    argv = ["--teacher", "builtin", "-o", str(cfg.output_dir), "--overwrite", "--seed", str(cfg.seed), "-q"]
+    for flag in ("max_steps", "stage2_steps", "few_step_steps"):
+        if getattr(cfg, flag) is not None:
+            argv += [f"--{flag.replace('_', '-')}", str(getattr(cfg, flag))]
+    return argv
+
+
+def eval_argv(cfg: DemoConfig) -> list[str]:
+    """The demo's `refine-eval` command line: the student samples as it recommends (its sampling.json), the
+    teacher 20 steps with guidance pairs."""
+    run = cfg.output_dir
+    argv = [str(run), "--num-samples", str(cfg.eval_samples), "--seed", str(cfg.seed), "-q"]
+    return [*argv, "--teacher-steps", str(cfg.teacher_steps), "--grid", str(run / "eval" / "samples.png")]
+
+
 def run_demo(cfg: DemoConfig) -> tuple[dict[str, float], list[str]]:
     """Run the four stages; return the seconds each took (a reused one: those it recorded) and the reused ones."""
     from refine_control.atomic import write_json
@@ -129,30 +146,23 @@ def run_demo(cfg: DemoConfig) -> tuple[dict[str, float], list[str]]:
     from refine_control.export.cli import main as export
 
     run, model, web = cfg.output_dir, cfg.output_dir / "model", _web_ready()
-    distill_argv = ["--teacher", "builtin", "-o", str(run), "--overwrite", "--seed", str(cfg.seed), "-q"]
-    for flag in ("max_steps", "stage2_steps", "few_step_steps"):
-        if getattr(cfg, flag) is not None:
-            distill_argv += [f"--{flag.replace('_', '-')}", str(getattr(cfg, flag))]
-    # The student samples as it recommends (its sampling.json); the teacher 20 steps with guidance pairs.
-    eval_argv = [str(run), "--num-samples", str(cfg.eval_samples), "--seed", str(cfg.seed), "-q"]
-    eval_argv += ["--teacher-steps", str(cfg.teacher_steps), "--grid", str(run / "eval" / "samples.png")]
     export_argv = [str(run), "-o", str(model), "--int8", "--overwrite", *(["--web", str(run / "web")] if web else [])]
     latency_argv = ["--scale", "builtin", "--presets", "none", "--run", f"student={run}", "--runtimes", "ort-fp32"]
     latency_argv += ["--steps", str(cfg.teacher_steps), "--repeats", "5", "--warmup", "1"]
     latency_argv += ["--json", str(run / "latency.json")]
     stages: list[tuple[str, str, Callable[[list[str]], int], list[str]]] = [
-        ("distil", "1/4 distil (refine-distill)", distill, distill_argv),
-        ("evaluate", "2/4 evaluate (refine-eval)", evaluate, eval_argv),
+        ("distil", "1/4 distil (refine-distill)", distill, distill_argv(cfg)),
+        ("evaluate", "2/4 evaluate (refine-eval)", evaluate, eval_argv(cfg)),
         ("export", "3/4 export (refine-export)", export, export_argv),
     ]
     recorded_file = run / STAGES_FILE
     recorded = json.loads(recorded_file.read_text()) if cfg.reuse and recorded_file.is_file() else {}
-    if cfg.reuse and "distil" not in recorded and _reusable("distil", cfg, web):  # a run the demo did not make
+    if cfg.reuse and "distil" not in recorded and reusable("distil", cfg, web):  # a run the demo did not make
         recorded["distil"] = float(sum(json.loads((run / "metrics.json").read_text()).get("seconds", {}).values()))
     seconds: dict[str, float] = {}
     reused: list[str] = []
     for name, title, command, argv in stages:
-        if cfg.reuse and len(reused) == len(seconds) and name in recorded and _reusable(name, cfg, web):
+        if cfg.reuse and len(reused) == len(seconds) and name in recorded and reusable(name, cfg, web):
             print(f"\n=== {title.split()[0]} {name}: reusing the finished stage in {run}")  # noqa: T201
             seconds[name] = recorded[name]
             reused.append(name)
@@ -166,7 +176,14 @@ def run_demo(cfg: DemoConfig) -> tuple[dict[str, float], list[str]]:
     return seconds, reused
 
 
-QUALITY_KEYS = ("edge_f1_strict", "edge_f1", "mask_iou", "colour_acc", "shape_acc")
+QUALITY_LABELS = {
+    "edge_f1_strict": "edge F1 (strict)",
+    "edge_f1": "edge F1 (1 px)",
+    "mask_iou": "mask IoU",
+    "colour_acc": "colour accuracy",
+    "shape_acc": "shape accuracy",
+}
+QUALITY_KEYS = tuple(QUALITY_LABELS)
 
 
 def compare(eval_report: dict[str, Any], latency: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
@@ -221,15 +238,8 @@ def side_by_side(comparison: dict[str, dict[str, Any]], samples: int) -> list[st
         rows.append(("ORT FP32 s per image", f"{t:.3f}", f"{s:.3f}", claim))
         if floor is not None:
             rows.append(("timing noise floor", "", "", f"±{100 * (floor - 1):.0f}% (A vs A)"))
-    labels = {
-        "edge_f1_strict": "edge F1 (strict)",
-        "edge_f1": "edge F1 (1 px)",
-        "mask_iou": "mask IoU",
-        "colour_acc": "colour accuracy",
-        "shape_acc": "shape accuracy",
-    }
     intervals = student.get("intervals", {})
-    for key, label in labels.items():
+    for key, label in QUALITY_LABELS.items():
         if key in student and teacher.get(key):
             kept = f"{100 * student[key] / teacher[key]:.0f}% kept"
             if f"{key}_kept" in intervals:  # paired bootstrap 95% interval over the evaluation images

@@ -17,6 +17,8 @@ Result = dict[str, Any]
 # The bar a compact student must meet (README, "Student presets"): ratios to the teacher on the same samples.
 BAR = {"macs_fewer": 4.0, "edge_f1_kept": 0.90, "mask_iou_kept": 0.90, "colour_kept": 0.95, "shape_kept": 0.95}
 BAR_TEACHER_PSNR_DB = 24.0
+# The fast student's targets (the fast-student issue): the share of the teacher's value each metric must keep.
+FAST_TARGETS = {"edge_f1_strict": 0.90, "mask_iou": 0.90, "colour_acc": 0.95, "shape_acc": 0.95}
 
 # metric key → (column title, digits, higher is better)
 QUALITY = {
@@ -293,10 +295,35 @@ def semi_supervised_fashion_table(root: Path) -> Table:
     return _semi_supervised(root, "fashion-", FOLDER_QUALITY, "images")
 
 
+# The semi-supervised verdicts: (arm, its control, the claim, the control's side of it).
+COMPARISONS = (
+    ("stage2", "longer", "at equal compute, stage 2 beats more labelled steps", "more labelled steps ahead"),
+    (
+        "stage2",
+        "replay",
+        "stage 2 beats the same schedule on labelled samples only",
+        "the labelled-only schedule ahead",
+    ),
+    (
+        "stage2",
+        "stage2task",
+        "stage 2 with the teacher's targets beats the same images without them",
+        "the images alone ahead",
+    ),
+    (
+        "stage2task",
+        "longer",
+        "the unlabelled images without the teacher's targets beat more labelled steps",
+        "more labelled steps ahead",
+    ),
+)
+
+
 def _semi_supervised(root: Path, prefix: str, metrics: dict[str, tuple[str, int, bool]], unit: str) -> Table:
     """Stage 2 on unlabelled images added after the labelled steps, against as many more labelled steps, for each
     labelled-set size that has runs (`stage2-`, `longer-`; also `default-`: the same labelled steps without stage 2,
-    and `replay-`: stage 2's schedule on labelled samples only, which isolates what the unlabelled images add)."""
+    `replay-`: stage 2's schedule on labelled samples only, which isolates what the unlabelled images add, and
+    `stage2task-`: the unlabelled images without the teacher's targets, which isolates what the teacher adds)."""
     keys = list(metrics)
     variants = {
         n[len(prefix) :]: runs
@@ -313,6 +340,8 @@ def _semi_supervised(root: Path, prefix: str, metrics: dict[str, tuple[str, int,
         if r["stage2_steps"]:
             text += f" + stage 2: {r['stage2_steps']} steps"
             text += " on labelled only" if c["replay_ratio"] == 1 else f" with {r['unlabelled_images']} unlabelled"
+            if c.get("unlabelled_loss") == "task":
+                text += " (task loss only on them, no teacher targets)"
         return text
 
     def seeds(runs: Sequence[Result]) -> str:
@@ -338,17 +367,18 @@ def _semi_supervised(root: Path, prefix: str, metrics: dict[str, tuple[str, int,
 
     rows, verdicts, used = [], [], []
     for size in sizes:
-        arms = {arm: variants.get(f"{arm}-labelled{size}", []) for arm in ("default", "stage2", "longer", "replay")}
+        arms = {
+            arm: variants.get(f"{arm}-labelled{size}", [])
+            for arm in ("default", "stage2", "stage2task", "longer", "replay")
+        }
         for runs in arms.values():
             if runs:
                 rows.append([label(runs[0]), seeds(runs), *_quality_cells(runs, keys)])
                 used += runs
-        if arms["stage2"] and arms["longer"]:
-            text = f"with {size} labelled {unit}, at equal compute, stage 2 beats more labelled steps on "
-            verdicts.append(text + verdict(arms["stage2"], arms["longer"], "more labelled steps ahead"))
-        if arms["stage2"] and arms["replay"]:
-            text = f"with {size} labelled {unit}, stage 2 beats the same schedule on labelled samples only on "
-            verdicts.append(text + verdict(arms["stage2"], arms["replay"], "the labelled-only schedule ahead"))
+        for ours, theirs, claim, control in COMPARISONS:
+            if arms[ours] and arms[theirs]:
+                text = f"with {size} labelled {unit}, {claim} on " + verdict(arms[ours], arms[theirs], control)
+                verdicts.append(text)
     rows.append(["teacher", "-", *_teacher_cells(used[0], keys)])
     caption = f"Student `{used[0]['config']['student']}`, the default recipe otherwise; {_scoring(used[0])}. "
     if verdicts:
@@ -392,6 +422,50 @@ def demo_table(root: Path) -> Table:
         + provenance([demo])
     )
     return Table("```\n" + "\n".join(lines[:-1]) + "\n```\n\n" + lines[-1] + ".", caption)
+
+
+@register_table("recipe_seeds")
+def recipe_seeds_table(root: Path) -> Table:
+    """The default recipe (the demo's commands) over training seeds: teacher and student per metric, the share kept
+    as mean ± std over seeds and per seed, against the fast student's targets (benchmarks/recipe_seeds.py)."""
+    from refine_control.demo import QUALITY_LABELS
+
+    runs = sorted(read_results("recipe_seeds", root), key=lambda r: r["seed"])
+    if not runs:
+        raise ResultsError("no results in results/recipe_seeds/ (python benchmarks/recipe_seeds.py)")
+    rows, met, missed = [], [], []
+    for key, label in QUALITY_LABELS.items():
+        teacher = [r["metrics"]["teacher"][key] for r in runs]
+        student = [r["metrics"]["student"][key] for r in runs]
+        share = [s / t for s, t in zip(student, teacher, strict=True)]
+        target = FAST_TARGETS.get(key)
+        if target is not None:
+            (met if min(share) >= target else missed).append(f"{label} (≥ {_pct(target)})")
+        rows.append(
+            [
+                label,
+                _stat(teacher, _num(3)),
+                _stat(student, _num(3)),
+                _stat(share, _pct),
+                ", ".join(_pct(v) for v in share),
+                "-" if target is None else f"≥ {_pct(target)}",
+            ]
+        )
+    psnr = [r["metrics"]["student"]["teacher_psnr_db"] for r in runs]
+    rows.append(["PSNR vs teacher (dB)", "-", _stat(psnr, _num(1)), "-", ", ".join(f"{v:.1f}" for v in psnr), "-"])
+    first = runs[0]["metrics"]
+    seeds = ", ".join(str(r["seed"]) for r in runs)
+    caption = (
+        f"The default recipe distilled and scored with training and evaluation seeds {seeds} (`make demo`'s "
+        f"commands): the student at its own {first['student']['steps']} steps against the teacher's "
+        f"{first['teacher']['steps']} guided steps, {runs[0]['config']['eval']['num_samples']} held-out test shapes "
+        "per seed; mean ± std over seeds. "
+        + (f"Kept in every seed: {', '.join(met)}. " if met else "")
+        + (f"Below the target in at least one seed: {', '.join(missed)}. " if missed else "")
+        + provenance(runs)
+    )
+    header = ["metric", "teacher", "student", "kept of the teacher's", "kept, per seed", "target"]
+    return Table(markdown_table(header, rows), caption)
 
 
 @register_table("few_step_schedule")

@@ -8,6 +8,7 @@ from refine_control.evaluation.tables import (
     label_scarcity_table,
     meets_bar,
     presets_table,
+    recipe_seeds_table,
     recipe_table,
     semi_supervised_fashion_table,
     semi_supervised_table,
@@ -113,11 +114,19 @@ def test_semi_supervised_table_compares_stage_2_with_equal_compute(tmp_path):
     result(tmp_path, "ablation", "stage2-labelled25-seed0", edge_f1=0.93, config=semi(25, 800))
     result(tmp_path, "ablation", "longer-labelled25-seed0", edge_f1=0.92, config=semi(25, max_steps=2400))
     result(tmp_path, "ablation", "replay-labelled25-seed0", edge_f1=0.94, config=semi(25, 800, replay_ratio=1.0))
+    task = semi(25, 800, unlabelled_loss="task")
+    result(tmp_path, "ablation", "stage2task-labelled25-seed0", edge_f1=0.91, config=task)
     table = semi_supervised_table(tmp_path)
     rows = [r.split(" | ")[:3] for r in table.markdown.splitlines()[2:]]
     assert rows == [
         ["| 25 labelled, 1600 labelled steps", "0", "0.900"],
         ["| 25 labelled, 1600 labelled steps + stage 2: 800 steps with 1000 unlabelled", "0", "0.930"],
+        [
+            "| 25 labelled, 1600 labelled steps + stage 2: 800 steps with 1000 unlabelled (task loss only on them, "
+            "no teacher targets)",
+            "0",
+            "0.910",
+        ],
         ["| 25 labelled, 2400 labelled steps", "0", "0.920"],
         ["| 25 labelled, 1600 labelled steps + stage 2: 800 steps on labelled only", "0", "0.940"],
         ["| teacher", "-", "0.960"],
@@ -131,6 +140,11 @@ def test_semi_supervised_table_compares_stage_2_with_equal_compute(tmp_path):
         "stage 2 beats the same schedule on labelled samples only on 0 of 7 metrics; in each of its 1 seed on none"
         in (table.caption)
     )
+    assert (
+        "stage 2 with the teacher's targets beats the same images without them on 1 of 7 metrics (edge F1); in each "
+        "of its 1 seed on edge F1; the images alone ahead in each on none"
+    ) in table.caption
+    assert "the unlabelled images without the teacher's targets beat more labelled steps on 0 of 7" in table.caption
 
 
 def test_semi_supervised_table_groups_by_labelled_set_and_counts_seeds_where_stage_2_wins(tmp_path):
@@ -196,3 +210,23 @@ def test_few_step_table_lists_each_step_count_against_the_teacher(tmp_path):
     assert lines[2].startswith("| teacher | 20 | 2 (guidance pair) | 0.960 |")
     assert lines[3].startswith("| few-step student | 1 | 1 (scale embedded) | 0.200 (21%) |")
     assert lines[4].startswith("| few-step student | 4 | 1 (scale embedded) | 0.960 (100%) |")
+
+
+def test_recipe_seeds_table_reports_the_spread_and_each_seed_against_the_targets(tmp_path):
+    teacher = {"edge_f1_strict": 0.70, "edge_f1": 0.97, "mask_iou": 0.95, "colour_acc": 1.0, "shape_acc": 1.0}
+    for seed, colour in enumerate((0.97, 0.96, 0.94)):  # seed 2 keeps 94% of the colour accuracy: below 95%
+        student = {**teacher, "edge_f1_strict": 0.77, "colour_acc": colour, "teacher_psnr_db": 28.0}
+        write_result(
+            ("recipe_seeds", f"seed{seed}"),
+            metrics={"teacher": {**teacher, "steps": 20}, "student": {**student, "steps": 2}},
+            config={"eval": {"num_samples": 256}}, seed=seed, command="c", wall_s=1.0, root=tmp_path,
+            commit=("abc1234", False), machine={},
+        )  # fmt: skip
+    table = recipe_seeds_table(tmp_path)
+    assert (
+        "| edge F1 (strict) | 0.700 ± 0.000 | 0.770 ± 0.000 | 110% ± 0% | 110%, 110%, 110% | ≥ 90% |" in table.markdown
+    )
+    assert "| colour accuracy | 1.000 ± 0.000 | 0.957 ± 0.015 | 96% ± 2% | 97%, 96%, 94% | ≥ 95% |" in table.markdown
+    assert "seeds 0, 1, 2" in table.caption and "its own 2 steps" in table.caption
+    assert "Below the target in at least one seed: colour accuracy (≥ 95%)" in table.caption
+    assert "edge F1 (strict) (≥ 90%), mask IoU (≥ 90%), shape accuracy (≥ 95%)" in table.caption
