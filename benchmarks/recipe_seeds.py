@@ -59,6 +59,7 @@ def run_seed(seed: int, runs_dir: Path, results_dir: Path) -> Path:
         seed=seed,
         command=f"python benchmarks/recipe_seeds.py --seeds {seed}",
         wall_s=sum(v for v in seconds.values() if v is not None),
+        notes=f"kept in {run}: {', '.join(kept)}, made earlier by the same command lines" if kept else None,
         root=results_dir,
         commit=commit,
     )
