@@ -55,7 +55,10 @@ def run_seed(seed: int, runs_dir: Path, results_dir: Path) -> Path:
     return write_result(
         (GROUP, f"seed{seed}"),
         metrics={**compare(report, None), "seconds": seconds, "kept": kept},
-        config={**json.loads((run / "config.json").read_text()), "eval": report["sampling"]},
+        config={
+            **json.loads((run / "config.json").read_text()),
+            "eval": {"num_samples": report["num_samples"], **report["sampling"]},
+        },
         seed=seed,
         command=f"python benchmarks/recipe_seeds.py --seeds {seed}",
         wall_s=sum(v for v in seconds.values() if v is not None),

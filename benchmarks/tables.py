@@ -85,12 +85,13 @@ def update_text(text: str, results_root: Path, where: str) -> tuple[str, list[st
         out.append(text[pos : block.start])
         old = text[block.start : block.end]
         try:
-            new = render(block.name, results_root)
-        except KeyError:
-            problems.append(
-                f"{where}: unknown table {block.name!r} (registered: {', '.join(sorted(TABLES)) or 'none'})"
-            )
-            new = old
+            if block.name not in TABLES:
+                problems.append(
+                    f"{where}: unknown table {block.name!r} (registered: {', '.join(sorted(TABLES)) or 'none'})"
+                )
+                new = old
+            else:
+                new = render(block.name, results_root)
         except RefineError as err:
             problems.append(f"{where}: table {block.name!r} cannot be rendered: {err}")
             new = old
