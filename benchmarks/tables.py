@@ -84,17 +84,17 @@ def update_text(text: str, results_root: Path, where: str) -> tuple[str, list[st
     for block in find_blocks(text, where):
         out.append(text[pos : block.start])
         old = text[block.start : block.end]
-        try:
-            if block.name not in TABLES:
-                problems.append(
-                    f"{where}: unknown table {block.name!r} (registered: {', '.join(sorted(TABLES)) or 'none'})"
-                )
-                new = old
-            else:
-                new = render(block.name, results_root)
-        except RefineError as err:
-            problems.append(f"{where}: table {block.name!r} cannot be rendered: {err}")
+        if block.name not in TABLES:
+            problems.append(
+                f"{where}: unknown table {block.name!r} (registered: {', '.join(sorted(TABLES)) or 'none'})"
+            )
             new = old
+        else:
+            try:
+                new = render(block.name, results_root)
+            except RefineError as err:
+                problems.append(f"{where}: table {block.name!r} cannot be rendered: {err}")
+                new = old
         if new != old:
             changed.append(block.name)
         out.append(new)

@@ -54,17 +54,14 @@ class TriLevelLoss(nn.Module):
                 values[name] = torch.zeros((), device=target.device)
             else:
                 keep = teacher_samples
-                scored = term(_samples(student, keep), _samples(teacher, keep), target[keep], _select(weight, keep))
+                kept_weight = None if weight is None else weight[keep]
+                scored = term(_samples(student, keep), _samples(teacher, keep), target[keep], kept_weight)
                 values[name] = scored * keep.float().mean()
         total = sum((self.weights[name] * value for name, value in values.items()), torch.zeros(()))
         return LossOutput(total, {name: value.detach() for name, value in values.items()})
 
     def extra_repr(self) -> str:
         return " + ".join(f"{w:g}·L_{name}" for name, w in self.weights.items() if w > 0)
-
-
-def _select(x: torch.Tensor | None, keep: torch.Tensor) -> torch.Tensor | None:
-    return None if x is None else x[keep]
 
 
 def _samples(out: DenoiserOutput | None, keep: torch.Tensor) -> DenoiserOutput | None:

@@ -156,7 +156,7 @@ class DistillConfig:
                 self.unlabelled_loss in UNLABELLED_LOSSES,
                 "--unlabelled-loss",
                 self.unlabelled_loss,
-                "tri-level or task",
+                " or ".join(UNLABELLED_LOSSES),
             ),
             (self.ema_decay is None or 0 < self.ema_decay < 1, "--ema-decay", self.ema_decay, "in (0, 1)"),
             (self.checkpoint_every >= 1, "--checkpoint-every", self.checkpoint_every, ">= 1"),
